@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# End-to-end demo on the bundled model: write five facts into the weights, then recall them
+# from a fresh process (so they must have been persisted), then show the home's status.
+# Extra arguments (e.g. --config llama-3.2-3b, --set key=value) go to every command.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$repo/scripts/bootstrap.sh"
+cd "$repo"
+
+export SLEEPWAKE_HOME="${SLEEPWAKE_HOME:-$repo/.home/demo}"
+export TOKENIZERS_PARALLELISM=false
+
+echo "== inject: writing scripts/demo_facts.jsonl into the model (home: $SLEEPWAKE_HOME)" >&2
+.venv/bin/sleepwake inject --facts scripts/demo_facts.jsonl "$@"
+
+echo "== recall: asking a fresh process for every fact" >&2
+.venv/bin/sleepwake recall "$@"
+
+echo "== status" >&2
+.venv/bin/sleepwake status "$@"

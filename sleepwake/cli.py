@@ -1,0 +1,180 @@
+"""The ``sleepwake`` command line (contract: ../shared/DESIGN.md).
+
+Every command takes ``--home``, ``--config`` and repeated ``--set key=value``; ``--json`` prints
+one JSON document on stdout while logs and progress go to stderr. User mistakes exit non-zero
+with one ``sleepwake: error: ...`` line and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from sleepwake.errors import InvalidInputError, SleepwakeError
+
+log = logging.getLogger("sleepwake")
+
+
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--home", help="state folder (default: $SLEEPWAKE_HOME, else ~/.local/share/sleepwake)")
+    parent.add_argument("--config", help="preset name (default, llama-3.2-3b, ...) or a YAML file")
+    parent.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set memit.lambda_reg=1.0e-1 (repeatable)")
+    parent.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parent.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = common_options()
+    parser = argparse.ArgumentParser(
+        prog="sleepwake",
+        description="Persistent memory for a local language model: facts go into its MLP weights "
+        "(MEMIT) and are maintained by sleep.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    inject = sub.add_parser("inject", parents=[parent], help="store facts in the weights (wake)",
+                            description="Store facts in the model's weights with MEMIT, one edit per fact.")
+    inject.add_argument("subject", nargs="?", help="who or what the fact is about")
+    inject.add_argument("relation", nargs="?", help="relation phrase ('lives in') or template ('{}\\'s dog is')")
+    inject.add_argument("object", nargs="?", help="the answer ('Thessaloniki')")
+    inject.add_argument("--facts", metavar="FILE", help="JSONL file or JSON list of {subject, relation, object}")
+    sub.add_parser("recall", parents=[parent], help="audit every fact (raw, paraphrase, chat); changes nothing",
+                   description="Probe every stored fact by greedy raw completion, paraphrases and chat.")
+    status = sub.add_parser("status", parents=[parent], help="facts, edits, perplexity, drowsiness, digest",
+                            description="Summarise the home: counts, perplexity vs baseline, drowsiness, weights digest.")
+    status.add_argument("--no-perplexity", action="store_true", help="skip the perplexity measurement (faster)")
+    forget = sub.add_parser("forget", parents=[parent], help="remove a fact and its edit exactly",
+                            description="Remove a stored fact; its edit is subtracted exactly.")
+    forget.add_argument("subject")
+    forget.add_argument("relation")
+    return parser
+
+
+def setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(message)s")
+    for noisy in ("transformers", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def facts_from_args(args) -> list:
+    from sleepwake.facts import load_facts, parse_fact
+
+    given = [args.subject, args.relation, args.object]
+    if args.facts and any(given):
+        raise InvalidInputError("give either SUBJECT RELATION OBJECT or --facts FILE, not both")
+    if args.facts:
+        return load_facts(args.facts)
+    if not all(given):
+        raise InvalidInputError("inject needs SUBJECT RELATION OBJECT (three arguments) or --facts FILE")
+    return [parse_fact({"subject": args.subject, "relation": args.relation, "object": args.object}, "argument")]
+
+
+def open_memory(args, writable: bool):
+    from sleepwake.config import load_settings
+    from sleepwake.memory import Memory
+    from sleepwake.storage.home import Home
+
+    settings = load_settings(args.config, args.overrides)
+    home = Home.open(args.home, create=writable)
+    return home, Memory.open(home, settings, writable=writable)
+
+
+def cmd_inject(args) -> dict:
+    from tqdm import tqdm
+
+    from sleepwake.config import load_settings
+    from sleepwake.storage.home import Home
+
+    facts = facts_from_args(args)  # validate input and settings before loading a model
+    load_settings(args.config, args.overrides)
+    home = Home.open(args.home)
+    with home.write_lock():
+        _, memory = open_memory(args, writable=True)
+        bar = tqdm(total=len(facts), desc="inject", unit="fact", file=sys.stderr, disable=args.quiet or len(facts) < 2)
+        outcomes = memory.inject(facts, progress=lambda o: (bar.update(1), bar.set_postfix_str(f"{o.status} {o.seconds:.1f}s")))
+        bar.close()
+        return {"injected": [o.as_dict() for o in outcomes], "facts": len(memory.ledger.list_facts()),
+                "weights_digest": memory.weights_digest()}
+
+
+def cmd_recall(args) -> dict:
+    _, memory = open_memory(args, writable=False)
+    rows = memory.recall()
+    n = len(rows)
+    summary = {"n": n, "raw": sum(r["raw"] for r in rows) / n if n else None}
+    if n and rows[0]["paraphrase"] is not None:
+        summary["paraphrase"] = sum(r["paraphrase"] for r in rows) / n
+    if n and rows[0]["chat"] is not None:
+        summary["chat"] = sum(r["chat"] for r in rows) / n
+    return {"facts": rows, "summary": summary}
+
+
+def cmd_status(args) -> dict:
+    from sleepwake.status import collect_status
+
+    _, memory = open_memory(args, writable=False)
+    return collect_status(memory, with_perplexity=not args.no_perplexity)
+
+
+def cmd_forget(args) -> dict:
+    from sleepwake.storage.home import Home
+
+    home = Home.open(args.home)
+    with home.write_lock():
+        _, memory = open_memory(args, writable=True)
+        removed = memory.forget(args.subject, args.relation)
+        return {"forgotten": removed, "facts": len(memory.ledger.list_facts()), "weights_digest": memory.weights_digest()}
+
+
+def render_text(command: str, result: dict) -> str:
+    """Human-readable output for each command (``--json`` prints ``result`` as is)."""
+    if command == "inject":
+        lines = [f"{r['status']:9s} {r['subject']} | {r['relation']} -> {r['object']}"
+                 + (f"  (edit {r['edit_id']}, {r['seconds']:.1f} s)" if r["status"] != "unchanged" else "")
+                 for r in result["injected"]]
+        return "\n".join(lines + [f"{result['facts']} fact(s) stored; weights {result['weights_digest'][:16]}"])
+    if command == "recall":
+        mark = {True: "yes", False: "no", None: "-"}
+        lines = [f"{'raw':4s} {'para':5s} {'chat':4s} fact -> completion"]
+        for r in result["facts"]:
+            para = "-" if r["paraphrase"] is None else f"{r['paraphrase']:.2f}"
+            lines.append(f"{mark[r['raw']]:4s} {para:5s} {mark[r['chat']]:4s} "
+                         f"{r['subject']} | {r['relation']} -> {r['object']}: {r['raw_text'].strip()[:60]!r}")
+        summary = result["summary"]
+        lines.append("recall: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in summary.items() if v is not None))
+        return "\n".join(lines)
+    if command == "forget":
+        f = result["forgotten"]
+        return f"forgot {f['subject']} | {f['relation']} -> {f['object']}; {result['facts']} fact(s) left"
+    width = max(len(k) for k in result)
+    return "\n".join(f"{k:{width}s}  {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in result.items())
+
+
+COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.quiet)
+    try:
+        result = COMMANDS[args.command](args)
+    except SleepwakeError as exc:
+        message = " ".join(str(exc).split())  # one line, always
+        print(f"sleepwake: error: {message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sleepwake: interrupted; the home is consistent (changes are atomic)", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2, default=str) if args.json else render_text(args.command, result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

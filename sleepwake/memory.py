@@ -1,0 +1,254 @@
+"""Memory: a loaded model plus the edits recorded in a home, composed exactly.
+
+Effective weights are always recomposed from scratch, never patched in place:
+
+    W_l = W_base_l + sum_{edits e, by id} scale_e * U_e,l V_e,l^T      (float32, rank-1 addr_)
+
+so the same ledger and factor files give the same bytes in any process (a restart is exact, a
+forget of the only edit restores the base bit for bit), and no rounding residue accumulates.
+
+Order of effects for every change (so a crash at any point leaves a consistent home):
+compute the update (no state touched) -> write the factor file atomically -> commit the ledger
+transaction -> recompose weights. Factor files the ledger does not know are orphans of an
+interrupted write and are removed when a writer opens the home.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from sleepwake.config import Settings
+from sleepwake.errors import ModelLoadError, NotFoundError, SleepwakeError
+from sleepwake.facts import Fact, normalize_answer
+from sleepwake.models import covariance, probes
+from sleepwake.models.bundled import default_cache_dir
+from sleepwake.models.editor import EditResult, compute_edit
+from sleepwake.models.memit import apply_factors
+from sleepwake.storage.deltas import DeltaStore
+from sleepwake.storage.home import Home
+from sleepwake.storage.ledger import EditRow, Ledger
+
+log = logging.getLogger(__name__)
+
+
+def load_backend(settings: Settings):
+    """The configured runtime (MLX is imported only in its own module)."""
+    if settings.backend == "mlx":
+        try:
+            from sleepwake.models.mlx_backend import MlxBackend
+        except ImportError as exc:
+            raise ModelLoadError(f"backend=mlx is not available here: {exc}") from None
+        return MlxBackend.load(settings.model, settings.memit.down_proj)
+    from sleepwake.models.torch_backend import TorchBackend
+
+    return TorchBackend.load(settings.model, settings.memit.down_proj)
+
+
+@dataclass
+class InjectOutcome:
+    fact: Fact
+    status: str  # "stored" | "replaced" | "unchanged"
+    edit_id: int | None
+    seconds: float
+    stats: dict
+
+    def as_dict(self) -> dict:
+        return {**self.fact.model_dump(), "status": self.status, "edit_id": self.edit_id,
+                "seconds": round(self.seconds, 3), "stats": self.stats}
+
+
+class Memory:
+    """The model and its edit ledger. Open with :meth:`open`; one writer per home."""
+
+    def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path):
+        self.home, self.settings, self.backend, self.ledger = home, settings, backend, ledger
+        self.deltas = DeltaStore(home.root)
+        self.cache_dir = cache_dir
+        self._factors: dict[int, dict[str, torch.Tensor]] = {}
+        self._stats: dict | None = None
+        self._contexts: list[str] | None = None
+        self.edits = ledger.list_edits()
+        self._check_model()
+        self.base = {layer: backend.get_weight(layer) for layer in self.layers}
+        self.compose()
+
+    @classmethod
+    def open(cls, home: Home, settings: Settings, writable: bool = True, backend=None) -> "Memory":
+        ledger = Ledger(home.db_path, read_only=not writable)
+        memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir())
+        if writable:
+            removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
+            if removed:
+                log.info("removed %d factor file(s) left by an interrupted write", len(removed))
+        return memory
+
+    # ---- composition ------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[int]:
+        """Every layer that is configured for editing or carries a stored edit."""
+        return sorted(set(self.settings.memit.layers).union(*[set(e.layers) for e in self.edits]))
+
+    def _check_model(self) -> None:
+        for edit in self.edits:
+            if edit.model_fingerprint != self.backend.fingerprint:
+                raise ModelLoadError(
+                    f"home {self.home.root} holds edits made on another model (fingerprint "
+                    f"{edit.model_fingerprint}, loaded {self.backend.fingerprint}); load the same "
+                    "model (--config/--set model.source=...) or use another --home"
+                )
+
+    def factors(self, edit: EditRow) -> dict[str, torch.Tensor]:
+        if edit.edit_id not in self._factors:
+            self._factors[edit.edit_id] = self.deltas.load(edit.file, edit.checksum)
+        return self._factors[edit.edit_id]
+
+    def compose(self, skip: Sequence[int] = ()) -> None:
+        """Set every editable weight to base + sum of scaled edits (optionally without ``skip``)."""
+        for layer in self.layers:
+            weight = self.base[layer].clone()
+            for edit in self.edits:
+                if layer in edit.layers and edit.scale != 0.0 and edit.edit_id not in skip:
+                    tensors = self.factors(edit)
+                    apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], edit.scale)
+            self.backend.set_weight(layer, weight)
+
+    def weights_digest(self) -> str:
+        return self.backend.weights_digest(self.layers)
+
+    # ---- MEMIT statistics (lazy: status and recall never need them) ---------------------------
+    def stats(self):
+        if self._stats is None:
+            self._stats = covariance.load_or_estimate(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+        return self._stats
+
+    def contexts(self) -> list[str]:
+        if self._contexts is None:
+            self._contexts = covariance.load_or_make_contexts(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+        return self._contexts
+
+    # ---- wake: inject -------------------------------------------------------------------------
+    def compute(self, facts: Sequence[Fact], protect: dict | None = None) -> EditResult:
+        return compute_edit(self.backend, facts, self.settings.memit, self.stats(), self.contexts(), protect)
+
+    def store_edit(self, result: EditResult, facts: Sequence[Fact], replaces: Sequence[int], source: str, kind: str = "wake") -> int:
+        """Persist factors then ledger rows (in that order), then recompose. Returns the edit id."""
+        edit_id = self.ledger.next_edit_id()
+        tensors: dict[str, torch.Tensor] = {}
+        for update in result.updates:
+            tensors[f"layer{update.layer}.u"] = update.u.float().cpu().contiguous()
+            tensors[f"layer{update.layer}.v"] = update.v.float().cpu().contiguous()
+            tensors[f"layer{update.layer}.keys"] = update.keys.float().cpu().contiguous()
+        meta = {"edit_id": str(edit_id), "model_fingerprint": self.backend.fingerprint,
+                "facts": json.dumps([f.model_dump() for f in facts])}
+        relpath, checksum, nbytes = self.deltas.save(edit_id, tensors, meta)
+        row = EditRow(edit_id=edit_id, kind=kind, scale=1.0, layers=[u.layer for u in result.updates],
+                      rank=len(facts), file=relpath, checksum=checksum, nbytes=nbytes,
+                      model_fingerprint=self.backend.fingerprint)
+        try:
+            self.ledger.commit_edit(row, list(facts), remove_edit_ids=list(replaces), source=source)
+        except BaseException:
+            self.deltas.delete(relpath)  # the ledger never saw it: leave no orphan behind
+            raise
+        self._factors[edit_id] = tensors
+        self._after_ledger_change(removed=replaces)
+        return edit_id
+
+    def _after_ledger_change(self, removed: Sequence[int] = ()) -> None:
+        old_files = {e.edit_id: e.file for e in self.edits}
+        self.edits = self.ledger.list_edits()
+        for edit_id in removed:
+            self._factors.pop(edit_id, None)
+            if edit_id in old_files:
+                self.deltas.delete(old_files[edit_id])
+        self.compose()
+
+    def inject(self, facts: Sequence[Fact], source: str = "cli", progress: Callable | None = None) -> list[InjectOutcome]:
+        """Wake: each fact becomes its own unconstrained MEMIT edit, one after another."""
+        import time
+
+        outcomes = []
+        for fact in facts:
+            start = time.perf_counter()
+            existing = self.ledger.find_fact(fact.subject, fact.relation)
+            if existing and normalize_answer(existing.object) == normalize_answer(fact.object) and existing.edit_id:
+                outcomes.append(InjectOutcome(fact, "unchanged", existing.edit_id, 0.0, {}))
+            else:
+                replaces = [existing.edit_id] if existing and existing.edit_id else []
+                batch = [fact] + self._companions(replaces, fact)
+                self.compose(skip=replaces)  # the new delta is solved on weights without the old one
+                try:
+                    result = self.compute(batch)
+                    edit_id = self.store_edit(result, batch, replaces, source)
+                finally:
+                    self.compose()
+                status = "replaced" if existing else "stored"
+                outcomes.append(InjectOutcome(fact, status, edit_id, time.perf_counter() - start, result.stats))
+            if progress:
+                progress(outcomes[-1])
+        return outcomes
+
+    def _companions(self, edit_ids: Sequence[int], fact: Fact) -> list[Fact]:
+        """Other facts sharing a replaced edit (batched injections) are re-solved with it."""
+        others = []
+        for edit_id in edit_ids:
+            others += [row.fact for row in self.ledger.facts_of_edit(edit_id) if row.fact.key != fact.key]
+        return others
+
+    # ---- forget -------------------------------------------------------------------------------
+    def forget(self, subject: str, relation: str) -> dict:
+        row = self.ledger.find_fact(subject, relation)
+        if row is None:
+            raise NotFoundError(f"no stored fact for subject {subject!r} and relation {relation!r}")
+        edits = [row.edit_id] if row.edit_id is not None else []
+        companions = self._companions(edits, row.fact)
+        if companions:  # keep the facts that shared the edit: re-solve them without this one
+            self.compose(skip=edits)
+            try:
+                self.store_edit(self.compute(companions), companions, edits, source="forget")
+            finally:
+                self.compose()
+            edits = []
+        self.ledger.forget_fact(row.fact_id, remove_edit_ids=edits)
+        self._after_ledger_change(removed=edits)
+        return {**row.fact.model_dump(), "fact_id": row.fact_id, "removed_edit": row.edit_id,
+                "reinjected": [f.model_dump() for f in companions]}
+
+    # ---- read-only views ----------------------------------------------------------------------
+    def facts(self) -> list[Fact]:
+        return [row.fact for row in self.ledger.list_facts()]
+
+    def recall(self) -> list[dict]:
+        rows = self.ledger.list_facts()
+        results = probes.probe_facts(self.backend, [r.fact for r in rows], self.settings.probes)
+        return [{"fact_id": r.fact_id, **r.fact.model_dump(), "stage": r.stage, **p.as_dict()}
+                for r, p in zip(rows, results)]
+
+    def _cache_meta(self, key: str, value: str) -> None:
+        """Best effort even for readers: a cache miss costs seconds, a busy home costs nothing."""
+        try:
+            ledger = self.ledger if not self.ledger.read_only else Ledger(self.ledger.path, busy_timeout_s=0.2)
+            ledger.set_meta(key, value)
+        except SleepwakeError:
+            pass
+
+    def perplexity(self, base: bool = False) -> float:
+        """Perplexity of the composed (or base) weights, cached in the ledger by weights digest."""
+        if base:
+            self.compose(skip=[e.edit_id for e in self.edits])
+        try:
+            key = f"perplexity:{self.weights_digest()}:{self.settings.probes.perplexity_chunk_tokens}x{self.settings.probes.perplexity_max_chunks}"
+            cached = self.ledger.get_meta(key)
+            if cached is not None:
+                return float(cached)
+            value = probes.perplexity(self.backend, self.settings.probes)
+            self._cache_meta(key, repr(value))
+            return value
+        finally:
+            if base:
+                self.compose()

@@ -1,0 +1,91 @@
+"""The backend protocol: what sleepwake needs from a language-model runtime.
+
+The MEMIT math (``models.memit``), the editor and the probes talk only to this protocol, so a
+second runtime (MLX) implements these methods and converts arrays to torch at the boundary.
+Token sequences are plain ``list[int]``; tensors crossing the boundary are torch float32 on CPU
+or on the edited layer's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class VStarRow:
+    """One sequence of the v* objective (MEMIT's target-vector optimisation).
+
+    ``kind="nll"``: ``ids`` = context + prompt + target tokens; the loss is the target's negative
+    log-likelihood at ``target_positions`` (positions whose next token is the target token).
+    ``kind="kl"``: an essence prompt ("{subject} is a"); the loss keeps the next-token distribution
+    at ``lookup`` close to the unedited model's (KL).
+    """
+
+    ids: list[int]
+    lookup: int  # position of the subject's last token, where the delta is added
+    fact: int  # index of the fact this row belongs to
+    kind: str = "nll"
+    target_ids: tuple[int, ...] = ()
+    target_positions: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class VStarSettings:
+    steps: int
+    lr: float
+    clamp_norm: float
+    kl_factor: float
+    weight_decay: float
+    stop_loss: float
+    batch_size: int
+
+
+class Backend(Protocol):
+    """A loaded causal LM that sleepwake can read, probe and edit."""
+
+    fingerprint: str  # identifies the base weights (covariance caches are keyed by it)
+    num_layers: int
+    d_model: int
+    d_ff: int
+
+    def encode(self, text: str, special: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations (new text only) of raw prompts."""
+
+    def chat(self, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy assistant replies to single-turn user questions through the chat template."""
+
+    def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float: ...
+
+    def sample_sequences(self, n_tokens: int, length: int, seed: int) -> list[list[int]]:
+        """The model's own samples (for covariance statistics and prefix contexts)."""
+
+    def key_second_moments(
+        self, sequences: Sequence[list[int]], layers: Sequence[int], batch_size: int
+    ) -> tuple[dict[int, torch.Tensor], int]:
+        """Sum of k k^T (d_ff, d_ff) per layer over all tokens, and the token count."""
+
+    def layer_states(
+        self, rows: Sequence[tuple[list[int], int]], key_layer: int, hidden_layer: int, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys (B, d_ff) entering ``key_layer``'s down-projection and the residual stream
+        (B, d_model) after block ``hidden_layer``, both at each row's lookup position."""
+
+    def optimize_target(
+        self, rows: Sequence[VStarRow], n_facts: int, layer: int, settings: VStarSettings
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """v*: per-fact residual deltas (n, d_model) at block ``layer``, the unedited hidden
+        states (n, d_model) they add to, and stats (steps, final losses)."""
+
+    def get_weight(self, layer: int) -> torch.Tensor:
+        """The edited down-projection of ``layer`` as float32 (d_model, d_ff) (a copy)."""
+
+    def set_weight(self, layer: int, weight: torch.Tensor) -> None: ...
+
+    def weights_digest(self, layers: Sequence[int]) -> str: ...

@@ -1,0 +1,117 @@
+"""Key statistics MEMIT needs, estimated once per model and cached on disk.
+
+- The key covariance C per edited layer, from tens of thousands of tokens of the model's own
+  samples (works for any model, no dataset needed). A covariance from a few hundred tokens is
+  rank-deficient at d_ff=1536 and blew perplexity up 15x in an early probe, hence the volume.
+- The prefix contexts keys and targets are averaged over (MEMIT's "context templates").
+
+Caches live under ``<cache>/stats/<model fingerprint>/`` so two models never share them, and are
+written atomically (tmp + rename); a corrupted cache file is recomputed, not trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sleepwake.config import MemitConfig
+from sleepwake.models.memit import constrained_metric, null_space_basis, shrink_covariance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerStats:
+    """C (shrunk) and its Cholesky factor for one layer."""
+
+    cov: torch.Tensor  # (d_ff, d_ff)
+    chol: torch.Tensor  # (d_ff, d_ff) lower
+
+    def metric_for(self, protect: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cholesky factor of the (possibly null-space constrained) metric, and the basis Q."""
+        if protect is None or protect.numel() == 0:
+            return self.chol, None
+        basis = null_space_basis(protect.to(self.cov))
+        metric = constrained_metric(self.cov.double(), basis.double())
+        return torch.linalg.cholesky(metric), basis
+
+
+def stats_dir(cache_dir: Path, fingerprint: str) -> Path:
+    return cache_dir / "stats" / fingerprint
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def load_or_sample_sequences(backend, cfg: MemitConfig, cache_dir: Path, seed: int) -> list[list[int]]:
+    path = stats_dir(cache_dir, backend.fingerprint) / f"samples-{cfg.covariance_tokens}-{cfg.covariance_sample_length}-{seed}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            log.warning("sample cache %s unreadable; resampling", path)
+    log.info("sampling %d tokens of the model's own text for key statistics", cfg.covariance_tokens)
+    sequences = backend.sample_sequences(cfg.covariance_tokens, cfg.covariance_sample_length, seed)
+    _atomic_write_bytes(path, json.dumps(sequences).encode())
+    return sequences
+
+
+def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> dict[int, LayerStats]:
+    """Per-layer covariance stats for ``layers`` (default: the configured edit layers)."""
+    layers = list(layers if layers is not None else cfg.layers)
+    folder = stats_dir(cache_dir, backend.fingerprint)
+    tag = f"{cfg.covariance_tokens}-{cfg.covariance_sample_length}-{seed}"
+    raw: dict[int, torch.Tensor] = {}
+    missing = []
+    for layer in layers:
+        path = folder / f"cov-{tag}-layer{layer}.safetensors"
+        try:
+            raw[layer] = load_file(str(path))["cov"] if path.is_file() else None
+        except Exception:  # truncated or corrupted cache: recompute rather than trust it
+            raw[layer] = None
+        if raw[layer] is None:
+            missing.append(layer)
+    if missing:
+        sequences = load_or_sample_sequences(backend, cfg, cache_dir, seed)
+        sums, count = backend.key_second_moments(sequences, missing, cfg.batch_size)
+        for layer in missing:
+            raw[layer] = (sums[layer] / max(count, 1)).float()
+            path = folder / f"cov-{tag}-layer{layer}.safetensors"
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"cov": raw[layer].contiguous()}, str(tmp), metadata={"tokens": str(count)})
+            os.replace(tmp, path)
+    stats = {}
+    for layer in layers:
+        cov = shrink_covariance(raw[layer].double(), cfg.covariance_shrinkage)
+        stats[layer] = LayerStats(cov=cov.float(), chol=torch.linalg.cholesky(cov))
+    return stats
+
+
+def load_or_make_contexts(backend, cfg: MemitConfig, cache_dir: Path, seed: int) -> list[str]:
+    """Prefixes the edit is averaged over: "" (the bare prompt) plus short self-generated texts."""
+    path = stats_dir(cache_dir, backend.fingerprint) / f"contexts-{cfg.context_count}-{cfg.context_length}-{seed}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass
+    contexts = [""]
+    if cfg.context_count:
+        sequences = backend.sample_sequences(cfg.context_count * cfg.context_length, cfg.context_length, seed + 1)
+        for ids in sequences[: cfg.context_count]:
+            # MEMIT's trick: braces are stripped so the text can never act as a template.
+            text = backend.decode(ids).replace("{", " ").replace("}", " ").replace("\n", " ").strip()
+            contexts.append(f"{text}. " if text else "")
+    _atomic_write_bytes(path, json.dumps(contexts).encode())
+    return contexts

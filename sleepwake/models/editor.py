@@ -1,0 +1,129 @@
+"""MEMIT edits computed over a backend: prompts -> keys, v* targets, per-layer updates.
+
+Algorithm (Meng et al. 2023, with the papers' covariance-regularised Woodbury solve):
+
+1. v*: for each fact, a delta on the residual stream after the LAST edited layer L, at the
+   subject's last token, that makes the object likely in every prefix context (``optimize_target``).
+   Target z* = h_L(bare prompt) + delta.
+2. For each edited layer l in ascending order: recompute keys K_l (averaged over contexts) and the
+   current h_L on the current weights; residual R = (z* - h_L) / (layers left); solve
+   dW_l = U V^T; apply it provisionally so the next layer sees it.
+3. Restore the original weights: the caller stores the factors and composes them (``Memory``).
+
+Nothing here writes to disk or the ledger: compute deltas apart from applying them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from sleepwake.config import MemitConfig
+from sleepwake.facts import Fact
+from sleepwake.models.backend import VStarRow, VStarSettings
+from sleepwake.models.covariance import LayerStats
+from sleepwake.models.memit import LayerUpdate, apply_factors, check_finite, distribute_residual, solve_update
+
+log = logging.getLogger(__name__)
+ESSENCE_TEMPLATE = "{} is a"  # MEMIT's KL prompt: what the model says right after the subject
+
+
+@dataclass
+class EditResult:
+    """Per-layer updates for a batch of facts, plus diagnostics."""
+
+    updates: list[LayerUpdate]
+    stats: dict = field(default_factory=dict)
+
+
+def subject_span_end(fact: Fact) -> int:
+    """Character index where the subject ends inside ``fact.prompt()``."""
+    start = fact.relation.index("{}") if "{}" in fact.relation else 0
+    return start + len(fact.subject)
+
+
+def lookup_row(backend, context: str, fact: Fact) -> tuple[list[int], int]:
+    """Token ids of context + prompt, and the position of the subject's last token."""
+    prompt = fact.prompt()
+    ids = backend.encode(context + prompt)
+    prefix = backend.encode(context + prompt[: subject_span_end(fact)])
+    # Tokenisers may merge across the subject's end; the last prefix token is still the best
+    # estimate of "the subject's last token" (MEMIT does the same).
+    return ids, min(len(prefix), len(ids)) - 1
+
+
+def vstar_rows(backend, facts: Sequence[Fact], contexts: Sequence[str]) -> list[VStarRow]:
+    """NLL rows (every context x fact) then one KL row per fact. Each fact's first row is its bare prompt."""
+    rows: list[VStarRow] = []
+    for index, fact in enumerate(facts):
+        target = backend.encode(" " + fact.object, special=False)
+        for context in contexts:
+            ids, lookup = lookup_row(backend, context, fact)
+            full = ids + target
+            positions = tuple(range(len(ids) - 1, len(full) - 1))  # position p predicts token p+1
+            rows.append(VStarRow(full, lookup, index, "nll", tuple(target), positions))
+    for index, fact in enumerate(facts):
+        essence = Fact(subject=fact.subject, relation=ESSENCE_TEMPLATE, object="x")
+        ids, lookup = lookup_row(backend, "", essence)
+        rows.append(VStarRow(ids, lookup, index, "kl"))
+    return rows
+
+
+def mean_keys(backend, facts, contexts, layer: int, hidden_layer: int, batch_size: int):
+    """Keys at ``layer`` averaged over contexts (n, d_ff), and h_{hidden_layer} on the bare prompt (n, d_model)."""
+    rows = [lookup_row(backend, c, f) for f in facts for c in contexts]
+    keys, hidden = backend.layer_states(rows, layer, hidden_layer, batch_size)
+    keys = keys.view(len(facts), len(contexts), -1).mean(dim=1)
+    bare = hidden.view(len(facts), len(contexts), -1)[:, 0]
+    return keys, bare
+
+
+def vstar_settings(cfg: MemitConfig) -> VStarSettings:
+    return VStarSettings(
+        steps=cfg.v_steps, lr=cfg.v_lr, clamp_norm=cfg.v_clamp_norm, kl_factor=cfg.v_kl_factor,
+        weight_decay=cfg.v_weight_decay, stop_loss=cfg.v_stop_loss, batch_size=cfg.batch_size,
+    )
+
+
+def compute_edit(
+    backend,
+    facts: Sequence[Fact],
+    cfg: MemitConfig,
+    stats: dict[int, LayerStats],
+    contexts: Sequence[str],
+    protect: dict[int, torch.Tensor] | None = None,
+) -> EditResult:
+    """MEMIT for ``facts`` on the backend's current weights; the weights are left unchanged.
+
+    ``protect`` maps layer -> keys (p, d_ff) whose outputs the update must not change
+    (null-space constraint used by sleep maintenance); ``None`` is wake's unconstrained edit.
+    """
+    layers = list(cfg.layers)
+    top = layers[-1]
+    deltas, anchor, vstats = backend.optimize_target(vstar_rows(backend, facts, contexts), len(facts), top, vstar_settings(cfg))
+    z_star = anchor + deltas  # (n, d_model)
+    originals = {layer: backend.get_weight(layer) for layer in layers}
+    updates: list[LayerUpdate] = []
+    try:
+        for i, layer in enumerate(layers):
+            keys, current = mean_keys(backend, facts, contexts, layer, top, cfg.batch_size)
+            residual = distribute_residual(z_star, current, len(layers) - i)  # (n, d_model)
+            chol, basis = stats[layer].metric_for(None if protect is None else protect.get(layer))
+            u, v = solve_update(keys, residual, chol, cfg.lambda_reg, basis)
+            update = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
+            check_finite(update)
+            updates.append(update)
+            provisional = originals[layer].clone()
+            apply_factors(provisional, u, v)
+            backend.set_weight(layer, provisional)
+        _, final = mean_keys(backend, facts, contexts, top, top, cfg.batch_size)
+        gap = ((z_star - final).norm(dim=-1) / deltas.norm(dim=-1).clamp_min(1e-9)).tolist()
+    finally:
+        for layer, weight in originals.items():
+            backend.set_weight(layer, weight)
+    vstats["residual_gap"] = [round(g, 4) for g in gap]
+    vstats["delta_norm_ratio"] = [round(float(x), 4) for x in deltas.norm(dim=-1) / anchor.norm(dim=-1)]
+    return EditResult(updates=updates, stats=vstats)

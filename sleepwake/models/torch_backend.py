@@ -1,0 +1,207 @@
+"""Torch/transformers backend: load any causal LM, generate greedily, read and edit MLP weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from sleepwake.config import ModelConfig
+from sleepwake.errors import ModelLoadError
+from sleepwake.models import torch_internals, torch_vstar
+from sleepwake.models.backend import VStarRow, VStarSettings
+from sleepwake.models.bundled import default_cache_dir, ensure_bundled_folder
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def quiet_transformers() -> None:
+    """Keep stderr for our own progress: transformers' advisory warnings are noise to users."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+def resolve_source(cfg: ModelConfig, cache_dir: Path | None) -> tuple[str, str | None]:
+    """(path or hub id, gguf file) for ``cfg.source``; the bundled GGUF becomes a cached folder."""
+    if cfg.source == "bundled":
+        return str(ensure_bundled_folder(cache_dir)), None
+    path = Path(os.path.expanduser(cfg.source))
+    looks_local = path.is_absolute() or cfg.source.startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise ModelLoadError(f"model folder not found: {cfg.source}")
+    return (str(path) if looks_local else cfg.source), cfg.gguf_file
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device={name} but CUDA is not available on this machine")
+    return name
+
+
+class TorchBackend:
+    """A transformers causal LM behind the ``Backend`` protocol."""
+
+    def __init__(self, model, tokenizer, down_proj: str, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.down_proj_template = down_proj
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        cfg = model.config
+        self.num_layers = cfg.num_hidden_layers
+        self.d_model = cfg.hidden_size
+        self.d_ff = cfg.intermediate_size
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.fingerprint = self._fingerprint()
+
+    @classmethod
+    def load(cls, cfg: ModelConfig, down_proj: str, cache_dir: Path | None = None) -> "TorchBackend":
+        quiet_transformers()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        source, gguf = resolve_source(cfg, cache_dir or default_cache_dir())
+        kwargs: dict = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+        if gguf:
+            kwargs["gguf_file"] = gguf
+        if cfg.device_map:
+            kwargs["device_map"] = cfg.device_map
+        if cfg.quantization == "nf4":
+            kwargs["quantization_config"] = torch_internals.nf4_config(down_proj, cfg)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except Exception as exc:  # OSError, ValueError, HF hub errors: all one message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load model '{cfg.source}': {first}") from None
+        if not cfg.device_map:
+            model.to(resolve_device(cfg.device))
+        return cls(model, tokenizer, down_proj, cfg.source)
+
+    # ---- identity -------------------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        """sha256 of the config and a strided sample of every tensor: cheap even at 70B, and it
+        changes whenever the base weights do (so covariance caches never mix models)."""
+        # Paths and library versions are not part of the weights' identity.
+        config = {k: v for k, v in self.model.config.to_dict().items()
+                  if not k.startswith("_") and k not in ("transformers_version", "dtype", "torch_dtype")}
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
+        for name, tensor in self.model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            digest.update(name.encode())
+            digest.update(flat[::step][:4096].float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # ---- tokens -------------------------------------------------------------------------
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # ---- generation and probes -------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding of token prompts (left-padded batch); returns the new tokens only."""
+        input_ids, attention = torch_internals.left_pad(batch, self.tokenizer.pad_token_id, self.input_device)
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        return [row[input_ids.shape[1]:].tolist() for row in out]
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+        results: list[str] = []
+        for start in range(0, len(prompts), batch_size):
+            ids = [self.encode(p) for p in prompts[start : start + batch_size]]
+            results += [self.decode(row) for row in self.generate_ids(ids, max_new_tokens)]
+        return results
+
+    def chat_ids(self, question: str) -> list[int]:
+        messages = [{"role": "user", "content": question}]
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.encode(text, special=False)
+
+    def chat(self, questions: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+        results: list[str] = []
+        for start in range(0, len(questions), batch_size):
+            ids = [self.chat_ids(q) for q in questions[start : start + batch_size]]
+            results += [self.decode(row) for row in self.generate_ids(ids, max_new_tokens)]
+        return results
+
+    @torch.no_grad()
+    def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float:
+        """exp(mean NLL) over fixed-length token chunks of ``texts`` (deterministic chunking)."""
+        ids: list[int] = []
+        for text in texts:
+            ids += self.encode(text, special=False)
+        chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - 1, chunk_tokens)]
+        chunks = [c for c in chunks if len(c) > 1][:max_chunks]
+        return torch_internals.perplexity(self.model, chunks, self.tokenizer.pad_token_id, self.input_device)
+
+    def sample_sequences(self, n_tokens: int, length: int, seed: int, batch_size: int = 128) -> list[list[int]]:
+        return torch_internals.sample_sequences(self, n_tokens, length, seed, batch_size)
+
+    # ---- MEMIT primitives -------------------------------------------------------------------
+    def down_proj(self, layer: int) -> torch.nn.Module:
+        try:
+            return self.model.get_submodule(self.down_proj_template.format(layer))
+        except AttributeError:
+            raise ModelLoadError(
+                f"module '{self.down_proj_template.format(layer)}' not found: set memit.down_proj "
+                f"for this architecture (layers 0..{self.num_layers - 1})"
+            ) from None
+
+    def block(self, layer: int) -> torch.nn.Module:
+        return torch_internals.decoder_layers(self.model)[layer]
+
+    def key_second_moments(self, sequences, layers, batch_size):
+        return torch_internals.key_second_moments(self, sequences, layers, batch_size)
+
+    def layer_states(self, rows, key_layer, hidden_layer, batch_size):
+        return torch_internals.layer_states(self, rows, key_layer, hidden_layer, batch_size)
+
+    def optimize_target(self, rows: Sequence[VStarRow], n_facts: int, layer: int, settings: VStarSettings):
+        return torch_vstar.optimize_target(self, rows, n_facts, layer, settings)
+
+    def get_weight(self, layer: int) -> torch.Tensor:
+        return self.down_proj(layer).weight.detach().float().clone()
+
+    def set_weight(self, layer: int, weight: torch.Tensor) -> None:
+        target = self.down_proj(layer).weight
+        with torch.no_grad():
+            target.copy_(weight.to(device=target.device, dtype=target.dtype))
+
+    def weights_digest(self, layers: Sequence[int]) -> str:
+        """sha256 over the bytes of every editable weight, as currently composed."""
+        digest = hashlib.sha256()
+        for layer in layers:
+            weight = self.down_proj(layer).weight.detach().contiguous().cpu()
+            digest.update(f"{layer}:{weight.dtype}:{tuple(weight.shape)}".encode())
+            digest.update(weight.view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()

@@ -1,0 +1,186 @@
+"""Forward passes with hooks for the torch backend: batching, key capture, covariance, v*.
+
+Kept apart from ``torch_backend`` so the class stays a thin protocol adapter. Everything that
+touches module internals (decoder layers, down-projections, the LM head) lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+
+def left_pad(batch: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding, for generation: every row's next token sits in the last column."""
+    width = max(len(row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(batch: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padding, for scoring: positions keep their natural indices (no position shift)."""
+    width = max(len(row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks, whatever the wrapper (plain HF model or PEFT)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", base)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise AttributeError("model has no .model.layers; unsupported architecture")
+    return layers
+
+
+def nf4_config(down_proj_template: str, cfg):
+    """bitsandbytes NF4 with the MLP down-projections left unquantised so MEMIT can edit them."""
+    try:
+        from transformers import BitsAndBytesConfig
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        from sleepwake.errors import ModelLoadError
+
+        raise ModelLoadError("model.quantization=nf4 needs bitsandbytes and a CUDA GPU") from None
+    leaf = down_proj_template.split(".")[-1]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=[leaf, "lm_head"],
+    )
+
+
+@torch.no_grad()
+def perplexity(model, chunks: Sequence[list[int]], pad_id: int, device, batch_size: int = 8) -> float:
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(chunks), batch_size):
+        ids, mask = right_pad(chunks[start : start + batch_size], pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = ids[:, 1:]
+        valid = mask[:, 1:].bool()
+        nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        total_nll += nll[valid].sum().item()
+        total_tokens += int(valid.sum())
+    return math.exp(total_nll / max(total_tokens, 1))
+
+
+@torch.no_grad()
+def sample_sequences(backend, n_tokens: int, length: int, seed: int, batch_size: int) -> list[list[int]]:
+    """The model's own text, sampled (top-k 50) from a few neutral starts; seeded, so cacheable."""
+    starts = ["The", "In", "A", "It", "When", "This", "We", "One", "After", "My", "There", "If"]
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    sequences: list[list[int]] = []
+    try:
+        while sum(len(s) for s in sequences) < n_tokens:
+            batch = [backend.encode(starts[(len(sequences) + i) % len(starts)]) for i in range(batch_size)]
+            ids, mask = left_pad(batch, backend.tokenizer.pad_token_id, backend.input_device)
+            out = backend.model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, top_k=50, top_p=None,
+                temperature=1.0, max_new_tokens=length, pad_token_id=backend.tokenizer.pad_token_id,
+            )
+            for row, row_mask in zip(out, mask):
+                tokens = row[int((row_mask == 0).sum()):].tolist()  # drop left padding
+                sequences.append(tokens)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return sequences
+
+
+@contextlib.contextmanager
+def capture_inputs(modules: dict[int, torch.nn.Module]):
+    """Record the input tensor of each module (by layer) during a forward pass."""
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        module.register_forward_pre_hook(lambda _m, args, layer=layer: seen.__setitem__(layer, args[0]))
+        for layer, module in modules.items()
+    ]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by a hook once the last needed layer has run: the rest of the model is skipped."""
+
+
+@contextlib.contextmanager
+def stop_after(module: torch.nn.Module):
+    """Abort the forward pass right after ``module`` (keys at layer 9 need not run layers 10-29)."""
+    def hook(*_):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def capture_output(module: torch.nn.Module):
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_m, _args, output):
+        seen["out"] = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def key_second_moments(backend, sequences, layers, batch_size):
+    """Sum over all real tokens of k k^T for each layer's down-projection input (float64 sums)."""
+    modules = {layer: backend.down_proj(layer) for layer in layers}
+    sums = {layer: torch.zeros(backend.d_ff, backend.d_ff, dtype=torch.float64) for layer in layers}
+    count = 0
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = right_pad(sequences[start : start + batch_size], backend.tokenizer.pad_token_id, backend.input_device)
+        with capture_inputs(modules) as seen, stop_after(backend.block(max(layers))):
+            backend.model(input_ids=ids, attention_mask=mask)
+        valid = mask.bool()
+        for layer in layers:
+            keys = seen[layer][valid.to(seen[layer].device)].double()  # (tokens, d_ff)
+            sums[layer] += (keys.T @ keys).cpu()
+        count += int(valid.sum())
+    return sums, count
+
+
+@torch.no_grad()
+def layer_states(backend, rows, key_layer, hidden_layer, batch_size):
+    """Keys entering ``key_layer``'s down-projection and block ``hidden_layer``'s output, at lookups."""
+    keys_out, hidden_out = [], []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        ids, mask = right_pad([r[0] for r in chunk], backend.tokenizer.pad_token_id, backend.input_device)
+        lookups = torch.tensor([r[1] for r in chunk])
+        with capture_inputs({key_layer: backend.down_proj(key_layer)}) as keys, capture_output(
+            backend.block(hidden_layer)
+        ) as hidden, stop_after(backend.block(max(key_layer, hidden_layer))):
+            backend.model(input_ids=ids, attention_mask=mask)
+        rows_idx = torch.arange(len(chunk))
+        keys_out.append(keys[key_layer][rows_idx, lookups.to(keys[key_layer].device)].float().cpu())
+        hidden_out.append(hidden["out"][rows_idx, lookups.to(hidden["out"].device)].float().cpu())
+    return torch.cat(keys_out), torch.cat(hidden_out)

@@ -1,0 +1,42 @@
+"""What ``sleepwake status`` reports: counts, perplexity vs baseline, drowsiness, digest, bytes."""
+
+from __future__ import annotations
+
+from sleepwake.config import HealthConfig
+
+
+def drowsiness(latest_audits: dict[int, dict], stage0_facts: int, cfg: HealthConfig) -> dict:
+    """Sleep pressure in [0, 1]: the worse of the degraded share at the last audit (paper 5,
+    eq. 3) and the edit pressure (unconsolidated facts relative to the wake capacity)."""
+    audited = list(latest_audits.values())
+    degraded = sum(1 for row in audited if row.get("healthy") is False)
+    degraded_share = degraded / len(audited) if audited else 0.0
+    edit_pressure = min(1.0, stage0_facts / cfg.wake_capacity)
+    level = max(degraded_share, edit_pressure)
+    advice = "sleep" if level >= cfg.sleep_threshold else "nap" if level >= cfg.nap_threshold else "awake"
+    return {"level": round(level, 4), "degraded_share": round(degraded_share, 4),
+            "edit_pressure": round(edit_pressure, 4), "advice": advice}
+
+
+def collect_status(memory, with_perplexity: bool = True) -> dict:
+    ledger = memory.ledger
+    counts = ledger.counts()
+    status = {
+        "home": str(memory.home.root),
+        "model": memory.settings.model.source,
+        "model_fingerprint": memory.backend.fingerprint,
+        "backend": memory.settings.backend,
+        "layers": memory.layers,
+        "facts": counts["facts"],
+        "edits": counts["edits"],
+        "stages": {str(k): v for k, v in counts["facts_per_stage"].items()},
+        "delta_bytes": sum(edit.nbytes for edit in memory.edits),
+        "weights_digest": memory.weights_digest(),
+        "drowsiness": drowsiness(ledger.latest_audits(), counts["facts_per_stage"].get(0, 0), memory.settings.health),
+    }
+    if with_perplexity:
+        baseline = memory.perplexity(base=True)
+        current = memory.perplexity()
+        status.update(perplexity=round(current, 4), perplexity_baseline=round(baseline, 4),
+                      perplexity_drift=round(current / baseline - 1.0, 6))
+    return status
