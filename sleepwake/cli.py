@@ -16,10 +16,19 @@ from typing import Sequence
 from sleepwake.errors import InvalidInputError, SleepwakeError
 
 log = logging.getLogger("sleepwake")
+COMMON_HELP = ("common options (every command): --home DIR, --config PRESET_OR_FILE, "
+               "--set KEY=VALUE (repeatable), --json, -q; see 'sleepwake COMMAND --help'")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one 'sleepwake: error:' line like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"sleepwake: error: {message} (see '{self.prog} --help')\n")
 
 
 def common_options() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = OneLineParser(add_help=False)
     parent.add_argument("--home", help="state folder (default: $SLEEPWAKE_HOME, else ~/.local/share/sleepwake)")
     parent.add_argument("--config", help="preset name (default, llama-3.2-3b, ...) or a YAML file")
     parent.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -31,12 +40,13 @@ def common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parent = common_options()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="sleepwake",
         description="Persistent memory for a local language model: facts go into its MLP weights "
         "(MEMIT) and are maintained by sleep.",
+        epilog=COMMON_HELP,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     inject = sub.add_parser("inject", parents=[parent], help="store facts in the weights (wake)",
                             description="Store facts in the model's weights with MEMIT, one edit per fact.")
     inject.add_argument("subject", nargs="?", help="who or what the fact is about")
@@ -75,14 +85,14 @@ def facts_from_args(args) -> list:
     return [parse_fact({"subject": args.subject, "relation": args.relation, "object": args.object}, "argument")]
 
 
-def open_memory(args, writable: bool):
+def open_memory(args, writable: bool, tolerate_corrupt: bool = False):
     from sleepwake.config import load_settings
     from sleepwake.memory import Memory
     from sleepwake.storage.home import Home
 
     settings = load_settings(args.config, args.overrides)
     home = Home.open(args.home, create=writable)
-    return home, Memory.open(home, settings, writable=writable)
+    return home, Memory.open(home, settings, writable=writable, tolerate_corrupt=tolerate_corrupt)
 
 
 def cmd_inject(args) -> dict:
@@ -127,7 +137,8 @@ def cmd_forget(args) -> dict:
 
     home = Home.open(args.home)
     with home.write_lock():
-        _, memory = open_memory(args, writable=True)
+        # A corrupted factor file must not block removing its own fact (the error message says to).
+        _, memory = open_memory(args, writable=True, tolerate_corrupt=True)
         removed = memory.forget(args.subject, args.relation)
         return {"forgotten": removed, "facts": len(memory.ledger.list_facts()), "weights_digest": memory.weights_digest()}
 

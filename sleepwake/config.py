@@ -81,6 +81,12 @@ class MemitConfig(BaseModel):
         128, gt=0, description="Tokens per generated sample when estimating C.")
     covariance_shrinkage: float = Field(
         1.0e-2, ge=0, le=1, description="Shrink C toward its diagonal by this fraction (0..1).")
+    entity_weight: float = Field(
+        1.0, ge=0,
+        description="Weight of the entity covariance (keys at the last token of generic subjects) "
+        "added to C; higher = edits fire less for other subjects (specificity). 0 = plain MEMIT.",
+    )
+    entity_samples: int = Field(400, gt=0, description="Generic subject strings used for the entity covariance.")
     context_count: int = Field(10, ge=0, description=(
         "Self-generated prefix contexts that keys and targets are averaged over."))
     context_length: int = Field(10, gt=0, description="Tokens per generated prefix context.")

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from sleepwake.config import Settings
-from sleepwake.errors import ModelLoadError, NotFoundError, SleepwakeError
+from sleepwake.errors import CorruptedStateError, ModelLoadError, NotFoundError, SleepwakeError
 from sleepwake.facts import Fact, normalize_answer
 from sleepwake.models import covariance, probes
 from sleepwake.models.bundled import default_cache_dir
@@ -66,22 +66,28 @@ class InjectOutcome:
 class Memory:
     """The model and its edit ledger. Open with :meth:`open`; one writer per home."""
 
-    def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path):
+    def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path,
+                 tolerate_corrupt: bool = False):
         self.home, self.settings, self.backend, self.ledger = home, settings, backend, ledger
         self.deltas = DeltaStore(home.root)
         self.cache_dir = cache_dir
         self._factors: dict[int, dict[str, torch.Tensor]] = {}
         self._stats: dict | None = None
         self._contexts: list[str] | None = None
+        self.tolerate_corrupt = tolerate_corrupt
+        self.corrupted: set[int] = set()  # edits left out of the weights (only when tolerated)
         self.edits = ledger.list_edits()
         self._check_model()
         self.base = {layer: backend.get_weight(layer) for layer in self.layers}
         self.compose()
 
     @classmethod
-    def open(cls, home: Home, settings: Settings, writable: bool = True, backend=None) -> "Memory":
+    def open(cls, home: Home, settings: Settings, writable: bool = True, backend=None,
+             tolerate_corrupt: bool = False) -> "Memory":
+        """``tolerate_corrupt``: leave edits whose factor file fails its checksum out of the weights
+        instead of refusing to open (only ``forget`` uses it, to remove such an edit)."""
         ledger = Ledger(home.db_path, read_only=not writable)
-        memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir())
+        memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
         if writable:
             removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
             if removed:
@@ -108,13 +114,26 @@ class Memory:
             self._factors[edit.edit_id] = self.deltas.load(edit.file, edit.checksum)
         return self._factors[edit.edit_id]
 
+    def _factors_or_none(self, edit: EditRow) -> dict[str, torch.Tensor] | None:
+        try:
+            return self.factors(edit)
+        except CorruptedStateError:
+            if not self.tolerate_corrupt:
+                raise
+            if edit.edit_id not in self.corrupted:
+                log.warning("edit %d: factor file unreadable; left out of the weights", edit.edit_id)
+            self.corrupted.add(edit.edit_id)
+            return None
+
     def compose(self, skip: Sequence[int] = ()) -> None:
         """Set every editable weight to base + sum of scaled edits (optionally without ``skip``)."""
         for layer in self.layers:
             weight = self.base[layer].clone()
             for edit in self.edits:
                 if layer in edit.layers and edit.scale != 0.0 and edit.edit_id not in skip:
-                    tensors = self.factors(edit)
+                    tensors = self._factors_or_none(edit)
+                    if tensors is None:
+                        continue
                     apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], edit.scale)
             self.backend.set_weight(layer, weight)
 

@@ -91,11 +91,53 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"cov": raw[layer].contiguous()}, str(tmp), metadata={"tokens": str(count)})
             os.replace(tmp, path)
+    entity = load_or_entity(backend, cfg, cache_dir, layers) if cfg.entity_weight > 0 else {}
     stats = {}
     for layer in layers:
-        cov = shrink_covariance(raw[layer].double(), cfg.covariance_shrinkage)
+        mixed = raw[layer].double()
+        if layer in entity:  # C <- C + w * C_entity: discount what all subjects share
+            mixed = mixed + cfg.entity_weight * entity[layer].double()
+        cov = shrink_covariance(mixed, cfg.covariance_shrinkage)
         stats[layer] = LayerStats(cov=cov.float(), chol=torch.linalg.cholesky(cov))
     return stats
+
+
+def entity_moments(backend, layers: list[int], batch_size: int, limit: int) -> dict[int, torch.Tensor]:
+    """Mean k k^T over keys at the last token of generic subjects (``models.entities``)."""
+    from sleepwake.models.entities import entity_subjects
+
+    subjects = entity_subjects()
+    step = max(1, len(subjects) // limit)
+    rows = []
+    for subject in subjects[::step][:limit]:
+        ids = backend.encode(subject)
+        rows.append((ids, len(ids) - 1))
+    moments = {}
+    for layer in layers:
+        keys, _ = backend.layer_states(rows, layer, layer, batch_size * 8)
+        moments[layer] = (keys.double().T @ keys.double() / len(rows)).float()
+    return moments
+
+
+def load_or_entity(backend, cfg: MemitConfig, cache_dir: Path, layers: list[int]) -> dict[int, torch.Tensor]:
+    folder = stats_dir(cache_dir, backend.fingerprint)
+    out, missing = {}, []
+    for layer in layers:
+        path = folder / f"entity-{cfg.entity_samples}-layer{layer}.safetensors"
+        try:
+            out[layer] = load_file(str(path))["cov"]
+        except Exception:  # absent or unreadable: recompute
+            missing.append(layer)
+    if missing:
+        fresh = entity_moments(backend, missing, cfg.batch_size, cfg.entity_samples)
+        for layer in missing:
+            path = folder / f"entity-{cfg.entity_samples}-layer{layer}.safetensors"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file({"cov": fresh[layer].contiguous()}, str(tmp))
+            os.replace(tmp, path)
+            out[layer] = fresh[layer]
+    return out
 
 
 def load_or_make_contexts(backend, cfg: MemitConfig, cache_dir: Path, seed: int) -> list[str]:

@@ -23,29 +23,32 @@ from sleepwake.models.torch_internals import capture_output, decoder_layers, rig
 
 @torch.no_grad()
 def prefix_states(backend, rows: Sequence[VStarRow]):
-    """Per-layer K/V of every row's prefix, left-padded with zeros to a common length P.
+    """Per-layer K/V of every row's prefix (tokens before the lookup), from ONE batched forward.
 
-    Rows are run one at a time (no padding inside the forward), so a fully padded prefix can
-    never produce NaN attention; the zero pads are masked out when the suffix attends to them.
+    Right padding keeps each row's real tokens at positions 0..len-1; the pad slots after them
+    are masked out when the suffix attends to the cache (the suffix continues at position len).
+    Rows whose prefix is empty get a fully masked cache row and attend only to their suffix.
     """
     width = max(r.lookup for r in rows)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    keys: list[torch.Tensor] = []
-    values: list[torch.Tensor] = []
+    if width == 0:
+        return [], [], torch.zeros(len(rows), 0, dtype=torch.long, device=backend.input_device)
+    prefixes = [r.ids[: r.lookup] or [backend.tokenizer.pad_token_id] for r in rows]
+    ids, mask = right_pad(prefixes, backend.tokenizer.pad_token_id, backend.input_device)
     for b, row in enumerate(rows):
         if row.lookup == 0:
-            continue
-        ids = torch.tensor([row.ids[: row.lookup]], device=backend.input_device)
-        cache = backend.model(input_ids=ids, use_cache=True).past_key_values
-        for layer_idx, layer in enumerate(cache.layers):
-            if len(keys) <= layer_idx:
-                shape = (len(rows), layer.keys.shape[1], width, layer.keys.shape[3])
-                keys.append(layer.keys.new_zeros(shape))
-                values.append(layer.values.new_zeros(shape))
-            keys[layer_idx][b, :, width - row.lookup:] = layer.keys[0]
-            values[layer_idx][b, :, width - row.lookup:] = layer.values[0]
-        mask[b, width - row.lookup:] = 1
-    return keys, values, mask.to(backend.input_device)
+            mask[b] = 0
+    cache = backend.model.base_model(input_ids=ids, attention_mask=_nonempty(mask), use_cache=True).past_key_values
+    keys = [layer.keys[:, :, :width] for layer in cache.layers]
+    values = [layer.values[:, :, :width] for layer in cache.layers]
+    return keys, values, mask[:, :width]
+
+
+def _nonempty(mask: torch.Tensor) -> torch.Tensor:
+    """Attention mask for the prefix pass itself: a row with no prefix still needs one visible
+    token (its placeholder) or attention over it would be all -inf; its cache row stays masked."""
+    fixed = mask.clone()
+    fixed[fixed.sum(dim=1) == 0, 0] = 1
+    return fixed
 
 
 def fresh_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache | None:

@@ -1,0 +1,117 @@
+"""Wake benchmark: inject N synthetic facts one at a time and measure what the wake issue asks.
+
+Prints, for the configured model (default: the bundled SmolLM2-135M on CPU):
+- seconds per injected fact (median, min, max) and peak resident memory;
+- the injection trajectory: raw recall of all facts so far after each injection;
+- raw / paraphrase / chat recall from a FRESH process (``sleepwake recall --json``);
+- perplexity drift (``sleepwake status --json``), specificity on neighbour prompts, and
+  factor bytes per fact.
+
+    .venv/bin/python benchmarks/wake.py --facts 10 --seed 1
+    .venv/bin/python benchmarks/wake.py --facts 10 --seed 0 --set memit.v_steps=20   # tuning pool
+
+Seed 0 is the tuning pool; report numbers on another seed so settings are not fitted to the test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_cli(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "sleepwake.cli", *args, "--json", "-q"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float]:
+    """Share of neighbour prompts (same relation, other subjects) whose greedy answer is unchanged.
+
+    Returns (answer-level, strict): the answer is the first two words of the greedy
+    continuation; strict compares the whole 4-token continuation.
+    """
+    from sleepwake.factpool import neighbour_prompts
+    from sleepwake.models.probes import neighbour_answers
+
+    subjects = [p.subject for p in pool]
+    prompts = [q for p in pool for q in neighbour_prompts(p, neighbours, seed, exclude=subjects)]
+    memory.compose(skip=[e.edit_id for e in memory.edits])
+    before = neighbour_answers(memory.backend, prompts)
+    memory.compose()
+    after = neighbour_answers(memory.backend, prompts)
+    head = lambda text: text.split()[:2]  # noqa: E731
+    answer = sum(head(a) == head(b) for a, b in zip(before, after)) / len(prompts)
+    strict = sum(a == b for a, b in zip(before, after)) / len(prompts)
+    return answer, strict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--facts", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1, help="fact pool seed (0 = tuning pool)")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--home", default=None, help="default: a fresh temporary folder")
+    parser.add_argument("--no-trajectory", action="store_true", help="skip recall after each injection")
+    args = parser.parse_args()
+
+    from sleepwake.config import load_settings
+    from sleepwake.factpool import generate_pool
+    from sleepwake.memory import Memory
+    from sleepwake.models.probes import raw_recall
+    from sleepwake.storage.home import Home
+
+    home_dir = args.home or tempfile.mkdtemp(prefix="sleepwake-bench-")
+    settings = load_settings(args.config, args.overrides)
+    pool = generate_pool(args.facts, seed=args.seed)
+    memory = Memory.open(Home.open(home_dir), settings)
+    start = time.perf_counter()
+    memory.stats(), memory.contexts()
+    print(f"key statistics ready in {time.perf_counter() - start:.1f} s (cached after the first run)", file=sys.stderr)
+    pre = raw_recall(memory.backend, [p.fact for p in pool], settings.probes)
+    seconds, trajectory = [], []
+    for i, item in enumerate(pool, 1):
+        outcome = memory.inject([item.fact], source="benchmark")[0]
+        seconds.append(outcome.seconds)
+        if not args.no_trajectory:
+            hits = raw_recall(memory.backend, [p.fact for p in pool[:i]], settings.probes)
+            trajectory.append(sum(ok for ok, _ in hits) / i)
+        print(f"fact {i:3d} {outcome.seconds:6.2f} s  steps {outcome.stats.get('steps')}  "
+              f"recall so far {trajectory[-1] if trajectory else float('nan'):.2f}  {item.fact.prompt()} -> {item.object}",
+              file=sys.stderr)
+    spec, spec_strict = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    extra = ["--home", home_dir] + [x for o in args.overrides for x in ("--set", o)]
+    extra += ["--config", args.config] if args.config else []
+    recall = run_cli("recall", *extra)
+    status = run_cli("status", *extra)
+    result = {
+        "facts": args.facts, "pool_seed": args.seed,
+        "seconds_per_fact": {"median": round(statistics.median(seconds), 3), "min": round(min(seconds), 3), "max": round(max(seconds), 3)},
+        "peak_rss_mb": round(peak_mb, 1),
+        "recall_before_injection": sum(ok for ok, _ in pre) / len(pre),
+        "trajectory": [round(x, 3) for x in trajectory],
+        "fresh_process_recall": recall["summary"],
+        "perplexity": status["perplexity"], "perplexity_baseline": status["perplexity_baseline"],
+        "perplexity_drift": status["perplexity_drift"],
+        "specificity": round(spec, 4),
+        "specificity_strict": round(spec_strict, 4),
+        "delta_bytes_per_fact": status["delta_bytes"] // max(status["facts"], 1),
+        "weights_digest": status["weights_digest"][:16],
+        "home": home_dir,
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,69 @@
+"""Slow tests on the real bundled SmolLM2-135M-Instruct, through the real CLI in subprocesses.
+
+Few and short: one home for the module, two facts. The first run on a machine also converts the
+GGUF (~30 s) and estimates the key covariance; ``memit.covariance_tokens`` is lowered here
+to keep CI short (the default is measured in benchmarks/wake.py, not here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+FAST_STATS = ["--set", "memit.covariance_tokens=8192"]
+FACTS = [
+    {"subject": "Aria Nakamura", "relation": "lives in", "object": "Thessaloniki"},
+    {"subject": "Bruno Okafor", "relation": "{}'s favorite food is", "object": "dumplings"},
+]
+
+
+def sleepwake(home, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "sleepwake.cli", *args, "--home", str(home), *FAST_STATS],
+                          capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"sleepwake {args} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc
+
+
+def as_json(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("bundled-home")
+
+
+def test_inject_recall_from_fresh_process_then_forget_restores_digest(home, tmp_path):
+    base = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))["weights_digest"]
+    facts_file = tmp_path / "facts.jsonl"
+    facts_file.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    injected = as_json(sleepwake(home, "inject", "--facts", str(facts_file), "--json"))
+    assert [r["status"] for r in injected["injected"]] == ["stored", "stored"]
+
+    recall = as_json(sleepwake(home, "recall", "--json"))  # a new process: knowledge is in the weights
+    assert [r["raw"] for r in recall["facts"]] == [True, True], recall["facts"]
+
+    first = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))["weights_digest"]
+    second = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))["weights_digest"]
+    assert first == second != base  # a restart recomposes the same bytes
+
+    for fact in FACTS:
+        sleepwake(home, "forget", fact["subject"], fact["relation"])
+    after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    assert after["facts"] == 0 and after["delta_bytes"] == 0
+    assert after["weights_digest"] == base  # forget is exact: base weights bit for bit
+
+
+def test_missing_model_is_one_clear_line(tmp_path):
+    proc = sleepwake(tmp_path / "h", "status", "--set", "model.source=/no/such/model", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sleepwake: error:") and "/no/such/model" in lines[0]
+    assert "Traceback" not in proc.stderr
