@@ -81,16 +81,19 @@ class MemitConfig(BaseModel):
         128, gt=0, description="Tokens per generated sample when estimating C.")
     covariance_shrinkage: float = Field(
         1.0e-2, ge=0, le=1, description="Shrink C toward its diagonal by this fraction (0..1).")
-    entity_weight: float = Field(
-        1.0, ge=0,
-        description="Weight of the entity covariance (keys at the last token of generic subjects) "
-        "added to C; higher = edits fire less for other subjects (specificity). 0 = plain MEMIT.",
+    contrast_subjects: int = Field(
+        12, ge=0,
+        description="Look-alike subjects (same surname, same first name, unrelated names) whose keys "
+        "are added to C for each edit, so the edit fires less for them (specificity). 0 = plain MEMIT.",
     )
-    entity_samples: int = Field(400, gt=0, description="Generic subject strings used for the entity covariance.")
-    context_count: int = Field(10, ge=0, description=(
+    contrast_weight: float = Field(
+        1.0e-3, ge=0,
+        description="Weight (relative to trace(C)) of the look-alike subjects' key second moment added to C.",
+    )
+    context_count: int = Field(5, ge=0, description=(
         "Self-generated prefix contexts that keys and targets are averaged over."))
     context_length: int = Field(10, gt=0, description="Tokens per generated prefix context.")
-    v_steps: int = Field(25, gt=0, description="Optimisation steps per target vector.")
+    v_steps: int = Field(40, gt=0, description="Optimisation steps per target vector.")
     v_lr: float = Field(5.0e-1, gt=0, description="Learning rate for the target vectors.")
     v_clamp_norm: float = Field(4.0, gt=0, description=(
         "Max norm of the residual delta, as a multiple of the hidden state's norm."))

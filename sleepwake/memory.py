@@ -167,7 +167,7 @@ class Memory:
                 "facts": json.dumps([f.model_dump() for f in facts])}
         relpath, checksum, nbytes = self.deltas.save(edit_id, tensors, meta)
         row = EditRow(edit_id=edit_id, kind=kind, scale=1.0, layers=[u.layer for u in result.updates],
-                      rank=len(facts), file=relpath, checksum=checksum, nbytes=nbytes,
+                      rank=result.updates[0].u.shape[1], file=relpath, checksum=checksum, nbytes=nbytes,
                       model_fingerprint=self.backend.fingerprint)
         try:
             self.ledger.commit_edit(row, list(facts), remove_edit_ids=list(replaces), source=source)

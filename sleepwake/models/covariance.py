@@ -33,13 +33,27 @@ class LayerStats:
     cov: torch.Tensor  # (d_ff, d_ff)
     chol: torch.Tensor  # (d_ff, d_ff) lower
 
-    def metric_for(self, protect: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Cholesky factor of the (possibly null-space constrained) metric, and the basis Q."""
-        if protect is None or protect.numel() == 0:
+    def metric_for(
+        self, protect: torch.Tensor | None, contrast: torch.Tensor | None = None, weight: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Cholesky factor of the metric for one edit, and the null-space basis Q (or None).
+
+        ``contrast`` keys (m, d_ff) add ``weight * tr(C)/tr(M) * M`` to C with M = mean(k k^T)
+        (soft: those directions cost more; the trace ratio makes ``weight`` independent of the
+        model's key scale); ``protect`` keys are a hard constraint (dW k_p = 0, metric P C P + Q Q^T).
+        """
+        cov = self.cov.double()
+        if contrast is not None and contrast.numel() and weight > 0:
+            c = contrast.double()
+            moment = (c.T @ c) / c.shape[0]  # (d_ff, d_ff)
+            cov = cov + weight * (cov.trace() / moment.trace().clamp_min(1e-12)) * moment
+        elif protect is None or protect.numel() == 0:
             return self.chol, None
-        basis = null_space_basis(protect.to(self.cov))
-        metric = constrained_metric(self.cov.double(), basis.double())
-        return torch.linalg.cholesky(metric), basis
+        basis = None
+        if protect is not None and protect.numel():
+            basis = null_space_basis(protect.to(self.cov)).double()
+            cov = constrained_metric(cov, basis)
+        return torch.linalg.cholesky(cov), basis
 
 
 def stats_dir(cache_dir: Path, fingerprint: str) -> Path:
@@ -91,53 +105,11 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({"cov": raw[layer].contiguous()}, str(tmp), metadata={"tokens": str(count)})
             os.replace(tmp, path)
-    entity = load_or_entity(backend, cfg, cache_dir, layers) if cfg.entity_weight > 0 else {}
     stats = {}
     for layer in layers:
-        mixed = raw[layer].double()
-        if layer in entity:  # C <- C + w * C_entity: discount what all subjects share
-            mixed = mixed + cfg.entity_weight * entity[layer].double()
-        cov = shrink_covariance(mixed, cfg.covariance_shrinkage)
+        cov = shrink_covariance(raw[layer].double(), cfg.covariance_shrinkage)
         stats[layer] = LayerStats(cov=cov.float(), chol=torch.linalg.cholesky(cov))
     return stats
-
-
-def entity_moments(backend, layers: list[int], batch_size: int, limit: int) -> dict[int, torch.Tensor]:
-    """Mean k k^T over keys at the last token of generic subjects (``models.entities``)."""
-    from sleepwake.models.entities import entity_subjects
-
-    subjects = entity_subjects()
-    step = max(1, len(subjects) // limit)
-    rows = []
-    for subject in subjects[::step][:limit]:
-        ids = backend.encode(subject)
-        rows.append((ids, len(ids) - 1))
-    moments = {}
-    for layer in layers:
-        keys, _ = backend.layer_states(rows, layer, layer, batch_size * 8)
-        moments[layer] = (keys.double().T @ keys.double() / len(rows)).float()
-    return moments
-
-
-def load_or_entity(backend, cfg: MemitConfig, cache_dir: Path, layers: list[int]) -> dict[int, torch.Tensor]:
-    folder = stats_dir(cache_dir, backend.fingerprint)
-    out, missing = {}, []
-    for layer in layers:
-        path = folder / f"entity-{cfg.entity_samples}-layer{layer}.safetensors"
-        try:
-            out[layer] = load_file(str(path))["cov"]
-        except Exception:  # absent or unreadable: recompute
-            missing.append(layer)
-    if missing:
-        fresh = entity_moments(backend, missing, cfg.batch_size, cfg.entity_samples)
-        for layer in missing:
-            path = folder / f"entity-{cfg.entity_samples}-layer{layer}.safetensors"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file({"cov": fresh[layer].contiguous()}, str(tmp))
-            os.replace(tmp, path)
-            out[layer] = fresh[layer]
-    return out
 
 
 def load_or_make_contexts(backend, cfg: MemitConfig, cache_dir: Path, seed: int) -> list[str]:

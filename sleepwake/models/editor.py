@@ -25,6 +25,7 @@ from sleepwake.config import MemitConfig
 from sleepwake.facts import Fact
 from sleepwake.models.backend import VStarRow, VStarSettings
 from sleepwake.models.covariance import LayerStats
+from sleepwake.models.entities import contrast_subjects
 from sleepwake.models.memit import LayerUpdate, apply_factors, check_finite, distribute_residual, solve_update
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,32 @@ def vstar_rows(backend, facts: Sequence[Fact], contexts: Sequence[str]) -> list[
 
 
 def mean_keys(backend, facts, contexts, layer: int, hidden_layer: int, batch_size: int):
-    """Keys at ``layer`` averaged over contexts (n, d_ff), and h_{hidden_layer} on the bare prompt (n, d_model)."""
+    """Key rows (2n, d_ff) at ``layer`` - per fact its average over contexts (MEMIT's key, for
+    generalisation) then its bare-prompt key (the plain question must hold exactly) - and
+    h_{hidden_layer} on the bare prompt (n, d_model)."""
     rows = [lookup_row(backend, c, f) for f in facts for c in contexts]
     keys, hidden = backend.layer_states(rows, layer, hidden_layer, batch_size)
-    keys = keys.view(len(facts), len(contexts), -1).mean(dim=1)
+    keys = keys.view(len(facts), len(contexts), -1)
     bare = hidden.view(len(facts), len(contexts), -1)[:, 0]
-    return keys, bare
+    if len(contexts) == 1:  # no generated contexts: the average IS the bare key (one row, not two)
+        return keys[:, 0], bare
+    return torch.cat([keys.mean(dim=1), keys[:, 0]]), bare
+
+
+def contrast_rows(backend, facts: Sequence[Fact], count: int) -> list[tuple[list[int], int]]:
+    """Bare prompts of look-alike subjects (``entities.contrast_subjects``) with each fact's relation."""
+    rows = []
+    for fact in facts:
+        for other in contrast_subjects(fact.subject, count):
+            rows.append(lookup_row(backend, "", Fact(subject=other, relation=fact.relation, object="x")))
+    return rows
+
+
+def contrast_keys(backend, contrast, layer: int, batch_size: int) -> torch.Tensor | None:
+    """Keys (m, d_ff) of the look-alike subjects at ``layer`` on the current weights."""
+    if not contrast:
+        return None
+    return backend.layer_states(contrast, layer, layer, batch_size)[0]
 
 
 def vstar_settings(cfg: MemitConfig) -> VStarSettings:
@@ -99,19 +120,26 @@ def compute_edit(
     """MEMIT for ``facts`` on the backend's current weights; the weights are left unchanged.
 
     ``protect`` maps layer -> keys (p, d_ff) whose outputs the update must not change
-    (null-space constraint used by sleep maintenance); ``None`` is wake's unconstrained edit.
+    (null-space constraint used by sleep maintenance); ``None`` is wake's edit, unconstrained
+    with respect to other edits. Either way the keys of ``cfg.contrast_subjects`` look-alike
+    subjects are added to the covariance (weight ``cfg.contrast_weight``), so the edit prefers
+    directions that tell the subject apart from others who share its name parts (specificity).
     """
     layers = list(cfg.layers)
     top = layers[-1]
     deltas, anchor, vstats = backend.optimize_target(vstar_rows(backend, facts, contexts), len(facts), top, vstar_settings(cfg))
     z_star = anchor + deltas  # (n, d_model)
+    contrast = contrast_rows(backend, facts, cfg.contrast_subjects)
     originals = {layer: backend.get_weight(layer) for layer in layers}
     updates: list[LayerUpdate] = []
     try:
         for i, layer in enumerate(layers):
             keys, current = mean_keys(backend, facts, contexts, layer, top, cfg.batch_size)
             residual = distribute_residual(z_star, current, len(layers) - i)  # (n, d_model)
-            chol, basis = stats[layer].metric_for(None if protect is None else protect.get(layer))
+            residual = residual.repeat(keys.shape[0] // len(facts), 1)  # one per key row
+            soft = contrast_keys(backend, contrast, layer, cfg.batch_size)
+            hard = None if protect is None else protect.get(layer)
+            chol, basis = stats[layer].metric_for(hard, soft, cfg.contrast_weight)
             u, v = solve_update(keys, residual, chol, cfg.lambda_reg, basis)
             update = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
             check_finite(update)
