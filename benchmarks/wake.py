@@ -33,12 +33,15 @@ def run_cli(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float]:
+def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float, float]:
     """Share of neighbour prompts (same relation, other subjects) whose greedy answer is unchanged.
 
-    Returns (answer-level, strict): the answer is the first two words of the greedy
-    continuation; strict compares the whole 4-token continuation.
+    Returns (answer-level, strict, leak): the answer is the first two words of the greedy
+    continuation; strict compares the whole 4-token continuation; leak is the share of neighbour
+    prompts whose answer newly contains one of the injected objects (bleed, not drift).
     """
+    from sleepwake.models.probes import answer_matches
+
     from sleepwake.factpool import neighbour_prompts
     from sleepwake.models.probes import neighbour_answers
 
@@ -51,7 +54,9 @@ def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float]
     head = lambda text: text.split()[:2]  # noqa: E731
     answer = sum(head(a) == head(b) for a, b in zip(before, after)) / len(prompts)
     strict = sum(a == b for a, b in zip(before, after)) / len(prompts)
-    return answer, strict
+    objects = [p.object for p in pool]
+    leaked = sum(any(answer_matches(a, o) and not answer_matches(b, o) for o in objects) for a, b in zip(before, after))
+    return answer, strict, leaked / len(prompts)
 
 
 def main() -> None:
@@ -88,7 +93,7 @@ def main() -> None:
         print(f"fact {i:3d} {outcome.seconds:6.2f} s  steps {outcome.stats.get('steps')}  "
               f"recall so far {trajectory[-1] if trajectory else float('nan'):.2f}  {item.fact.prompt()} -> {item.object}",
               file=sys.stderr)
-    spec, spec_strict = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed)
+    spec, spec_strict, leak = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = ["--home", home_dir] + [x for o in args.overrides for x in ("--set", o)]
     extra += ["--config", args.config] if args.config else []
@@ -105,6 +110,7 @@ def main() -> None:
         "perplexity_drift": status["perplexity_drift"],
         "specificity": round(spec, 4),
         "specificity_strict": round(spec_strict, 4),
+        "neighbour_leak": round(leak, 4),
         "delta_bytes_per_fact": status["delta_bytes"] // max(status["facts"], 1),
         "weights_digest": status["weights_digest"][:16],
         "home": home_dir,

@@ -86,6 +86,11 @@ class MemitConfig(BaseModel):
         description="Look-alike subjects (same surname, same first name, unrelated names) whose keys "
         "are added to C for each edit, so the edit fires less for them (specificity). 0 = plain MEMIT.",
     )
+    protect_related: bool = Field(
+        True,
+        description="Keep stored facts about OTHER subjects that share a name word with the new "
+        "subject (a surname) exactly unchanged (null-space on their stored keys).",
+    )
     contrast_weight: float = Field(
         1.0e-3, ge=0,
         description="Weight (relative to trace(C)) of the look-alike subjects' key second moment added to C.",

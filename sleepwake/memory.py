@@ -25,7 +25,7 @@ import torch
 
 from sleepwake.config import Settings
 from sleepwake.errors import CorruptedStateError, ModelLoadError, NotFoundError, SleepwakeError
-from sleepwake.facts import Fact, normalize_answer
+from sleepwake.facts import Fact, normalize_answer, normalize_key
 from sleepwake.models import covariance, probes
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.models.editor import EditResult, compute_edit
@@ -153,7 +153,29 @@ class Memory:
 
     # ---- wake: inject -------------------------------------------------------------------------
     def compute(self, facts: Sequence[Fact], protect: dict | None = None) -> EditResult:
+        if protect is None and self.settings.memit.protect_related:
+            protect = self.related_keys(facts)
         return compute_edit(self.backend, facts, self.settings.memit, self.stats(), self.contexts(), protect)
+
+    def related_keys(self, facts: Sequence[Fact]) -> dict[int, torch.Tensor] | None:
+        """Stored keys of OTHER subjects sharing a name word with ``facts`` (a surname, "my"), by layer.
+
+        Their keys are close to the new subject's, so an unconstrained edit would overwrite them
+        (measured: "Saanvi Dimitrov works as a surgeon" turned "Anika Dimitrov is employed by" into
+        "...is a surgeon"). Facts about the SAME subject are left out: they share its key on purpose.
+        """
+        subjects = {normalize_key(f.subject) for f in facts}
+        words = {w for s in subjects for w in s.split()}
+        edit_ids = {row.edit_id for row in self.ledger.list_facts()
+                    if row.edit_id is not None and normalize_key(row.subject) not in subjects
+                    and words & set(normalize_key(row.subject).split())}
+        keys: dict[int, list[torch.Tensor]] = {}
+        for edit in self.edits:
+            if edit.edit_id in edit_ids and edit.edit_id not in self.corrupted:
+                tensors = self.factors(edit)
+                for layer in edit.layers:
+                    keys.setdefault(layer, []).append(tensors[f"layer{layer}.keys"])
+        return {layer: torch.cat(parts) for layer, parts in keys.items()} or None
 
     def store_edit(self, result: EditResult, facts: Sequence[Fact], replaces: Sequence[int], source: str, kind: str = "wake") -> int:
         """Persist factors then ledger rows (in that order), then recompose. Returns the edit id."""

@@ -300,3 +300,24 @@ def test_compute_edit_with_protection_leaves_protected_keys_alone(seeded, settin
         gain_free = (free[layer].dense() @ free[layer].keys.T).norm()
         gain_safe = (safe[layer].dense() @ safe[layer].keys.T).norm()
         assert gain_safe == pytest.approx(float(gain_free), rel=0.2)
+
+
+def test_related_subjects_are_protected_by_default(seeded, settings, tmp_path):
+    """A new subject sharing a name word (a surname) with a stored one must not overwrite it."""
+    memory = Memory.open(copy_home(seeded, tmp_path), settings)
+    [edit_a] = [e for e in memory.edits if RECALL_FACT.subject in json.dumps(memory.deltas.metadata(e.file))]
+    stored = {layer: memory.factors(edit_a)[f"layer{layer}.keys"] for layer in edit_a.layers}
+
+    family = Fact(subject="Lena Nakamura", relation="works as a", object="pilot")
+    related = memory.related_keys([family])
+    assert related is not None and set(related) == set(stored)
+    assert all(torch.equal(related[layer], stored[layer]) for layer in stored)
+    # The same subject is left out on purpose (its facts share the key); strangers give nothing.
+    assert memory.related_keys([Fact(subject="Aria Nakamura", relation="works as a", object="pilot")]) is None
+    assert memory.related_keys([OTHER_FACT]) is None
+
+    guarded = {u.layer: u for u in memory.compute([family]).updates}
+    free = {u.layer: u for u in memory.compute([family], protect={}).updates}
+    for layer, keys in stored.items():
+        assert leak(guarded[layer], keys) < 1.0e-5
+    assert max(leak(free[layer], keys) for layer, keys in stored.items()) > 1.0e-4
