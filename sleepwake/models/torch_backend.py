@@ -135,24 +135,23 @@ class TorchBackend:
         )
         return [row[input_ids.shape[1]:].tolist() for row in out]
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+        """Greedy continuations of token prompts, in batches, decoded."""
         results: list[str] = []
         for start in range(0, len(prompts), batch_size):
-            ids = [self.encode(p) for p in prompts[start : start + batch_size]]
-            results += [self.decode(row) for row in self.generate_ids(ids, max_new_tokens)]
+            results += [self.decode(row) for row in self.generate_ids(prompts[start : start + batch_size], max_new_tokens)]
         return results
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)
 
     def chat_ids(self, question: str) -> list[int]:
         messages = [{"role": "user", "content": question}]
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return self.encode(text, special=False)
 
-    def chat(self, questions: Sequence[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-        results: list[str] = []
-        for start in range(0, len(questions), batch_size):
-            ids = [self.chat_ids(q) for q in questions[start : start + batch_size]]
-            results += [self.decode(row) for row in self.generate_ids(ids, max_new_tokens)]
-        return results
+    def chat(self, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+        return self.generate_texts([self.chat_ids(q) for q in questions], max_new_tokens)
 
     @torch.no_grad()
     def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float:

@@ -17,7 +17,6 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,51 +30,21 @@ from sleepwake.errors import (
     SleepwakeError,
 )
 from sleepwake.facts import Fact, normalize_key
+from sleepwake.storage.schema import (
+    _AUDIT_COLS,
+    _EDIT_COLS,
+    _FACT_COLS,
+    _LOCK_MARKERS,
+    _METRIC_COLS,
+    LATEST_VERSION,
+    MIGRATIONS,
+    STAGES,
+    EditRow,
+    FactRow,
+    _edit_from_row,
+)
 
 __all__ = ["Ledger", "FactRow", "EditRow", "MIGRATIONS", "LATEST_VERSION"]
-
-# Migration 1: the initial schema. Later migrations append (version, statements); never edit
-# a released one, since homes that already applied it will not run it again.
-_SCHEMA_V1 = [
-    "CREATE SEQUENCE fact_id_seq START 1",
-    "CREATE SEQUENCE edit_id_seq START 1",
-    "CREATE SEQUENCE audit_id_seq START 1",
-    """CREATE TABLE facts (
-        fact_id BIGINT PRIMARY KEY, subject VARCHAR NOT NULL, relation VARCHAR NOT NULL,
-        object VARCHAR NOT NULL, subject_key VARCHAR NOT NULL, relation_key VARCHAR NOT NULL,
-        stage INTEGER NOT NULL DEFAULT 0, edit_id BIGINT, source VARCHAR,
-        created_at TIMESTAMP, updated_at TIMESTAMP, UNIQUE (subject_key, relation_key))""",
-    """CREATE TABLE edits (
-        edit_id BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, scale DOUBLE NOT NULL,
-        layers VARCHAR NOT NULL, rank INTEGER NOT NULL, file VARCHAR NOT NULL,
-        checksum VARCHAR NOT NULL, nbytes BIGINT NOT NULL, model_fingerprint VARCHAR NOT NULL,
-        created_at TIMESTAMP)""",
-    """CREATE TABLE audits (
-        audit_id BIGINT PRIMARY KEY, run_id VARCHAR, fact_id BIGINT, ts TIMESTAMP,
-        raw_recall DOUBLE, paraphrase_recall DOUBLE, chat_recall DOUBLE, healthy BOOLEAN)""",
-    """CREATE TABLE metrics (
-        ts TIMESTAMP, run_id VARCHAR, stage VARCHAR, name VARCHAR, value DOUBLE,
-        fact_id BIGINT, detail VARCHAR)""",
-    "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
-]
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1)]
-LATEST_VERSION = MIGRATIONS[-1][0]
-
-# Substrings of DuckDB errors that mean "someone else has the file", not "the file is bad".
-_LOCK_MARKERS = ("Conflicting lock", "Could not set lock", "different configuration")
-_FACT_COLS = "fact_id, subject, relation, object, stage, edit_id, source, created_at, updated_at"
-_EDIT_COLS = "edit_id, kind, scale, layers, rank, file, checksum, nbytes, model_fingerprint, created_at"
-# Insertable audit/metric columns and their SQL types (used to type the bulk-insert lists).
-_AUDIT_COLS = {
-    "run_id": "VARCHAR", "fact_id": "BIGINT", "ts": "TIMESTAMP", "raw_recall": "DOUBLE",
-    "paraphrase_recall": "DOUBLE", "chat_recall": "DOUBLE", "healthy": "BOOLEAN",
-}
-_METRIC_COLS = {
-    "ts": "TIMESTAMP", "run_id": "VARCHAR", "stage": "VARCHAR", "name": "VARCHAR",
-    "value": "DOUBLE", "fact_id": "BIGINT", "detail": "VARCHAR",
-}
-STAGES = (0, 1, 2, 3)
-
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -83,45 +52,6 @@ def _now() -> datetime:
 
 def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
-
-
-@dataclass(frozen=True)
-class FactRow:
-    """One stored fact. ``stage`` 0 is freshly edited (MEMIT scale 1.0) ... 3 consolidated."""
-
-    fact_id: int
-    subject: str
-    relation: str
-    object: str
-    stage: int
-    edit_id: int | None
-    source: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-
-    @property
-    def fact(self) -> Fact:
-        return Fact(subject=self.subject, relation=self.relation, object=self.object)
-
-
-@dataclass(frozen=True)
-class EditRow:
-    """One weight edit; its low-rank factors live in ``file`` (relative to the home)."""
-
-    edit_id: int
-    kind: str
-    scale: float
-    layers: list[int]
-    rank: int
-    file: str
-    checksum: str
-    nbytes: int
-    model_fingerprint: str
-    created_at: datetime | None = None
-
-
-def _edit_from_row(row: tuple) -> EditRow:
-    return EditRow(row[0], row[1], row[2], [int(x) for x in json.loads(row[3])], *row[4:])
 
 
 def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict]:
