@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -210,9 +211,8 @@ class Memory:
         self.compose()
 
     def inject(self, facts: Sequence[Fact], source: str = "cli", progress: Callable | None = None) -> list[InjectOutcome]:
-        """Wake: each fact becomes its own unconstrained MEMIT edit, one after another."""
-        import time
-
+        """Wake: each fact becomes its own MEMIT edit, one after another (no constraints from
+        other edits beyond related subjects' keys; sleep maintenance adds those)."""
         outcomes = []
         for fact in facts:
             start = time.perf_counter()
