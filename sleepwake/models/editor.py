@@ -129,7 +129,8 @@ def compute_edit(
     top = layers[-1]
     deltas, anchor, vstats = backend.optimize_target(vstar_rows(backend, facts, contexts), len(facts), top, vstar_settings(cfg))
     z_star = anchor + deltas  # (n, d_model)
-    contrast = contrast_rows(backend, facts, cfg.contrast_subjects)
+    # With a zero weight the contrast keys would be computed (a forward per layer) and ignored.
+    contrast = contrast_rows(backend, facts, cfg.contrast_subjects) if cfg.contrast_weight > 0 else []
     originals = {layer: backend.get_weight(layer) for layer in layers}
     updates: list[LayerUpdate] = []
     try:

@@ -31,20 +31,22 @@ from sleepwake.errors import (
 )
 from sleepwake.facts import Fact, normalize_key
 from sleepwake.storage.schema import (
-    _AUDIT_COLS,
-    _EDIT_COLS,
-    _FACT_COLS,
-    _LOCK_MARKERS,
-    _METRIC_COLS,
+    AUDIT_COLS,
+    EDIT_COLS,
+    FACT_COLS,
+    METRIC_COLS,
     LATEST_VERSION,
     MIGRATIONS,
     STAGES,
     EditRow,
     FactRow,
-    _edit_from_row,
+    edit_from_row,
 )
 
 __all__ = ["Ledger", "FactRow", "EditRow", "MIGRATIONS", "LATEST_VERSION"]
+
+# Substrings of DuckDB errors that mean "someone else has the file", not "the file is bad".
+_LOCK_MARKERS = ("Conflicting lock", "Could not set lock", "different configuration")
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -198,7 +200,7 @@ class Ledger:
         now = _now()
         with self._transaction() as con:
             con.execute(
-                f"INSERT INTO edits ({_EDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO edits ({EDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [edit.edit_id, edit.kind, float(edit.scale), json.dumps([int(x) for x in edit.layers]),
                  edit.rank, edit.file, edit.checksum, edit.nbytes, edit.model_fingerprint,
                  edit.created_at or now],
@@ -210,34 +212,34 @@ class Ledger:
     def find_fact(self, subject: str, relation: str) -> FactRow | None:
         with self._connect() as con:
             row = con.execute(
-                f"SELECT {_FACT_COLS} FROM facts WHERE subject_key = ? AND relation_key = ?",
+                f"SELECT {FACT_COLS} FROM facts WHERE subject_key = ? AND relation_key = ?",
                 [normalize_key(subject), normalize_key(relation)],
             ).fetchone()
         return FactRow(*row) if row else None
 
     def list_facts(self) -> list[FactRow]:
         with self._connect() as con:
-            rows = con.execute(f"SELECT {_FACT_COLS} FROM facts ORDER BY fact_id").fetchall()
+            rows = con.execute(f"SELECT {FACT_COLS} FROM facts ORDER BY fact_id").fetchall()
         return [FactRow(*r) for r in rows]
 
     def facts_of_edit(self, edit_id: int) -> list[FactRow]:
         with self._connect() as con:
             rows = con.execute(
-                f"SELECT {_FACT_COLS} FROM facts WHERE edit_id = ? ORDER BY fact_id", [edit_id]
+                f"SELECT {FACT_COLS} FROM facts WHERE edit_id = ? ORDER BY fact_id", [edit_id]
             ).fetchall()
         return [FactRow(*r) for r in rows]
 
     def list_edits(self) -> list[EditRow]:
         with self._connect() as con:
-            rows = con.execute(f"SELECT {_EDIT_COLS} FROM edits ORDER BY edit_id").fetchall()
-        return [_edit_from_row(r) for r in rows]
+            rows = con.execute(f"SELECT {EDIT_COLS} FROM edits ORDER BY edit_id").fetchall()
+        return [edit_from_row(r) for r in rows]
 
     def get_edit(self, edit_id: int) -> EditRow:
         with self._connect() as con:
-            row = con.execute(f"SELECT {_EDIT_COLS} FROM edits WHERE edit_id = ?", [edit_id]).fetchone()
+            row = con.execute(f"SELECT {EDIT_COLS} FROM edits WHERE edit_id = ?", [edit_id]).fetchone()
         if row is None:
             raise NotFoundError(f"edit {edit_id} does not exist")
-        return _edit_from_row(row)
+        return edit_from_row(row)
 
     def forget_fact(self, fact_id: int, remove_edit_ids: Iterable[int] = ()) -> None:
         """Delete a fact and the edits that carried it, together."""
@@ -274,12 +276,12 @@ class Ledger:
     def record_audits(self, rows: Sequence[dict]) -> None:
         """Insert audit rows (keys = column names; audit_id is assigned, ts defaults to now)."""
         with self._transaction() as con:
-            _bulk_insert(con, "audits", _AUDIT_COLS, rows, id_expr=("audit_id", "nextval('audit_id_seq')"))
+            _bulk_insert(con, "audits", AUDIT_COLS, rows, id_expr=("audit_id", "nextval('audit_id_seq')"))
 
     def record_metrics(self, rows: Sequence[dict]) -> None:
         """Insert metric rows; a non-string ``detail`` is stored as JSON."""
         with self._transaction() as con:
-            _bulk_insert(con, "metrics", _METRIC_COLS, rows)
+            _bulk_insert(con, "metrics", METRIC_COLS, rows)
 
     def latest_audits(self) -> dict[int, dict]:
         """fact_id -> its most recent audit row."""

@@ -38,16 +38,14 @@ _SCHEMA_V1 = [
 MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
-# Substrings of DuckDB errors that mean "someone else has the file", not "the file is bad".
-_LOCK_MARKERS = ("Conflicting lock", "Could not set lock", "different configuration")
-_FACT_COLS = "fact_id, subject, relation, object, stage, edit_id, source, created_at, updated_at"
-_EDIT_COLS = "edit_id, kind, scale, layers, rank, file, checksum, nbytes, model_fingerprint, created_at"
+FACT_COLS = "fact_id, subject, relation, object, stage, edit_id, source, created_at, updated_at"
+EDIT_COLS = "edit_id, kind, scale, layers, rank, file, checksum, nbytes, model_fingerprint, created_at"
 # Insertable audit/metric columns and their SQL types (used to type the bulk-insert lists).
-_AUDIT_COLS = {
+AUDIT_COLS = {
     "run_id": "VARCHAR", "fact_id": "BIGINT", "ts": "TIMESTAMP", "raw_recall": "DOUBLE",
     "paraphrase_recall": "DOUBLE", "chat_recall": "DOUBLE", "healthy": "BOOLEAN",
 }
-_METRIC_COLS = {
+METRIC_COLS = {
     "ts": "TIMESTAMP", "run_id": "VARCHAR", "stage": "VARCHAR", "name": "VARCHAR",
     "value": "DOUBLE", "fact_id": "BIGINT", "detail": "VARCHAR",
 }
@@ -89,7 +87,7 @@ class EditRow:
     created_at: datetime | None = None
 
 
-def _edit_from_row(row: tuple) -> EditRow:
+def edit_from_row(row: tuple) -> EditRow:
     return EditRow(row[0], row[1], row[2], [int(x) for x in json.loads(row[3])], *row[4:])
 
 
