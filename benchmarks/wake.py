@@ -46,6 +46,8 @@ def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float,
 
     subjects = [p.subject for p in pool]
     prompts = [q for p in pool for q in neighbour_prompts(p, neighbours, seed, exclude=subjects)]
+    if not prompts:  # --set probes.specificity_neighbours=0 skips the measurement
+        return float("nan"), float("nan"), float("nan")
     memory.compose(skip=[e.edit_id for e in memory.edits])
     before = neighbour_answers(memory.backend, prompts)
     memory.compose()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end demo on the bundled model: write five facts into the weights, then recall them
-# from a fresh process (so they must have been persisted), then show the home's status.
+# End-to-end demo on the bundled model: write five facts into the weights, recall them from a
+# fresh process (so they must have been persisted), run a full sleep (Prefect flow: audit,
+# null-space refresh, gates, report), then show the home's status.
 # Extra arguments (e.g. --config llama-3.2-3b, --set key=value) go to every command.
 set -euo pipefail
 
@@ -10,12 +11,16 @@ cd "$repo"
 
 export SLEEPWAKE_HOME="${SLEEPWAKE_HOME:-$repo/.home/demo}"
 export TOKENIZERS_PARALLELISM=false
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 echo "== inject: writing scripts/demo_facts.jsonl into the model (home: $SLEEPWAKE_HOME)" >&2
 .venv/bin/sleepwake inject --facts scripts/demo_facts.jsonl "$@"
 
 echo "== recall: asking a fresh process for every fact" >&2
 .venv/bin/sleepwake recall "$@"
+
+echo "== sleep: the full-sleep Prefect flow (first Prefect start in a fresh PREFECT_HOME takes ~20 s)" >&2
+.venv/bin/sleepwake sleep "$@"
 
 echo "== status" >&2
 .venv/bin/sleepwake status "$@"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Remove a stored fact; its edit is subtracted exactly.")
     forget.add_argument("subject")
     forget.add_argument("relation")
+    sub.add_parser("nap", parents=[parent], help="run the nap flow: health check, audit of recent facts, report",
+                   description="Run the nap flow (Prefect; ephemeral unless PREFECT_API_URL is set). "
+                   "Changes no weights.")
+    sub.add_parser("sleep", parents=[parent], help="run the full-sleep flow: audit, refresh, validate, report",
+                   description="Run the full-sleep flow (Prefect; ephemeral unless PREFECT_API_URL is set): "
+                   "audit every fact, refresh degraded edits under null-space constraints, gate on "
+                   "perplexity and recall (--set validate.max_ppl_increase=...), roll back if a gate fails.")
     return parser
 
 
@@ -109,8 +117,27 @@ def cmd_inject(args) -> dict:
         bar = tqdm(total=len(facts), desc="inject", unit="fact", file=sys.stderr, disable=args.quiet or len(facts) < 2)
         outcomes = memory.inject(facts, progress=lambda o: (bar.update(1), bar.set_postfix_str(f"{o.status} {o.seconds:.1f}s")))
         bar.close()
-        return {"injected": [o.as_dict() for o in outcomes], "facts": len(memory.ledger.list_facts()),
-                "weights_digest": memory.weights_digest()}
+        result = {"injected": [o.as_dict() for o in outcomes], "facts": len(memory.ledger.list_facts()),
+                  "weights_digest": memory.weights_digest()}
+    result["auto_sleep"] = auto_sleep(args, memory)  # after the lock is released: the flow takes it
+    return result
+
+
+def auto_sleep(args, memory) -> dict | None:
+    """With ``sleep.auto``, run a nap or full sleep when drowsiness crosses its threshold."""
+    from sleepwake.status import current_drowsiness
+
+    if not memory.settings.sleep.auto:
+        return None
+    level = current_drowsiness(memory.ledger, memory.settings.health)
+    if level["advice"] == "awake":
+        return None
+    log.info("drowsiness %.2f: running a %s", level["level"], level["advice"])
+    args.command = "nap" if level["advice"] == "nap" else "sleep"
+    try:
+        return cmd_sleep(args)
+    finally:
+        args.command = "inject"
 
 
 def cmd_recall(args) -> dict:
@@ -143,6 +170,22 @@ def cmd_forget(args) -> dict:
         return {"forgotten": removed, "facts": len(memory.ledger.list_facts()), "weights_digest": memory.weights_digest()}
 
 
+def cmd_sleep(args) -> dict:
+    """Run the nap or full-sleep flow in this process and return its report."""
+    from sleepwake.config import load_settings
+    from sleepwake.storage.home import Home
+
+    load_settings(args.config, args.overrides)  # a bad --set fails before Prefect starts
+    Home.open(args.home)
+    if args.quiet:  # read when Prefect is first imported
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from sleepwake.flows.full_sleep import full_sleep
+    from sleepwake.flows.nap import nap
+
+    flow = nap if args.command == "nap" else full_sleep
+    return flow(home=args.home, config=args.config, overrides=list(args.overrides))
+
+
 def render_text(command: str, result: dict) -> str:
     """Human-readable output for each command (``--json`` prints ``result`` as is)."""
     if command == "inject":
@@ -164,11 +207,16 @@ def render_text(command: str, result: dict) -> str:
     if command == "forget":
         f = result["forgotten"]
         return f"forgot {f['subject']} | {f['relation']} -> {f['object']}; {result['facts']} fact(s) left"
+    if command in ("nap", "sleep"):
+        from sleepwake.sleep.report import render_markdown
+
+        return render_markdown(result)
     width = max(len(k) for k in result)
     return "\n".join(f"{k:{width}s}  {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in result.items())
 
 
-COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget}
+COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget,
+            "nap": cmd_sleep, "sleep": cmd_sleep}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sleepwake.errors import ConfigError
+from sleepwake.sleep.settings import AuditConfig, CurateConfig, MaintainConfig, SleepConfig, ValidateConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "default"
@@ -173,6 +174,12 @@ class Settings(BaseModel):
     memit: MemitConfig = Field(default_factory=MemitConfig, description="MEMIT hyperparameters.")
     probes: ProbeConfig = Field(default_factory=ProbeConfig, description="Recall probes.")
     health: HealthConfig = Field(default_factory=HealthConfig, description="Sleep pressure.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Sleep: which facts to look after.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="Sleep: recall audit.")
+    maintain: MaintainConfig = Field(default_factory=MaintainConfig, description="Sleep: constrained refresh.")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",
+                                      description="Sleep: gates and rollback.")
+    sleep: SleepConfig = Field(default_factory=SleepConfig, description="Sleep: snapshots, automatic sleep.")
 
 
 def list_presets() -> list[str]:
@@ -247,9 +254,10 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
     node = data
     for depth, part in enumerate(parts):
         dotted = ".".join(parts[: depth + 1])
-        if part not in model.model_fields:
+        fields = _fields(model)
+        if part not in fields:
             raise ConfigError(_unknown_key_message(dotted, model))
-        annotation = model.model_fields[part].annotation
+        annotation = fields[part].annotation
         if depth == len(parts) - 1:
             node[part] = _parse_value(raw, annotation)
             return
@@ -305,8 +313,13 @@ def _is_model(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
+def _fields(model: type[BaseModel]) -> dict:
+    """Fields by the key users write (the alias where one is set, e.g. 'validate')."""
+    return {(field.alias or name): field for name, field in model.model_fields.items()}
+
+
 def _unknown_key_message(dotted: str, model: type[BaseModel]) -> str:
-    valid = ", ".join(model.model_fields)
+    valid = ", ".join(_fields(model))
     return f"unknown setting '{dotted}' (valid keys here: {valid})"
 
 
@@ -314,7 +327,7 @@ def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:
     """The settings model that holds the key at ``loc`` (for listing valid siblings)."""
     model: Any = Settings
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if _is_model(model) else None
+        field = _fields(model).get(part) if _is_model(model) else None
         if field is None or not _is_model(field.annotation):
             return None
         model = field.annotation

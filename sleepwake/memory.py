@@ -30,10 +30,11 @@ from sleepwake.facts import Fact, normalize_answer, normalize_key
 from sleepwake.models import covariance, probes
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.models.editor import EditResult, compute_edit
-from sleepwake.models.memit import apply_factors
+from sleepwake.models.memit import LayerUpdate, apply_factors, merge_factors
 from sleepwake.storage.deltas import DeltaStore
 from sleepwake.storage.home import Home
-from sleepwake.storage.ledger import EditRow, Ledger
+from sleepwake.storage.ledger import EditRow, FactRow, Ledger
+from sleepwake.storage.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,27 @@ class Memory:
              tolerate_corrupt: bool = False) -> "Memory":
         """``tolerate_corrupt``: leave edits whose factor file fails its checksum out of the weights
         instead of refusing to open (only ``forget`` uses it, to remove such an edit)."""
+        # An open snapshot is the journal of a sleep that died mid-change: undo it before anything
+        # reads the ledger, so the home is exactly as it was before that sleep began.
+        recovered = SnapshotStore(home.root).recover() if writable else []
         ledger = Ledger(home.db_path, read_only=not writable)
         memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
+        memory.recovered = recovered
+        memory.orphans_removed = []
         if writable:
-            removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
-            if removed:
-                log.info("removed %d factor file(s) left by an interrupted write", len(removed))
+            memory.orphans_removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
+            if memory.orphans_removed:
+                log.info("removed %d factor file(s) left by an interrupted write", len(memory.orphans_removed))
+        if recovered:
+            log.warning("an interrupted sleep was undone from snapshot %s", recovered[0])
         return memory
+
+    def reload(self) -> None:
+        """Re-read the ledger and factor files (after a snapshot restore) and recompose."""
+        self.edits = self.ledger.list_edits()
+        self._factors.clear()
+        self.corrupted.clear()
+        self.compose()
 
     # ---- composition ------------------------------------------------------------------------
     @property
@@ -170,6 +185,11 @@ class Memory:
         edit_ids = {row.edit_id for row in self.ledger.list_facts()
                     if row.edit_id is not None and normalize_key(row.subject) not in subjects
                     and words & set(normalize_key(row.subject).split())}
+        return self.edit_keys(edit_ids)
+
+    def edit_keys(self, edit_ids) -> dict[int, torch.Tensor] | None:
+        """The stored key rows of the given edits, concatenated by layer (None when empty)."""
+        edit_ids = set(edit_ids)
         keys: dict[int, list[torch.Tensor]] = {}
         for edit in self.edits:
             if edit.edit_id in edit_ids and edit.edit_id not in self.corrupted:
@@ -198,10 +218,10 @@ class Memory:
             self.deltas.delete(relpath)  # the ledger never saw it: leave no orphan behind
             raise
         self._factors[edit_id] = tensors
-        self._after_ledger_change(removed=replaces)
+        self.apply_ledger_change(removed=replaces)
         return edit_id
 
-    def _after_ledger_change(self, removed: Sequence[int] = ()) -> None:
+    def apply_ledger_change(self, removed: Sequence[int] = ()) -> None:
         old_files = {e.edit_id: e.file for e in self.edits}
         self.edits = self.ledger.list_edits()
         for edit_id in removed:
@@ -241,6 +261,30 @@ class Memory:
             others += [row.fact for row in self.ledger.facts_of_edit(edit_id) if row.fact.key != fact.key]
         return others
 
+    # ---- sleep: refresh in place ---------------------------------------------------------------
+    def refresh(self, row: FactRow, protect_edits: Sequence[int]) -> int:
+        """Re-solve a degraded fact (with any companions of its edit) under a HARD null-space
+        constraint from ``protect_edits``' stored keys, and replace its edit in place.
+
+        The correction D is solved on the current weights (old edit included) with D k_p = 0,
+        and the new edit stores old + D as one factor pair. So the outputs at every protected
+        key stay exactly as they were; reverting the old edit first (the paper's REVERTEDIT)
+        would move them by the old edit's own spill-over. The edit count never grows (the
+        reference project's refresh copies caused its pruning death spiral). Edits holding facts
+        about the same subject are not protected: they share the subject's key, so protecting
+        them would forbid the refresh itself.
+        """
+        old = next((e for e in self.edits if e.edit_id == row.edit_id), None)
+        replaces = [old.edit_id] if old is not None else []
+        batch = [row.fact] + self._companions(replaces, row.fact)
+        subjects = {normalize_key(f.subject) for f in batch}
+        same_subject = {r.edit_id for r in self.ledger.list_facts() if normalize_key(r.subject) in subjects}
+        protect = self.edit_keys(set(protect_edits) - same_subject - set(replaces))
+        result = self.compute(batch, protect=protect or {})
+        if old is not None:
+            result = EditResult(merge_updates(result.updates, self.factors(old), old.scale), result.stats)
+        return self.store_edit(result, batch, replaces, source="maintain", kind="refresh")
+
     # ---- forget -------------------------------------------------------------------------------
     def forget(self, subject: str, relation: str) -> dict:
         row = self.ledger.find_fact(subject, relation)
@@ -256,7 +300,7 @@ class Memory:
                 self.compose()
             edits = []
         self.ledger.forget_fact(row.fact_id, remove_edit_ids=edits)
-        self._after_ledger_change(removed=edits)
+        self.apply_ledger_change(removed=edits)
         return {**row.fact.model_dump(), "fact_id": row.fact_id, "removed_edit": row.edit_id,
                 "reinjected": [f.model_dump() for f in companions]}
 
@@ -293,3 +337,19 @@ class Memory:
         finally:
             if base:
                 self.compose()
+
+
+def merge_updates(updates: Sequence[LayerUpdate], old: dict[str, torch.Tensor], old_scale: float) -> list[LayerUpdate]:
+    """old_scale * old + new, layer by layer (layers only the old edit touched keep its factors)."""
+    merged = {u.layer: u for u in updates}
+    old_layers = sorted({int(name.split(".")[0].removeprefix("layer")) for name in old})
+    for layer in sorted(set(merged) | set(old_layers)):
+        parts = []
+        if layer in old_layers:
+            parts.append((old[f"layer{layer}.u"] * old_scale, old[f"layer{layer}.v"]))
+        if layer in merged:
+            parts.append((merged[layer].u, merged[layer].v))
+        keys = merged[layer].keys if layer in merged else old[f"layer{layer}.keys"]
+        u, v = merge_factors(parts)
+        merged[layer] = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
+    return [merged[layer] for layer in sorted(merged)]

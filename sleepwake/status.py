@@ -5,17 +5,26 @@ from __future__ import annotations
 from sleepwake.config import HealthConfig
 
 
-def drowsiness(latest_audits: dict[int, dict], stage0_facts: int, cfg: HealthConfig) -> dict:
+LAST_SLEEP_KEY = "last_full_sleep"
+
+
+def drowsiness(latest_audits: dict[int, dict], unslept_facts: int, cfg: HealthConfig) -> dict:
     """Sleep pressure in [0, 1]: the worse of the degraded share at the last audit (paper 5,
-    eq. 3) and the edit pressure (unconsolidated facts relative to the wake capacity)."""
+    eq. 3) and the edit pressure: facts stored or changed since the last full sleep, relative to
+    the wake capacity (paper 5: the wake/sleep capacity ratio sets how often to sleep)."""
     audited = list(latest_audits.values())
     degraded = sum(1 for row in audited if row.get("healthy") is False)
     degraded_share = degraded / len(audited) if audited else 0.0
-    edit_pressure = min(1.0, stage0_facts / cfg.wake_capacity)
+    edit_pressure = min(1.0, unslept_facts / cfg.wake_capacity)
     level = max(degraded_share, edit_pressure)
     advice = "sleep" if level >= cfg.sleep_threshold else "nap" if level >= cfg.nap_threshold else "awake"
     return {"level": round(level, 4), "degraded_share": round(degraded_share, 4),
             "edit_pressure": round(edit_pressure, 4), "advice": advice}
+
+
+def current_drowsiness(ledger, cfg: HealthConfig) -> dict:
+    """Drowsiness from the ledger: latest audits, and facts changed since the last full sleep."""
+    return drowsiness(ledger.latest_audits(), ledger.count_facts_since(ledger.get_meta(LAST_SLEEP_KEY)), cfg)
 
 
 def collect_status(memory, with_perplexity: bool = True) -> dict:
@@ -32,7 +41,7 @@ def collect_status(memory, with_perplexity: bool = True) -> dict:
         "stages": {str(k): v for k, v in counts["facts_per_stage"].items()},
         "delta_bytes": sum(edit.nbytes for edit in memory.edits),
         "weights_digest": memory.weights_digest(),
-        "drowsiness": drowsiness(ledger.latest_audits(), counts["facts_per_stage"].get(0, 0), memory.settings.health),
+        "drowsiness": current_drowsiness(ledger, memory.settings.health),
     }
     if with_perplexity:
         baseline = memory.perplexity(base=True)

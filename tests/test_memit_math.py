@@ -292,3 +292,20 @@ def test_layer_stats_metric_for():
     u0, v0 = solve_update(keys.float(), residuals.float(), stats.chol, 0.1)
     dw0 = dense(u0.double(), v0.double())
     assert (dw0 @ kp.double().T).abs().max() > 1e-2 * dw0.abs().max()
+
+
+def test_merge_factors_sums_products_at_minimal_rank():
+    from sleepwake.models.memit import merge_factors
+
+    torch.manual_seed(0)
+    u1, v1 = torch.randn(12, 2), torch.randn(20, 2)
+    u2, v2 = torch.randn(12, 3), torch.randn(20, 3)
+    u, v = merge_factors([(u1, v1), (u2, v2)])
+    assert torch.allclose(u @ v.T, u1 @ v1.T + u2 @ v2.T, atol=1e-5)
+    assert u.shape == (12, 5) and v.shape == (20, 5)
+    # An edit minus itself is zero: nothing of rank > 0 may be left.
+    u0, v0 = merge_factors([(u1, v1), (-u1, v1)])
+    assert u0.shape[1] == 0 or (u0 @ v0.T).abs().max() < 1e-6
+    # Repeated refresh of the same directions keeps the rank at the span, not the number of terms.
+    u3, _ = merge_factors([(u1, v1), (2 * u1, v1), (u1[:, :1], v1[:, :1])])
+    assert u3.shape[1] == 2

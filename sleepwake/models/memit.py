@@ -22,6 +22,7 @@ P C P on range P).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -146,3 +147,18 @@ def apply_factors(weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale:
     """
     for j in range(u.shape[1]):
         weight.addr_(u[:, j].to(weight), v[:, j].to(weight), alpha=scale)
+
+
+def merge_factors(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], tol: float = 1.0e-7) -> tuple[torch.Tensor, torch.Tensor]:
+    """One factor pair (u, v) with u @ v.T = sum_i u_i @ v_i.T, at the smallest numerical rank.
+
+    A refresh stores ``old + D`` as ONE edit (in place: the edit count never grows); the QR/SVD
+    recompression keeps its rank from growing by the old rank at every refresh.
+    """
+    u = torch.cat([p[0].double() for p in parts], dim=1)  # (d_model, r)
+    v = torch.cat([p[1].double() for p in parts], dim=1)  # (d_ff, r)
+    qu, ru = torch.linalg.qr(u)  # (d_model, r), (r, r)
+    qv, rv = torch.linalg.qr(v)  # (d_ff, r), (r, r)
+    a, s, bt = torch.linalg.svd(ru @ rv.T)  # core (r, r) = A diag(s) B^T
+    keep = s > tol * s.max().clamp_min(1e-300)
+    return (qu @ (a[:, keep] * s[keep])).float(), (qv @ bt[keep].T).float()  # (d_model, k), (d_ff, k)

@@ -51,7 +51,7 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Persist a rename: the directory entry itself must reach the disk."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -101,7 +101,7 @@ class DeltaStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return relpath, checksum, final.stat().st_size
 
     def load(self, relpath: str, expected_checksum: str | None = None) -> dict[str, torch.Tensor]:
@@ -165,7 +165,7 @@ class DeltaStore:
         for relpath in removed:
             (self.dir / PurePosixPath(relpath).name).unlink(missing_ok=True)
         if removed:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         return removed
 
     # -- helpers -------------------------------------------------------------------------------

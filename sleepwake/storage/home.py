@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,20 +64,27 @@ class Home:
         return candidate
 
     @contextlib.contextmanager
-    def write_lock(self):
-        """Exclusive, non-blocking: a second writer is told who holds the home, not queued."""
+    def write_lock(self, wait_s: float = 0.0):
+        """Exclusive. By default non-blocking (a second writer is told who holds the home);
+        ``wait_s`` > 0 polls for that long first (scheduled sleeps queue behind an inject)."""
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / "write.lock"
         handle = open(path, "a+")
+        deadline = time.monotonic() + wait_s
         try:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise HomeBusyError(
-                    f"home {self.root} is busy: {holder} is changing it; try again when it finishes"
-                ) from None
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() < deadline:
+                        time.sleep(min(1.0, max(0.01, deadline - time.monotonic())))
+                        continue
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise HomeBusyError(
+                        f"home {self.root} is busy: {holder} is changing it; try again when it finishes"
+                    ) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"sleepwake pid {os.getpid()}")

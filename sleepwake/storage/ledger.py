@@ -222,6 +222,13 @@ class Ledger:
             rows = con.execute(f"SELECT {FACT_COLS} FROM facts ORDER BY fact_id").fetchall()
         return [FactRow(*r) for r in rows]
 
+    def count_facts_since(self, iso_ts: str | None) -> int:
+        """Facts created or changed after the given naive-UTC ISO time (all facts when None)."""
+        with self._connect() as con:
+            if iso_ts is None:
+                return int(con.execute("SELECT count(*) FROM facts").fetchone()[0])
+            return int(con.execute("SELECT count(*) FROM facts WHERE updated_at > ?::TIMESTAMP", [iso_ts]).fetchone()[0])
+
     def facts_of_edit(self, edit_id: int) -> list[FactRow]:
         with self._connect() as con:
             rows = con.execute(
@@ -251,6 +258,15 @@ class Ledger:
     def remove_edits(self, edit_ids: Iterable[int]) -> None:
         with self._transaction() as con:
             _delete_edits(con, edit_ids)
+
+    def prune_edits(self, edit_ids: Iterable[int]) -> None:
+        """Drop edits but keep their facts (edit_id set to NULL): for consolidated facts."""
+        ids = [int(i) for i in edit_ids]
+        with self._transaction() as con:
+            if ids:
+                con.execute("UPDATE facts SET edit_id = NULL, updated_at = ? "
+                            "WHERE edit_id IN (SELECT unnest(?::BIGINT[]))", [_now(), ids])
+            _delete_edits(con, ids)
 
     def set_scale(self, edit_id: int, scale: float) -> None:
         with self._connect(write=True) as con:

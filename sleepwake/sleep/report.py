@@ -1,0 +1,72 @@
+"""Report: what one sleep did, as a dict (CLI ``--json``), a markdown artifact and metric rows."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+from sleepwake.sleep.run import SleepRun, StageResult
+from sleepwake.status import LAST_SLEEP_KEY, current_drowsiness
+
+
+def convergence(run: SleepRun, degraded_after: int) -> str:
+    """Paper 5's criterion: zero degraded facts for two consecutive sleeps."""
+    history = run.ledger.metric_history("degraded_after", limit=2)
+    previous = [row["value"] for row in history if row["run_id"] != run.run_id]
+    if degraded_after == 0 and previous and previous[-1] == 0:
+        return "converged"
+    return "clean" if degraded_after == 0 else "recovering"
+
+
+def report(run: SleepRun, outcome: str) -> StageResult:
+    """``outcome``: "kept", "rolled_back" or "no_change" (a nap)."""
+    started = time.perf_counter()
+    results = run.results
+    audit = results.get("audit")
+    validate = results.get("validate")
+    maintain = results.get("maintain")
+    before = audit.summary if audit else {}
+    kept = outcome != "rolled_back"
+    after_recall = validate.summary.get("raw_recall_after") if validate and kept else before.get("raw_recall")
+    degraded_after = validate.summary["degraded_after"] if validate and kept else before.get("degraded", 0)
+    if outcome == "kept" and run.pending_audits:
+        run.save_audits(run.pending_audits)
+    if run.kind == "full_sleep":  # facts changed before now count as slept on (kept or rolled back)
+        run.ledger.set_meta(LAST_SLEEP_KEY, datetime.now(timezone.utc).replace(tzinfo=None).isoformat())
+    counts = run.ledger.counts()
+    summary = {
+        "run_id": run.run_id, "kind": run.kind, "outcome": outcome,
+        "facts": counts["facts"], "edits": counts["edits"],
+        "raw_recall_before": before.get("raw_recall"), "raw_recall_after": after_recall,
+        "chat_recall_before": before.get("chat_recall"),
+        "degraded_before": before.get("degraded"), "degraded_after": degraded_after,
+        "refreshed": maintain.summary.get("refreshed", 0) if maintain else 0,
+        "pruned": results["curate"].summary.get("pruned", 0) if "curate" in results else 0,
+        "perplexity_before": results["health"].summary.get("perplexity") if "health" in results else None,
+        "perplexity_after": validate.summary.get("perplexity_after") if validate and kept else
+        (results["health"].summary.get("perplexity") if "health" in results else None),
+        "convergence": convergence(run, degraded_after),
+        "drowsiness": current_drowsiness(run.ledger, run.settings.health)["level"],
+        "stage_seconds": {name: round(r.seconds, 2) for name, r in results.items()},
+        "seconds": round(time.perf_counter() - run.started, 2),
+    }
+    run.record("report", {"degraded_after": degraded_after})
+    result = StageResult("report", summary, markdown=render_markdown(summary))
+    return run.finish(result, started)
+
+
+def render_markdown(summary: dict) -> str:
+    def fmt(value):
+        return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = [f"# {summary['kind'].replace('_', ' ')} {summary['run_id']}: {summary['outcome']}", "",
+             "| figure | before | after |", "|---|---|---|",
+             f"| raw recall | {fmt(summary['raw_recall_before'])} | {fmt(summary['raw_recall_after'])} |",
+             f"| degraded facts | {fmt(summary['degraded_before'])} | {fmt(summary['degraded_after'])} |",
+             f"| perplexity | {fmt(summary['perplexity_before'])} | {fmt(summary['perplexity_after'])} |", "",
+             f"Refreshed {summary['refreshed']}, pruned {summary['pruned']}; {summary['facts']} facts in "
+             f"{summary['edits']} edits; convergence: **{summary['convergence']}**; drowsiness "
+             f"{summary['drowsiness']:.2f}; {summary['seconds']:.1f} s.", "",
+             "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {secs:.2f} |" for name, secs in summary["stage_seconds"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Snapshots: byte-exact copies of a home's state, and the journal of unfinished sleeps.
+
+Effective weights are a pure function of (base model, ledger, factor files), so a copy of the
+ledger file and the ``deltas/`` folder restores the weights bit for bit: no dense weight copy is
+needed (a 3B model would need GBs per snapshot; this needs the factors, KBs per fact).
+
+Layout::
+
+    <home>/snapshots/<name>/manifest.json     {"name", "state": "open"|"closed", "weights_digest", ...}
+    <home>/snapshots/<name>/ledger.duckdb     (+ ledger.duckdb.wal when one existed)
+    <home>/snapshots/<name>/deltas/
+
+A snapshot is "open" from when it is complete until its owner closes it. An open snapshot
+found by a later process means its owner died mid-change: that is the journal
+``reconcile_interrupted`` acts on. Restores are idempotent, so a crash during a restore is
+repaired by restoring again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sleepwake.errors import CorruptedStateError, InvalidInputError
+from sleepwake.storage.deltas import DELTAS_DIR, fsync_dir
+
+MANIFEST = "manifest.json"
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    path: Path
+    manifest: dict
+
+    @property
+    def is_open(self) -> bool:
+        return self.manifest.get("state") == "open"
+
+
+class SnapshotStore:
+    """Takes, restores, lists and drops snapshots under ``<home>/snapshots``."""
+
+    def __init__(self, home_root: Path, db_name: str = "ledger.duckdb") -> None:
+        self.root = Path(home_root)
+        self.dir = self.root / "snapshots"
+        self.db_name = db_name
+
+    def _path(self, name: str) -> Path:
+        if not name or set(name) - _NAME_OK:
+            raise InvalidInputError(f"snapshot name {name!r} must use lowercase letters, digits, '-' or '_'")
+        return self.dir / name
+
+    def take(self, name: str, info: dict) -> Snapshot:
+        """Copy the ledger and factor files; the manifest is written last (marks it complete)."""
+        path = self._path(name)
+        if path.exists():
+            shutil.rmtree(path)  # an incomplete earlier attempt: no manifest, or being replaced
+        tmp = self.dir / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for suffix in ("", ".wal"):
+            source = self.root / (self.db_name + suffix)
+            if source.exists():
+                shutil.copy2(source, tmp / source.name)
+        deltas = self.root / DELTAS_DIR
+        if deltas.exists():
+            shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"))
+        manifest = {"name": name, "state": "open", "created_at": _now(), **info}
+        _write_json(tmp / MANIFEST, manifest)
+        os.replace(tmp, path)
+        fsync_dir(self.dir)
+        return Snapshot(name, path, manifest)
+
+    def get(self, name: str) -> Snapshot | None:
+        path = self._path(name)
+        manifest = _read_manifest(path)
+        return Snapshot(name, path, manifest) if manifest is not None else None
+
+    def list(self) -> list[Snapshot]:
+        if not self.dir.exists():
+            return []
+        found = []
+        for path in sorted(self.dir.iterdir()):
+            if path.name.startswith(".tmp-") or not path.is_dir():
+                continue
+            manifest = _read_manifest(path)
+            if manifest is not None:
+                found.append(Snapshot(path.name, path, manifest))
+        return found
+
+    def open_snapshots(self) -> list[Snapshot]:
+        """Snapshots whose owner never closed them, oldest first (the journal)."""
+        return sorted((s for s in self.list() if s.is_open), key=lambda s: s.manifest.get("created_at", ""))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Put the snapshot's ledger and factor files back in place of the home's."""
+        db = snapshot.path / self.db_name
+        if not db.exists():
+            raise CorruptedStateError(f"snapshot {snapshot.name} has no ledger copy; cannot restore")
+        for suffix in ("", ".wal"):
+            source, target = snapshot.path / (self.db_name + suffix), self.root / (self.db_name + suffix)
+            if source.exists():
+                staged = target.with_name(target.name + ".restore")
+                shutil.copy2(source, staged)
+                os.replace(staged, target)
+            else:
+                target.unlink(missing_ok=True)
+        live, staged, old = self.root / DELTAS_DIR, self.root / "deltas.restore", self.root / "deltas.old"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if (snapshot.path / DELTAS_DIR).exists():
+            shutil.copytree(snapshot.path / DELTAS_DIR, staged)
+        else:
+            staged.mkdir()
+        if live.exists():
+            os.replace(live, old)
+        os.replace(staged, live)
+        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(self.root)
+
+    def recover(self) -> list[str]:
+        """Undo an interrupted change: restore the OLDEST open snapshot (the state before the
+        whole unfinished run), then drop every open one. Returns the names, restored first."""
+        pending = self.open_snapshots()
+        if not pending:
+            return []
+        self.restore(pending[0])
+        for snapshot in pending:
+            self.close(snapshot, outcome="recovered", keep=False)
+        return [s.name for s in pending]
+
+    def close(self, snapshot: Snapshot, outcome: str, keep: bool = False) -> None:
+        """Mark the snapshot finished; drop its files unless ``keep``."""
+        if not keep:
+            shutil.rmtree(snapshot.path, ignore_errors=True)
+            return
+        manifest = {**snapshot.manifest, "state": "closed", "outcome": outcome, "closed_at": _now()}
+        _write_json(snapshot.path / MANIFEST, manifest)
+
+    def prune_closed(self, keep_last: int) -> list[str]:
+        """Remove all but the newest ``keep_last`` closed snapshots; return the removed names."""
+        closed = sorted((s for s in self.list() if not s.is_open), key=lambda s: s.manifest.get("created_at", ""))
+        doomed = closed[: max(0, len(closed) - keep_last)]
+        for snapshot in doomed:
+            shutil.rmtree(snapshot.path, ignore_errors=True)
+        return [s.name for s in doomed]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _write_json(path: Path, data: dict) -> None:
+    staged = path.with_name(path.name + ".tmp")
+    with open(staged, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staged, path)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,209 @@
+"""The nap and full-sleep Prefect flows on the tiny random Llama, against a test Prefect API.
+
+One ``prefect_test_harness`` per module (it costs ~12 s to start). Failure paths are made by
+replacing a stage's plain function: the tasks look their function up at call time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sleepwake.errors import CorruptedStateError, HomeBusyError, SleepwakeError
+from sleepwake.facts import Fact
+from sleepwake.sleep import maintain as maintain_stage
+from sleepwake.sleep.settings import ValidateConfig
+from sleepwake.storage.home import Home
+from sleepwake.storage.snapshots import SnapshotStore
+
+FACTS = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
+         Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
+         Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
+STAGES = ["health_check", "snapshot", "curate", "audit", "maintain", "validate", "report"]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def cache_env(tmp_path_factory, monkeypatch):
+    path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
+    path.mkdir(exist_ok=True)
+    monkeypatch.setenv("SLEEPWAKE_CACHE", str(path))
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory, tiny_settings_overrides):
+    from sleepwake.config import load_settings
+    from sleepwake.memory import Memory
+
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
+        path.mkdir(exist_ok=True)
+        mp.setenv("SLEEPWAKE_CACHE", str(path))
+        torch.manual_seed(0)
+        home = Home.open(tmp_path_factory.mktemp("flows") / "home")
+        Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(FACTS)
+        return home.root
+
+
+@pytest.fixture
+def home(seeded_home, tmp_path):
+    target = tmp_path / "home"
+    shutil.copytree(seeded_home, target)
+    return str(target)
+
+
+def digest_and_facts(home: str, overrides: list[str]) -> tuple[str, list]:
+    from sleepwake.config import load_settings
+    from sleepwake.memory import Memory
+    from sleepwake.sleep.gate import facts_fingerprint
+
+    memory = Memory.open(Home.open(home), load_settings(None, overrides), writable=False)
+    return memory.weights_digest(), facts_fingerprint(memory)
+
+
+def task_runs(flow_run_id) -> dict[str, list]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    by_name: dict[str, list] = {}
+    for run in runs:
+        by_name.setdefault(run.name.rsplit("-", 1)[0], []).append(run)
+    return by_name
+
+
+def test_full_sleep_runs_every_stage_as_a_task_with_artifacts(harness, home, tiny_settings_overrides):
+    from prefect.client.orchestration import get_client
+
+    from sleepwake.flows.full_sleep import full_sleep
+
+    state = full_sleep(home=home, overrides=tiny_settings_overrides, return_state=True)
+    report = state.result()
+    assert report["outcome"] in ("kept", "rolled_back") and report["facts"] == 3 and report["edits"] == 3
+    assert report["refreshed"] >= 1 and report["degraded_before"] >= 1
+    runs = task_runs(state.state_details.flow_run_id)
+    expected = STAGES + (["rollback"] if report["outcome"] == "rolled_back" else [])
+    assert sorted(runs) == sorted(expected)
+    assert all(len(r) == 1 and r[0].state.is_completed() for r in runs.values())
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts() if a.flow_run_id == state.state_details.flow_run_id}
+    assert {"full-sleep-audit", "full-sleep-maintain", "full-sleep-validate", "full-sleep-report-note"} <= keys
+    assert SnapshotStore(Home.open(home).root).open_snapshots() == []
+    if report["outcome"] == "kept":  # the post-sleep audit became each fact's verdict of record
+        from sleepwake.storage.ledger import Ledger
+
+        latest = Ledger(Home.open(home).db_path, read_only=True).latest_audits()
+        assert sum(not row["healthy"] for row in latest.values()) == report["degraded_after"]
+
+
+def test_zero_perplexity_budget_rolls_back_byte_exact(harness, home, tiny_settings_overrides):
+    from sleepwake.flows.full_sleep import full_sleep
+
+    before = digest_and_facts(home, tiny_settings_overrides)
+    # A negative budget is refused by the form; 0.0 with a forced rise is the strictest allowed.
+    report = full_sleep(home=home, overrides=tiny_settings_overrides + ["validate.max_recall_drop=0.0"],
+                        gates=ValidateConfig(max_ppl_increase=0.0))
+    if report["perplexity_after"] is not None and report["outcome"] == "kept":
+        pytest.fail(f"perplexity did not rise, so the gate had nothing to stop: {report}")
+    assert report["outcome"] == "rolled_back"
+    assert digest_and_facts(home, tiny_settings_overrides) == before
+
+
+def test_nap_changes_no_weights(harness, home, tiny_settings_overrides):
+    from sleepwake.flows.nap import nap
+
+    before = digest_and_facts(home, tiny_settings_overrides)
+    report = nap(home=home, overrides=tiny_settings_overrides)
+    assert report["outcome"] == "no_change" and report["kind"] == "nap" and report["raw_recall_before"] is not None
+    assert digest_and_facts(home, tiny_settings_overrides) == before
+
+
+def test_transient_error_is_retried_from_the_stages_own_snapshot(harness, home, tiny_settings_overrides, monkeypatch):
+    from sleepwake.flows.full_sleep import full_sleep
+
+    real, real_snapshot = maintain_stage.maintain, maintain_stage.stage_snapshot
+    calls, starts = [], []
+
+    def recording_snapshot(run, stage):
+        snap = real_snapshot(run, stage)
+        starts.append(run.memory.weights_digest())  # the weights each attempt starts from
+        return snap
+
+    def flaky(run, healthy, degraded, missing=()):
+        calls.append(1)
+        if len(calls) == 1:
+            maintain_stage.stage_snapshot(run, "maintain")
+            run.memory.refresh(run.ledger.list_facts()[1], [])  # a half-done attempt ...
+            raise HomeBusyError("ledger briefly locked")  # ... then a transient failure
+        return real(run, healthy, degraded, missing)
+
+    monkeypatch.setattr(maintain_stage, "maintain", flaky)
+    monkeypatch.setattr(maintain_stage, "stage_snapshot", recording_snapshot)
+    state = full_sleep(home=home, overrides=tiny_settings_overrides, return_state=True)
+    assert state.is_completed()
+    assert len(calls) == 2 and len(starts) == 2 and starts[0] == starts[1]
+    [maintain_run] = task_runs(state.state_details.flow_run_id)["maintain"]
+    assert maintain_run.run_count == 2
+
+
+def test_permanent_error_fails_at_once_and_restores_the_home(harness, home, tiny_settings_overrides, monkeypatch):
+    from sleepwake.flows.full_sleep import full_sleep
+
+    before = digest_and_facts(home, tiny_settings_overrides)
+    calls = []
+
+    def broken(run, healthy, degraded, missing=()):
+        calls.append(1)
+        run.memory.forget("Chen Okafor", "The job of {}")
+        raise CorruptedStateError("factor file damaged")
+
+    monkeypatch.setattr(maintain_stage, "maintain", broken)
+    with pytest.raises(CorruptedStateError):
+        full_sleep(home=home, overrides=tiny_settings_overrides)
+    assert calls == [1]  # not retried
+    assert digest_and_facts(home, tiny_settings_overrides) == before
+    assert SnapshotStore(Home.open(home).root).open_snapshots() == []
+
+
+def test_busy_home_is_a_clear_error(harness, home, tiny_settings_overrides):
+    from sleepwake.flows.nap import nap
+
+    with Home.open(home).write_lock():
+        with pytest.raises(SleepwakeError, match="busy"):
+            nap(home=home, overrides=tiny_settings_overrides + ["sleep.lock_wait_s=0.2"])
+
+
+def test_cli_sleep_prints_the_report_as_json(harness, home, tiny_settings_overrides, capsys):
+    from sleepwake import cli
+
+    args = ["sleep", "--home", home, "--json", "-q"] + [x for o in tiny_settings_overrides for x in ("--set", o)]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "full_sleep" and set(report["stage_seconds"]) >= {"health", "audit", "maintain"}
+    status = ["status", "--home", home, "--json", "--no-perplexity"] + args[5:]
+    assert cli.main(status) == 0
+    assert json.loads(capsys.readouterr().out)["drowsiness"]["level"] >= 0.0
+
+
+def test_auto_sleep_after_inject_when_drowsy(harness, home, tiny_settings_overrides, capsys):
+    from sleepwake import cli
+
+    sets = [x for o in tiny_settings_overrides + ["sleep.auto=true", "health.wake_capacity=1"] for x in ("--set", o)]
+    assert cli.main(["inject", "Eve Moreau", "The pet of {}", "parrot", "--home", home, "--json", "-q"] + sets) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["auto_sleep"]["kind"] == "full_sleep"
+    # The sleep reset the edit pressure: only the degraded share is left.
+    assert cli.main(["status", "--home", home, "--json", "--no-perplexity"] + sets) == 0
+    level = json.loads(capsys.readouterr().out)["drowsiness"]
+    assert level["edit_pressure"] == 0.0

@@ -1,0 +1,110 @@
+"""The deployment path end to end: a real local Prefect server, ``prefect.yaml`` deployed, a
+process worker running one full sleep, and the run history read back (one task run per stage,
+the stage artifacts). Marked slow: the server alone takes ~15 s to start on 2 cores.
+
+Everything Prefect runs in subprocesses with their own PREFECT_HOME, so this test neither sees
+nor touches the test harness of other modules or the user's Prefect state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from sleepwake.facts import Fact
+
+REPO = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).parent / "prefect")
+STAGES = {"health_check", "snapshot", "curate", "audit", "maintain", "validate", "report"}
+
+READ_BACK = """
+import json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+run_id = sys.argv[1]
+with get_client(sync_client=True) as client:
+    flow_run = client.read_flow_run(run_id)
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    artifacts = [a.key for a in client.read_artifacts() if str(a.flow_run_id) == run_id]
+print(json.dumps({"state": flow_run.state.type.value, "tasks": [[t.name, t.state.type.value] for t in tasks],
+                  "artifacts": artifacts}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Prefect server at {url} not healthy after {timeout_s} s")
+
+
+def prefect(args: list[str], env: dict, timeout: float = 120) -> str:
+    out = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+@pytest.mark.slow
+def test_deployed_full_sleep_on_a_real_server(tmp_path, tiny_settings_overrides, monkeypatch):
+    from sleepwake.config import load_settings
+    from sleepwake.memory import Memory
+    from sleepwake.storage.home import Home
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SLEEPWAKE_CACHE": str(tmp_path / "cache"),
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    monkeypatch.setenv("SLEEPWAKE_CACHE", env["SLEEPWAKE_CACHE"])
+    torch.manual_seed(0)
+    home = Home.open(tmp_path / "home")
+    Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(
+        [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
+         Fact(subject="Bruno Silva", relation="lives in", object="Lisbon")])
+
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(api, 120)
+        prefect(["work-pool", "create", "sleepwake", "--type", "process"], env)
+        prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
+        listed = prefect(["deployment", "ls"], env)
+        assert "full-sleep/nightly" in listed and "nap/periodic-nap" in listed
+        params = json.dumps({"home": str(home.root), "overrides": tiny_settings_overrides})
+        started = prefect(["deployment", "run", "full-sleep/on-demand", "--params", params], env)
+        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)
+        worker = subprocess.run([PREFECT, "worker", "start", "--pool", "sleepwake", "--run-once"], env=env,
+                                cwd=REPO, capture_output=True, text=True, timeout=400)
+        history = json.loads(subprocess.run([sys.executable, "-c", READ_BACK, run_id], env=env, capture_output=True,
+                                            text=True, timeout=60, check=True).stdout)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert history["state"] == "COMPLETED", worker.stdout[-3000:] + worker.stderr[-3000:]
+    names = {name.rsplit("-", 1)[0] for name, _ in history["tasks"]}
+    assert STAGES <= names, history
+    assert all(state == "COMPLETED" for _, state in history["tasks"]), history
+    assert {"full-sleep-audit", "full-sleep-validate", "full-sleep-report-note"} <= set(history["artifacts"])
+    shutil.rmtree(tmp_path / "prefect", ignore_errors=True)
