@@ -213,7 +213,7 @@ def _resolve_config_path(config: str | None) -> Path:
         path = PRESETS_DIR / f"{name}.yaml"
         if not path.is_file():
             available = ", ".join(list_presets()) or "none"
-            raise ConfigError(f"unknown preset '{name}' (available: {available})")
+            raise ConfigError(f"unknown preset {name!r} (available: {available})")
         return path
     path = Path(name).expanduser()
     if not path.is_file():
@@ -245,11 +245,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _apply_override(data: dict[str, Any], override: str) -> None:
     """Set ``key.sub=value`` in the nested dict, checking the path against the schema."""
     if "=" not in override:
-        raise ConfigError(f"override '{override}' must look like key.sub=value")
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override '{override}' has an empty key")
+        raise ConfigError(f"override {override!r} has an empty key")
     model: type[BaseModel] = Settings
     node = data
     for depth, part in enumerate(parts):
@@ -262,7 +262,7 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
             node[part] = _parse_value(raw, annotation)
             return
         if not _is_model(annotation):
-            raise ConfigError(f"override '{override}': '{dotted}' is a value, not a section")
+            raise ConfigError(f"override {override!r}: {dotted!r} is a value, not a section")
         child = node.get(part)
         if not isinstance(child, dict):
             # A non-mapping here is an error in the YAML; replacing it lets pydantic report
@@ -320,7 +320,7 @@ def _fields(model: type[BaseModel]) -> dict:
 
 def _unknown_key_message(dotted: str, model: type[BaseModel]) -> str:
     valid = ", ".join(_fields(model))
-    return f"unknown setting '{dotted}' (valid keys here: {valid})"
+    return f"unknown setting {dotted!r} (valid keys here: {valid})"
 
 
 def _model_at(loc: Sequence[Any]) -> type[BaseModel] | None:

@@ -26,6 +26,7 @@ import torch
 
 from sleepwake.config import Settings
 from sleepwake.errors import CorruptedStateError, ModelLoadError, NotFoundError, SleepwakeError
+from sleepwake.faults import crash_point
 from sleepwake.facts import Fact, normalize_answer, normalize_key
 from sleepwake.models import covariance, probes
 from sleepwake.models.bundled import default_cache_dir
@@ -209,6 +210,7 @@ class Memory:
         meta = {"edit_id": str(edit_id), "model_fingerprint": self.backend.fingerprint,
                 "facts": json.dumps([f.model_dump() for f in facts])}
         relpath, checksum, nbytes = self.deltas.save(edit_id, tensors, meta)
+        crash_point("inject:after-factor-file")
         row = EditRow(edit_id=edit_id, kind=kind, scale=1.0, layers=[u.layer for u in result.updates],
                       rank=result.updates[0].u.shape[1], file=relpath, checksum=checksum, nbytes=nbytes,
                       model_fingerprint=self.backend.fingerprint)
@@ -218,6 +220,7 @@ class Memory:
             self.deltas.delete(relpath)  # the ledger never saw it: leave no orphan behind
             raise
         self._factors[edit_id] = tensors
+        crash_point("inject:after-ledger")
         self.apply_ledger_change(removed=replaces)
         return edit_id
 
@@ -300,6 +303,7 @@ class Memory:
                 self.compose()
             edits = []
         self.ledger.forget_fact(row.fact_id, remove_edit_ids=edits)
+        crash_point("forget:after-ledger")
         self.apply_ledger_change(removed=edits)
         return {**row.fact.model_dump(), "fact_id": row.fact_id, "removed_edit": row.edit_id,
                 "reinjected": [f.model_dump() for f in companions]}

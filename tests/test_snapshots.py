@@ -45,10 +45,11 @@ def test_restore_survives_a_half_done_earlier_restore(tmp_path):
     store = SnapshotStore(home)
     before = tree_digest(home)
     snap = store.take("run-1", {})
-    (home / "deltas").rename(home / "deltas.old")  # killed between the two renames
-    (home / "deltas.restore").mkdir()
+    (home / "deltas" / "edit-00000002.safetensors").write_bytes(b"factors 2")
+    (home / "deltas" / ".tmp-restore-edit-00000001.safetensors").write_bytes(b"half")  # killed mid-copy
+    (home / "ledger.duckdb.restore").write_bytes(b"half")
     store.restore(snap)
-    assert tree_digest(home) == before and not (home / "deltas.old").exists()
+    assert tree_digest(home) == before
 
 
 def test_recover_restores_the_oldest_open_snapshot_and_closes_all(tmp_path):
@@ -83,3 +84,16 @@ def test_incomplete_snapshot_is_ignored_and_bad_names_refused(tmp_path):
     assert store.list() == [] and store.recover() == []
     with pytest.raises(InvalidInputError):
         store.take("../escape", {})
+
+
+def test_damaged_snapshot_is_refused_with_a_clear_error(tmp_path):
+    from sleepwake.errors import CorruptedStateError
+
+    home = make_home(tmp_path / "home")
+    store = SnapshotStore(home)
+    snap = store.take("run-1", {})
+    (snap.path / "ledger.duckdb").write_bytes(b"ledger v1 but truncated"[:5])
+    (home / "ledger.duckdb").write_bytes(b"current")
+    with pytest.raises(CorruptedStateError, match="damaged"):
+        store.restore(snap)
+    assert (home / "ledger.duckdb").read_bytes() == b"current"  # nothing was touched

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from sleepwake.errors import CorruptedStateError
+from sleepwake.faults import crash_point
 from sleepwake.sleep.run import SleepRun, StageResult
 from sleepwake.storage.snapshots import SnapshotStore
 
@@ -27,6 +28,7 @@ def take_snapshot(run: SleepRun) -> StageResult:
     started = time.perf_counter()
     memory = run.memory
     digest = memory.weights_digest()
+    memory.ledger.checkpoint()
     snap = SnapshotStore(memory.home.root).take(
         snapshot_name(run), {"run_id": run.run_id, "weights_digest": digest, "facts": len(memory.ledger.list_facts())})
     run.mark_history()
@@ -42,6 +44,7 @@ def validate(run: SleepRun, before: dict, perplexity_before: float) -> tuple[Sta
     cfg = run.settings.validate_
     after = audit(run, None, label="validate-audit").summary
     ppl = run.memory.perplexity()
+    crash_point("validate:before-verdict")
     increase = ppl / perplexity_before - 1.0
     recall_before, recall_after = before.get("raw_recall") or 0.0, after.get("raw_recall") or 0.0
     failures = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 
+from sleepwake.faults import crash_point
 from sleepwake.models import probes
 from sleepwake.sleep.run import SleepRun, StageResult
 from sleepwake.storage.snapshots import SnapshotStore
@@ -28,6 +29,7 @@ def stage_snapshot(run: SleepRun, stage: str):
         store.restore(earlier)
         run.memory.reload()
         return earlier
+    run.ledger.checkpoint()
     return store.take(name, {"run_id": run.run_id, "stage": stage, "weights_digest": run.memory.weights_digest()})
 
 
@@ -61,6 +63,7 @@ def maintain(run: SleepRun, healthy_ids, degraded_ids, missing_ids=()) -> StageR
                       "old_edit": row.edit_id, "new_edit": new_edit, "recalled_after": ok,
                       "protected_edits": len(protected), "seconds": round(time.perf_counter() - begin, 2)})
         run.record("maintain", {"refresh_recalled": ok}, fact_id=row.fact_id)
+        crash_point("maintain:after-refresh")
     SnapshotStore(memory.home.root).close(snapshot, outcome="done")
     recovered = sum(1 for r in table if r["recalled_after"])
     pending = len(set(degraded_ids) | set(missing_ids)) - len(targets)

@@ -322,6 +322,11 @@ class Ledger:
             row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else default
 
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file, so a file copy (a snapshot) is the whole ledger."""
+        with self._connect(write=True) as con:
+            con.execute("CHECKPOINT")
+
     def set_meta(self, key: str, value: str) -> None:
         with self._connect(write=True) as con:
             con.execute(

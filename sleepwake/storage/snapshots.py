@@ -12,12 +12,13 @@ Layout::
 
 A snapshot is "open" from when it is complete until its owner closes it. An open snapshot
 found by a later process means its owner died mid-change: that is the journal
-``reconcile_interrupted`` acts on. Restores are idempotent, so a crash during a restore is
+``recover`` acts on (``Memory.open`` calls it for every writer). Restores are idempotent, so a crash during a restore is
 repaired by restoring again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sleepwake.errors import CorruptedStateError, InvalidInputError
+from sleepwake.faults import crash_point
 from sleepwake.storage.deltas import DELTAS_DIR, fsync_dir
 
 MANIFEST = "manifest.json"
@@ -71,7 +73,8 @@ class SnapshotStore:
         deltas = self.root / DELTAS_DIR
         if deltas.exists():
             shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"))
-        manifest = {"name": name, "state": "open", "created_at": _now(), **info}
+        crash_point("snapshot:before-manifest")
+        manifest = {"name": name, "state": "open", "created_at": _now(), "files": _file_hashes(tmp), **info}
         _write_json(tmp / MANIFEST, manifest)
         os.replace(tmp, path)
         fsync_dir(self.dir)
@@ -103,25 +106,47 @@ class SnapshotStore:
         db = snapshot.path / self.db_name
         if not db.exists():
             raise CorruptedStateError(f"snapshot {snapshot.name} has no ledger copy; cannot restore")
-        for suffix in ("", ".wal"):
-            source, target = snapshot.path / (self.db_name + suffix), self.root / (self.db_name + suffix)
+        expected = snapshot.manifest.get("files")
+        if expected is not None and _file_hashes(snapshot.path) != expected:
+            raise CorruptedStateError(f"snapshot {snapshot.name} is damaged (its files do not match their "
+                                      f"checksums in {MANIFEST}); restore the home from a backup")
+        # Order matters for readers that open the home meanwhile: every ledger state they can see
+        # must find its factor files. Files are immutable per edit id and ids only grow within a
+        # run, so the union of both sets serves the old and the restored ledger alike.
+        live = self.root / DELTAS_DIR
+        live.mkdir(exist_ok=True)
+        wanted = self._copy_missing_deltas(snapshot.path / DELTAS_DIR, live)
+        crash_point("restore:after-deltas")
+        self._replace_ledger(snapshot.path)
+        crash_point("restore:after-ledger")
+        for path in live.iterdir():  # files only the undone change used
+            if path.name not in wanted:
+                path.unlink(missing_ok=True)
+        fsync_dir(live)
+
+    @staticmethod
+    def _copy_missing_deltas(source: Path, live: Path) -> set[str]:
+        names = set()
+        for path in sorted(source.iterdir()) if source.exists() else []:
+            names.add(path.name)
+            target = live / path.name
+            if target.exists() and target.read_bytes() == path.read_bytes():
+                continue
+            staged = live / f".tmp-restore-{path.name}"
+            shutil.copy2(path, staged)
+            os.replace(staged, target)
+        fsync_dir(live)
+        return names
+
+    def _replace_ledger(self, source_dir: Path) -> None:
+        """A stale write-ahead log must go first: DuckDB would replay it onto the restored file."""
+        db, wal = self.root / self.db_name, self.root / (self.db_name + ".wal")
+        wal.unlink(missing_ok=True)
+        for source, target in ((source_dir / self.db_name, db), (source_dir / (self.db_name + ".wal"), wal)):
             if source.exists():
                 staged = target.with_name(target.name + ".restore")
                 shutil.copy2(source, staged)
                 os.replace(staged, target)
-            else:
-                target.unlink(missing_ok=True)
-        live, staged, old = self.root / DELTAS_DIR, self.root / "deltas.restore", self.root / "deltas.old"
-        shutil.rmtree(staged, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        if (snapshot.path / DELTAS_DIR).exists():
-            shutil.copytree(snapshot.path / DELTAS_DIR, staged)
-        else:
-            staged.mkdir()
-        if live.exists():
-            os.replace(live, old)
-        os.replace(staged, live)
-        shutil.rmtree(old, ignore_errors=True)
         fsync_dir(self.root)
 
     def recover(self) -> list[str]:
@@ -154,6 +179,15 @@ class SnapshotStore:
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but the manifest, by relative path."""
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name not in (MANIFEST, MANIFEST + ".tmp"):
+            hashes[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return hashes
 
 
 def _write_json(path: Path, data: dict) -> None:
