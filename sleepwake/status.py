@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sleepwake.config import HealthConfig
+from sleepwake.storage.snapshots import SnapshotStore
 
 
 LAST_SLEEP_KEY = "last_full_sleep"
@@ -42,6 +43,9 @@ def collect_status(memory, with_perplexity: bool = True) -> dict:
         "delta_bytes": sum(edit.nbytes for edit in memory.edits),
         "weights_digest": memory.weights_digest(),
         "drowsiness": current_drowsiness(ledger, memory.settings.health),
+        # An interrupted sleep's journal: the next writing command restores it (readers see the
+        # consistent intermediate state until then).
+        "pending_repair": [s.name for s in SnapshotStore(memory.home.root).open_snapshots()],
     }
     if with_perplexity:
         baseline = memory.perplexity(base=True)

@@ -67,3 +67,38 @@ def test_missing_model_is_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sleepwake: error:") and "/no/such/model" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_sleep_killed_40_s_in_keeps_every_fact(tmp_path):
+    """SIGKILL a full sleep (and the ephemeral Prefect server it started) 40 s in: readers work at
+    once with every fact, and the next writer restores the pre-sleep state byte for byte."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    facts_file = tmp_path / "facts.jsonl"
+    facts_file.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    sleepwake(home, "inject", "--facts", str(facts_file))
+    before = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    start = time.monotonic()
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        pass
+    killed_mid_sleep = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    print(f"killed after {time.monotonic() - start:.0f} s, mid-sleep: {killed_mid_sleep}")
+
+    during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    recall = as_json(sleepwake(home, "recall", "--json"))
+    assert during["facts"] == before["facts"] == len(recall["facts"]) == len(FACTS)
+    sleepwake(home, "inject", "--facts", str(facts_file))  # a writer: repairs, then finds nothing new
+    after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    assert after["facts"] == len(FACTS)
+    if killed_mid_sleep:
+        assert after["weights_digest"] == before["weights_digest"]

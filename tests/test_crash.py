@@ -124,11 +124,14 @@ def test_killed_at_crash_point_leaves_a_repairable_home(point, seeded_home, tmp_
     status = cli_json(["status", "--home", str(home), "--no-perplexity", *sets], capsys)
     recall = cli_json(["recall", "--home", str(home), *sets], capsys)
     assert status["facts"] == len(recall["facts"]) >= len(pre_facts) - (kind == "without-chen")
+    assert bool(status["pending_repair"]) == (kind == "pre-sleep" and point != "snapshot:before-manifest")
 
     # The next writer repairs: journal restored, orphans removed, every edit verified.
     memory = Memory.open(Home.open(home), settings)
     check_consistency(memory)
     assert SnapshotStore(home).open_snapshots() == []
+    leftovers = [p.name for p in (home / "snapshots").iterdir()] if (home / "snapshots").exists() else []
+    assert all(SnapshotStore(home).get(name) for name in leftovers), leftovers  # no half-taken copies
     assert {(r[1], r[2]) for r in facts_fingerprint(memory)} == expected_state(kind, pre_facts, settings)
     assert sorted(p.name for p in (home / "deltas").iterdir()) == sorted(e.file.split("/")[-1] for e in memory.edits)
     if kind == "pre-sleep":

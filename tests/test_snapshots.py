@@ -81,7 +81,9 @@ def test_incomplete_snapshot_is_ignored_and_bad_names_refused(tmp_path):
     home = make_home(tmp_path / "home")
     store = SnapshotStore(home)
     (store.dir / "half").mkdir(parents=True)  # no manifest: a take() that never finished
+    (store.dir / ".tmp-other").mkdir()
     assert store.list() == [] and store.recover() == []
+    assert list(store.dir.iterdir()) == []  # the writer that recovers also clears them
     with pytest.raises(InvalidInputError):
         store.take("../escape", {})
 

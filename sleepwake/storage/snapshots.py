@@ -152,6 +152,7 @@ class SnapshotStore:
     def recover(self) -> list[str]:
         """Undo an interrupted change: restore the OLDEST open snapshot (the state before the
         whole unfinished run), then drop every open one. Returns the names, restored first."""
+        self._remove_incomplete()
         pending = self.open_snapshots()
         if not pending:
             return []
@@ -159,6 +160,14 @@ class SnapshotStore:
         for snapshot in pending:
             self.close(snapshot, outcome="recovered", keep=False)
         return [s.name for s in pending]
+
+    def _remove_incomplete(self) -> None:
+        """Copies that never got their manifest (killed mid-take) hold nothing anyone needs."""
+        if not self.dir.exists():
+            return
+        for path in self.dir.iterdir():
+            if path.is_dir() and (path.name.startswith(".tmp-") or _read_manifest(path) is None):
+                shutil.rmtree(path, ignore_errors=True)
 
     def close(self, snapshot: Snapshot, outcome: str, keep: bool = False) -> None:
         """Mark the snapshot finished; drop its files unless ``keep``."""
