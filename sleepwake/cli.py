@@ -119,23 +119,29 @@ def cmd_inject(args) -> dict:
         bar.close()
         result = {"injected": [o.as_dict() for o in outcomes], "facts": len(memory.ledger.list_facts()),
                   "weights_digest": memory.weights_digest()}
-    result["auto_sleep"] = auto_sleep(args, memory)  # after the lock is released: the flow takes it
+        settings, ledger = memory.settings, memory.ledger
+    del memory  # the flow loads its own model: don't hold two
+    result["auto_sleep"] = auto_sleep(args, settings, ledger)  # after the lock is released: the flow takes it
     return result
 
 
-def auto_sleep(args, memory) -> dict | None:
-    """With ``sleep.auto``, run a nap or full sleep when drowsiness crosses its threshold."""
+def auto_sleep(args, settings, ledger) -> dict | None:
+    """With ``sleep.auto``, run a nap or full sleep when drowsiness crosses its threshold. The
+    inject has already succeeded: a failing sleep is reported in the result, not as the exit code."""
     from sleepwake.status import current_drowsiness
 
-    if not memory.settings.sleep.auto:
+    if not settings.sleep.auto:
         return None
-    level = current_drowsiness(memory.ledger, memory.settings.health)
+    level = current_drowsiness(ledger, settings.health)
     if level["advice"] == "awake":
         return None
     log.info("drowsiness %.2f: running a %s", level["level"], level["advice"])
     args.command = "nap" if level["advice"] == "nap" else "sleep"
     try:
         return cmd_sleep(args)
+    except SleepwakeError as exc:
+        log.error("automatic %s failed: %s", args.command, exc)
+        return {"error": " ".join(str(exc).split())}
     finally:
         args.command = "inject"
 

@@ -289,7 +289,7 @@ def _parse_value(raw: str, annotation: Any) -> Any:
 def _floatify(value: Any) -> Any:
     """Turn float-shaped strings (``1e-4``) into floats, inside lists and dicts too."""
     if isinstance(value, str) and _FLOAT_RE.match(value.strip()):
-        return float(value)
+        return float(value.strip())  # str.strip knows more whitespace than float() does
     if isinstance(value, list):
         return [_floatify(item) for item in value]
     if isinstance(value, dict):

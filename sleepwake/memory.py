@@ -321,9 +321,14 @@ class Memory:
     def _cache_meta(self, key: str, value: str) -> None:
         """Best effort even for readers: a cache miss costs seconds, a busy home costs nothing."""
         try:
-            ledger = self.ledger if not self.ledger.read_only else Ledger(self.ledger.path, busy_timeout_s=0.2)
-            ledger.set_meta(key, value)
-        except SleepwakeError:
+            if not self.ledger.read_only:
+                self.ledger.set_meta(key, value)
+                return
+            # A reader writes only while holding the write lock, so it can never touch the file
+            # while a writer copies it into a snapshot or restores one.
+            with self.home.write_lock():
+                Ledger(self.ledger.path, busy_timeout_s=0.2).set_meta(key, value)
+        except (SleepwakeError, OSError):
             pass
 
     def perplexity(self, base: bool = False) -> float:

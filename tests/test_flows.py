@@ -165,6 +165,7 @@ def test_permanent_error_fails_at_once_and_restores_the_home(harness, home, tiny
 
     def broken(run, healthy, degraded, missing=()):
         calls.append(1)
+        maintain_stage.stage_snapshot(run, "maintain")  # its own snapshot, left open by the failure
         run.memory.forget("Chen Okafor", "The job of {}")
         raise CorruptedStateError("factor file damaged")
 

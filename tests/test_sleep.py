@@ -242,3 +242,22 @@ def test_a_rolled_back_sleep_keeps_its_history_once(run):
     latest = run.ledger.latest_audits()
     assert {row["run_id"] for row in latest.values()} == {run.run_id}
     assert sorted(fid for fid, row in latest.items() if not row["healthy"]) == before["degraded_ids"]
+
+
+def test_forgotten_facts_leave_the_audit_verdicts(run):
+    summary = audit(run).summary
+    degraded = run.ledger.list_facts()
+    gone = next(r for r in degraded if r.fact_id in summary["degraded_ids"])
+    run.memory.forget(gone.subject, gone.relation)
+    assert gone.fact_id not in run.ledger.latest_audits()
+
+
+def test_naps_do_not_count_towards_convergence(run, settings):
+    from sleepwake.sleep.report import CYCLE_METRIC
+
+    nap = SleepRun(run.memory, "nap")
+    audit(nap)
+    report(nap, "no_change")
+    assert run.ledger.metric_history(CYCLE_METRIC) == []
+    summary = report(run, "rolled_back").summary
+    assert summary["refreshed"] == 0 and summary["pruned"] == 0

@@ -39,7 +39,7 @@ def health_check(run: SleepRun) -> StageResult:
     counts = memory.ledger.counts()
     summary = {
         "facts": counts["facts"], "edits": counts["edits"],
-        "perplexity": round(current, 4), "perplexity_baseline": round(baseline, 4),
+        "perplexity": current, "perplexity_baseline": baseline,  # unrounded: the gate compares with it
         "perplexity_drift": round(current / baseline - 1.0, 6),
         "recovered_snapshots": len(memory.recovered), "orphan_files_removed": len(memory.orphans_removed),
         **consistency,

@@ -46,10 +46,9 @@ def maintain(run: SleepRun, healthy_ids, degraded_ids, missing_ids=()) -> StageR
     snapshot = stage_snapshot(run, "maintain")  # first, so a retry starts from the same state
     targets = choose_targets(run, degraded_ids, missing_ids)
     if not cfg.enabled or not targets:
-        SnapshotStore(memory.home.root).close(snapshot, outcome="nothing to do")
         summary = {"refreshed": 0, "recovered": 0, "still_degraded": 0, "skipped": not cfg.enabled,
                    "pending": len(set(degraded_ids) | set(missing_ids))}
-        return run.finish(StageResult("maintain", summary), started)
+        return close_after(run, snapshot, run.finish(StageResult("maintain", summary), started))
     facts = {r.fact_id: r for r in memory.ledger.list_facts()}
     protected = {facts[fid].edit_id for fid in healthy_ids if fid in facts and facts[fid].edit_id is not None}
     table = []
@@ -64,9 +63,15 @@ def maintain(run: SleepRun, healthy_ids, degraded_ids, missing_ids=()) -> StageR
                       "protected_edits": len(protected), "seconds": round(time.perf_counter() - begin, 2)})
         run.record("maintain", {"refresh_recalled": ok}, fact_id=row.fact_id)
         crash_point("maintain:after-refresh")
-    SnapshotStore(memory.home.root).close(snapshot, outcome="done")
     recovered = sum(1 for r in table if r["recalled_after"])
     pending = len(set(degraded_ids) | set(missing_ids)) - len(targets)
     summary = {"refreshed": len(table), "recovered": recovered, "still_degraded": len(table) - recovered,
                "pending": pending, "skipped": False}
-    return run.finish(StageResult("maintain", summary, table), started)
+    return close_after(run, snapshot, run.finish(StageResult("maintain", summary, table), started))
+
+
+def close_after(run: SleepRun, snapshot, result: StageResult) -> StageResult:
+    """Close the stage snapshot only once everything the stage writes is written (a retry after
+    a failure anywhere before this point restores it and starts over)."""
+    SnapshotStore(run.memory.home.root).close(snapshot, outcome="done")
+    return result

@@ -9,9 +9,12 @@ from sleepwake.sleep.run import SleepRun, StageResult
 from sleepwake.status import LAST_SLEEP_KEY, current_drowsiness
 
 
+CYCLE_METRIC = "sleep_degraded_after"  # written by full sleeps only (naps change nothing)
+
+
 def convergence(run: SleepRun, degraded_after: int) -> str:
     """Paper 5's criterion: zero degraded facts for two consecutive sleeps."""
-    history = run.ledger.metric_history("degraded_after", limit=2)
+    history = run.ledger.metric_history(CYCLE_METRIC, limit=2)
     previous = [row["value"] for row in history if row["run_id"] != run.run_id]
     if degraded_after == 0 and previous and previous[-1] == 0:
         return "converged"
@@ -40,8 +43,9 @@ def report(run: SleepRun, outcome: str) -> StageResult:
         "raw_recall_before": before.get("raw_recall"), "raw_recall_after": after_recall,
         "chat_recall_before": before.get("chat_recall"),
         "degraded_before": before.get("degraded"), "degraded_after": degraded_after,
-        "refreshed": maintain.summary.get("refreshed", 0) if maintain else 0,
-        "pruned": results["curate"].summary.get("pruned", 0) if "curate" in results else 0,
+        "refreshed": maintain.summary.get("refreshed", 0) if maintain and kept else 0,
+        "pruned": results["curate"].summary.get("pruned", 0) if "curate" in results and kept else 0,
+        "refreshed_undone": maintain.summary.get("refreshed", 0) if maintain and not kept else 0,
         "perplexity_before": results["health"].summary.get("perplexity") if "health" in results else None,
         "perplexity_after": validate.summary.get("perplexity_after") if validate and kept else
         (results["health"].summary.get("perplexity") if "health" in results else None),
@@ -50,7 +54,8 @@ def report(run: SleepRun, outcome: str) -> StageResult:
         "stage_seconds": {name: round(r.seconds, 2) for name, r in results.items()},
         "seconds": round(time.perf_counter() - run.started, 2),
     }
-    run.record("report", {"degraded_after": degraded_after})
+    if run.kind == "full_sleep":
+        run.record("report", {CYCLE_METRIC: degraded_after})
     result = StageResult("report", summary, markdown=render_markdown(summary))
     return run.finish(result, started)
 

@@ -303,7 +303,7 @@ class Ledger:
         """fact_id -> its most recent audit row."""
         with self._connect() as con:
             rows = _dicts(con.execute(
-                "SELECT * FROM audits WHERE fact_id IS NOT NULL "
+                "SELECT * FROM audits WHERE fact_id IN (SELECT fact_id FROM facts) "
                 "QUALIFY row_number() OVER (PARTITION BY fact_id ORDER BY ts DESC, audit_id DESC) = 1"
             ))
         return {row["fact_id"]: row for row in rows}

@@ -74,6 +74,7 @@ class SnapshotStore:
         if deltas.exists():
             shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"))
         crash_point("snapshot:before-manifest")
+        _fsync_files(tmp)
         manifest = {"name": name, "state": "open", "created_at": _now(), "files": _file_hashes(tmp), **info}
         _write_json(tmp / MANIFEST, manifest)
         os.replace(tmp, path)
@@ -157,7 +158,7 @@ class SnapshotStore:
         if not pending:
             return []
         self.restore(pending[0])
-        for snapshot in pending:
+        for snapshot in reversed(pending):  # oldest last: until it is gone, a re-run restores it again
             self.close(snapshot, outcome="recovered", keep=False)
         return [s.name for s in pending]
 
@@ -172,7 +173,12 @@ class SnapshotStore:
     def close(self, snapshot: Snapshot, outcome: str, keep: bool = False) -> None:
         """Mark the snapshot finished; drop its files unless ``keep``."""
         if not keep:
-            shutil.rmtree(snapshot.path, ignore_errors=True)
+            # One rename takes it out of the journal atomically; the files go after.
+            doomed = self.dir / f".tmp-dropped-{snapshot.name}"
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(snapshot.path, doomed)
+            fsync_dir(self.dir)
+            shutil.rmtree(doomed, ignore_errors=True)
             return
         manifest = {**snapshot.manifest, "state": "closed", "outcome": outcome, "closed_at": _now()}
         _write_json(snapshot.path / MANIFEST, manifest)
@@ -197,6 +203,14 @@ def _file_hashes(folder: Path) -> dict[str, str]:
         if path.is_file() and path.name not in (MANIFEST, MANIFEST + ".tmp"):
             hashes[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
     return hashes
+
+
+def _fsync_files(folder: Path) -> None:
+    """The copies must be on disk before the manifest declares the snapshot complete."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def _write_json(path: Path, data: dict) -> None:
