@@ -154,6 +154,9 @@ def test_next_edit_id_persists_across_connections(tmp_path: Path) -> None:
 
 
 def test_audits_and_metrics_round_trip(ledger: Ledger) -> None:
+    ids = ledger.commit_edit(_edit(ledger), [_fact("Aria Nakamura"), _fact("Bruno Silva")])
+    assert ids == [1, 2]
+    ledger.record_audits([{"run_id": "r0", "fact_id": 99, "raw_recall": 0.0, "healthy": False}])
     ledger.record_audits([
         {"run_id": "r1", "fact_id": 1, "raw_recall": 0.2, "healthy": False, "ts": ledger_mod._now()},
         {"run_id": "r1", "fact_id": 2, "raw_recall": 1.0, "healthy": True},
@@ -161,7 +164,7 @@ def test_audits_and_metrics_round_trip(ledger: Ledger) -> None:
     time.sleep(0.01)
     ledger.record_audits([{"run_id": "r2", "fact_id": 1, "raw_recall": 0.9, "healthy": True}])
     latest = ledger.latest_audits()
-    assert set(latest) == {1, 2}
+    assert set(latest) == {1, 2}  # fact 99 does not exist (forgotten): its verdict no longer counts
     assert latest[1]["run_id"] == "r2" and latest[1]["healthy"] is True
     assert latest[1]["paraphrase_recall"] is None and latest[2]["raw_recall"] == 1.0
     rows = [{"run_id": "r", "stage": "audit", "name": "loss", "value": float(i), "detail": {"i": i}}
