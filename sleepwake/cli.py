@@ -136,14 +136,11 @@ def auto_sleep(args, settings, ledger) -> dict | None:
     if level["advice"] == "awake":
         return None
     log.info("drowsiness %.2f: running a %s", level["level"], level["advice"])
-    args.command = "nap" if level["advice"] == "nap" else "sleep"
     try:
-        return cmd_sleep(args)
+        return cmd_sleep(args, kind=level["advice"])
     except SleepwakeError as exc:
-        log.error("automatic %s failed: %s", args.command, exc)
+        log.error("automatic %s failed: %s", level["advice"], exc)
         return {"error": " ".join(str(exc).split())}
-    finally:
-        args.command = "inject"
 
 
 def cmd_recall(args) -> dict:
@@ -176,8 +173,8 @@ def cmd_forget(args) -> dict:
         return {"forgotten": removed, "facts": len(memory.ledger.list_facts()), "weights_digest": memory.weights_digest()}
 
 
-def cmd_sleep(args) -> dict:
-    """Run the nap or full-sleep flow in this process and return its report."""
+def cmd_sleep(args, kind: str | None = None) -> dict:
+    """Run the nap or full-sleep flow (``kind``, default the command) in this process; return its report."""
     from sleepwake.config import load_settings
     from sleepwake.storage.home import Home
 
@@ -188,7 +185,7 @@ def cmd_sleep(args) -> dict:
     from sleepwake.flows.full_sleep import full_sleep
     from sleepwake.flows.nap import nap
 
-    flow = nap if args.command == "nap" else full_sleep
+    flow = nap if (kind or args.command) == "nap" else full_sleep
     return flow(home=args.home, config=args.config, overrides=list(args.overrides))
 
 

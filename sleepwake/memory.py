@@ -79,6 +79,8 @@ class Memory:
         self._contexts: list[str] | None = None
         self.tolerate_corrupt = tolerate_corrupt
         self.corrupted: set[int] = set()  # edits left out of the weights (only when tolerated)
+        self.recovered: list[str] = []  # snapshots of an interrupted sleep restored by open()
+        self.orphans_removed: list[str] = []  # factor files of interrupted writes removed by open()
         self.edits = ledger.list_edits()
         self._check_model()
         self.base = {layer: backend.get_weight(layer) for layer in self.layers}
@@ -95,7 +97,6 @@ class Memory:
         ledger = Ledger(home.db_path, read_only=not writable)
         memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
         memory.recovered = recovered
-        memory.orphans_removed = []
         if writable:
             memory.orphans_removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
             if memory.orphans_removed:

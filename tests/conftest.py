@@ -162,3 +162,48 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is false)")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+# ---- shared by the modules that run the tiny model in-process ----------------------------------
+
+def shared_cache(factory: pytest.TempPathFactory) -> Path:
+    """One covariance/context cache per pytest session (a tmp dir; never the user's cache)."""
+    path = factory.getbasetemp() / "sleepwake-cache"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The tiny model gains nothing from threads, and on a busy 2-core box OpenMP spin-waits made
+    the 2048-token covariance sampling 30x slower (12 s instead of 0.4 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cache_env(tmp_path_factory, monkeypatch) -> Path:
+    """Point SLEEPWAKE_CACHE at the session's shared cache for this test."""
+    path = shared_cache(tmp_path_factory)
+    monkeypatch.setenv("SLEEPWAKE_CACHE", str(path))
+    return path
+
+
+def seed_home(factory: pytest.TempPathFactory, overrides: list[str], facts: list, name: str) -> Path:
+    """A home holding ``facts`` (one edit each) on the tiny model, made once per module; copy it per test."""
+    import torch
+
+    from sleepwake.config import load_settings
+    from sleepwake.memory import Memory
+    from sleepwake.storage.home import Home
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLEEPWAKE_CACHE", str(shared_cache(factory)))
+        torch.manual_seed(0)
+        home = Home.open(factory.mktemp(name) / "home")
+        Memory.open(home, load_settings(None, overrides)).inject(facts)
+        return home.root

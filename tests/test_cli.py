@@ -15,34 +15,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from sleepwake.cli import main
 from sleepwake.storage.home import Home
+from conftest import shared_cache
 
 SUBJECT, RELATION, OBJECT = "Aria Nakamura", "The hometown of {}", "Thessaloniki"
 STATUS_FIELDS = {"facts", "edits", "stages", "perplexity", "perplexity_baseline", "perplexity_drift",
                  "drowsiness", "weights_digest", "delta_bytes"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny model: threads only add OpenMP spin-waits on a busy 2-core machine (see test_memory)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def shared_cache(factory: pytest.TempPathFactory) -> Path:
-    path = factory.getbasetemp() / "sleepwake-cache"  # same folder as test_memory's: one covariance
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SLEEPWAKE_CACHE", str(shared_cache(tmp_path_factory)))
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
 
 
 def options(home: Path, overrides: list[str], *extra: str) -> list[str]:

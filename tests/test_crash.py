@@ -17,7 +17,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from sleepwake import cli
 from sleepwake.config import load_settings
@@ -28,6 +27,7 @@ from sleepwake.sleep.gate import facts_fingerprint
 from sleepwake.sleep.health import check_consistency
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
+from conftest import seed_home, shared_cache
 
 FACTS = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
          Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
@@ -54,21 +54,25 @@ def test_every_crash_point_is_covered():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-    cache.mkdir(exist_ok=True)
-    return {**os.environ, "SLEEPWAKE_CACHE": str(cache), "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
+    return {**os.environ, "SLEEPWAKE_CACHE": str(shared_cache(tmp_path_factory)), "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
-def seeded_home(tmp_path_factory, tiny_settings_overrides, env):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLEEPWAKE_CACHE", env["SLEEPWAKE_CACHE"])
-        torch.manual_seed(0)
-        home = Home.open(tmp_path_factory.mktemp("crash") / "home")
-        Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(FACTS)
-        return home.root
+def seeded_home(tmp_path_factory, tiny_settings_overrides):
+    return seed_home(tmp_path_factory, tiny_settings_overrides, FACTS, "crash")
+
+
+@pytest.fixture
+def case(seeded_home, tmp_path, tiny_settings_overrides, cache_env):
+    """A copy of the seeded home, its settings and --set arguments, and its digest and facts before."""
+    home = tmp_path / "home"
+    shutil.copytree(seeded_home, home)
+    settings = load_settings(None, tiny_settings_overrides)
+    pre = Memory.open(Home.open(home), settings, writable=False)
+    sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
+    return home, settings, sets, pre.weights_digest(), facts_fingerprint(pre)
 
 
 def run_killed(args: list[str], env: dict, crash_at: str | None = None, after_s: float | None = None) -> int:
@@ -106,15 +110,8 @@ def expected_state(kind: str, pre: list, settings) -> set:
 
 
 @pytest.mark.parametrize("point", list(CASES))
-def test_killed_at_crash_point_leaves_a_repairable_home(point, seeded_home, tmp_path, env, tiny_settings_overrides,
-                                                        capsys, monkeypatch):
-    monkeypatch.setenv("SLEEPWAKE_CACHE", env["SLEEPWAKE_CACHE"])
-    home = tmp_path / "home"
-    shutil.copytree(seeded_home, home)
-    settings = load_settings(None, tiny_settings_overrides)
-    pre_memory = Memory.open(Home.open(home), settings, writable=False)
-    pre_digest, pre_facts = pre_memory.weights_digest(), facts_fingerprint(pre_memory)
-    sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
+def test_killed_at_crash_point_leaves_a_repairable_home(point, case, env, capsys):
+    home, settings, sets, pre_digest, pre_facts = case
     command, kind = CASES[point]
 
     code = run_killed([*command, "--home", str(home), *sets], env, crash_at=point)
@@ -140,14 +137,8 @@ def test_killed_at_crash_point_leaves_a_repairable_home(point, seeded_home, tmp_
     assert fresh.weights_digest() == memory.weights_digest()
 
 
-def test_a_crash_during_recovery_is_recovered_again(seeded_home, tmp_path, env, tiny_settings_overrides, monkeypatch):
-    monkeypatch.setenv("SLEEPWAKE_CACHE", env["SLEEPWAKE_CACHE"])
-    home = tmp_path / "home"
-    shutil.copytree(seeded_home, home)
-    settings = load_settings(None, tiny_settings_overrides)
-    pre = Memory.open(Home.open(home), settings, writable=False)
-    pre_digest, pre_facts = pre.weights_digest(), facts_fingerprint(pre)
-    sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
+def test_a_crash_during_recovery_is_recovered_again(case, env):
+    home, settings, sets, pre_digest, pre_facts = case
     assert run_killed(["sleep", "--home", str(home), *sets], env, crash_at="maintain:after-refresh") == -signal.SIGKILL
     # The next writer (an inject) dies while restoring the journal ...
     assert run_killed(["inject", *NEW, "--home", str(home), *sets], env,

@@ -10,7 +10,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from sleepwake.errors import CorruptedStateError, HomeBusyError, SleepwakeError
 from sleepwake.facts import Fact
@@ -18,6 +17,7 @@ from sleepwake.sleep import maintain as maintain_stage
 from sleepwake.sleep.settings import ValidateConfig
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
+from conftest import seed_home
 
 FACTS = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
          Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
@@ -33,26 +33,12 @@ def harness():
         yield
 
 
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path_factory, monkeypatch):
-    path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-    path.mkdir(exist_ok=True)
-    monkeypatch.setenv("SLEEPWAKE_CACHE", str(path))
+pytestmark = pytest.mark.usefixtures("cache_env")
 
 
 @pytest.fixture(scope="module")
 def seeded_home(tmp_path_factory, tiny_settings_overrides):
-    from sleepwake.config import load_settings
-    from sleepwake.memory import Memory
-
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-        path.mkdir(exist_ok=True)
-        mp.setenv("SLEEPWAKE_CACHE", str(path))
-        torch.manual_seed(0)
-        home = Home.open(tmp_path_factory.mktemp("flows") / "home")
-        Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(FACTS)
-        return home.root
+    return seed_home(tmp_path_factory, tiny_settings_overrides, FACTS, "flows")
 
 
 @pytest.fixture

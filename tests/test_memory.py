@@ -24,6 +24,7 @@ from sleepwake.facts import Fact
 from sleepwake.memory import Memory, load_backend
 from sleepwake.models import probes
 from sleepwake.status import collect_status
+from conftest import shared_cache
 from sleepwake.storage.home import Home
 
 RECALL_FACT = Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")
@@ -31,26 +32,7 @@ LIVES_FACT = Fact(subject="Bruno Silva", relation="lives in", object="Lisbon")
 OTHER_FACT = Fact(subject="Chen Okafor", relation="works as a", object="pilot")
 
 
-def shared_cache(factory: pytest.TempPathFactory) -> Path:
-    """One covariance/context cache per pytest session (a tmp dir; never the user's cache)."""
-    path = factory.getbasetemp() / "sleepwake-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and on a busy 2-core box OpenMP spin-waits made
-    the 2048-token covariance sampling 30x slower (12 s instead of 0.4 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SLEEPWAKE_CACHE", str(shared_cache(tmp_path_factory)))
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
 
 
 @pytest.fixture(scope="module")

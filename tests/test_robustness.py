@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from sleepwake import cli
 from sleepwake.config import Settings, load_settings
-from sleepwake.errors import ConfigError, SleepwakeError
+from sleepwake.errors import ConfigError
+from conftest import seed_home
 
 SOURCE = Path(__file__).resolve().parent.parent / "sleepwake"
 KEYS = ["memit.lambda_reg", "memit.layers", "memit.v_steps", "model.source", "model.dtype", "probes.chat",
@@ -143,22 +144,16 @@ def test_prefect_server_binds_to_loopback_by_default():
 
 # ---- concurrency -------------------------------------------------------------------------------
 
-def test_status_works_while_a_sleep_runs(tmp_path, tiny_settings_overrides, capsys, monkeypatch, tmp_path_factory):
+def test_status_works_while_a_sleep_runs(tmp_path_factory, tiny_settings_overrides, capsys, cache_env):
     """A reader never sees a raw DuckDB lock error while the sleep writes; a second writer is told 'busy'."""
-    import torch
-
     from sleepwake.facts import Fact
     from sleepwake.memory import Memory
     from sleepwake.storage.home import Home
 
-    cache = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-    cache.mkdir(exist_ok=True)
-    monkeypatch.setenv("SLEEPWAKE_CACHE", str(cache))
-    torch.manual_seed(0)
-    home = Home.open(tmp_path / "home")
-    Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(
-        [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
-         Fact(subject="Bruno Silva", relation="lives in", object="Lisbon")])
+    tmp_path, cache = tmp_path_factory.mktemp("concurrent"), cache_env
+    home = Home.open(seed_home(tmp_path_factory, tiny_settings_overrides,
+                               [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
+                                Fact(subject="Bruno Silva", relation="lives in", object="Lisbon")], "concurrent-home"))
     sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
     env = {**os.environ, "SLEEPWAKE_CACHE": str(cache), "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}

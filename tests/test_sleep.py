@@ -25,6 +25,7 @@ from sleepwake.sleep.report import report
 from sleepwake.sleep.run import SleepRun
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
+from conftest import seed_home
 
 HEALTHY = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
            Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
@@ -32,19 +33,7 @@ DEGRADED = [Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
             Fact(subject="Dana Kowalski", relation="works as a", object="baker")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def cache_env(tmp_path_factory, monkeypatch):
-    path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-    path.mkdir(exist_ok=True)
-    monkeypatch.setenv("SLEEPWAKE_CACHE", str(path))
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +42,8 @@ def settings(tiny_settings_overrides):
 
 
 @pytest.fixture(scope="module")
-def seeded_home(tmp_path_factory, settings):
-    with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.getbasetemp() / "sleepwake-cache"
-        path.mkdir(exist_ok=True)
-        mp.setenv("SLEEPWAKE_CACHE", str(path))
-        torch.manual_seed(0)
-        home = Home.open(tmp_path_factory.mktemp("sleep-seeded") / "home")
-        memory = Memory.open(home, settings)
-        memory.inject(HEALTHY + DEGRADED)
-        return home.root
+def seeded_home(tmp_path_factory, tiny_settings_overrides):
+    return seed_home(tmp_path_factory, tiny_settings_overrides, HEALTHY + DEGRADED, "sleep-seeded")
 
 
 @pytest.fixture

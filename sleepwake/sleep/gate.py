@@ -11,6 +11,7 @@ import time
 
 from sleepwake.errors import CorruptedStateError
 from sleepwake.faults import crash_point
+from sleepwake.sleep.audit import audit
 from sleepwake.sleep.run import SleepRun, StageResult
 from sleepwake.storage.snapshots import SnapshotStore
 
@@ -38,8 +39,6 @@ def take_snapshot(run: SleepRun) -> StageResult:
 
 def validate(run: SleepRun, before: dict, perplexity_before: float) -> tuple[StageResult, dict]:
     """Re-measure recall of every fact and perplexity; gate on both. Returns (result, after-audit summary)."""
-    from sleepwake.sleep.audit import audit
-
     started = time.perf_counter()
     cfg = run.settings.validate_
     after = audit(run, None, label="validate-audit").summary
