@@ -65,11 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("relation")
     sub.add_parser("nap", parents=[parent], help="run the nap flow: health check, audit of recent facts, report",
                    description="Run the nap flow (Prefect; ephemeral unless PREFECT_API_URL is set). "
-                   "Changes no weights.")
-    sub.add_parser("sleep", parents=[parent], help="run the full-sleep flow: audit, refresh, validate, report",
+                   "Changes no weights unless --set nap.reinforce=true (a gated LoRA pass on MEMIT-held facts).")
+    sub.add_parser("sleep", parents=[parent], help="run the full-sleep flow: audit, refresh, consolidate, validate, report",
                    description="Run the full-sleep flow (Prefect; ephemeral unless PREFECT_API_URL is set): "
-                   "audit every fact, refresh degraded edits under null-space constraints, gate on "
-                   "perplexity and recall (--set validate.max_ppl_increase=...), roll back if a gate fails.")
+                   "audit every fact, refresh degraded edits under null-space constraints, consolidate "
+                   "facts into the chat pathway (SWS LoRA, staged MEMIT dissolution; REM dreams), gate on "
+                   "perplexity and recall (--set validate.max_ppl_increase=...), roll back if a gate fails. "
+                   "--set sws.enabled=false / rem.enabled=false switch consolidation off for one run.")
+    sub.add_parser("chat", parents=[parent], help="talk with the model; what you state about yourself is stored",
+                   description="The wake conversation (stdin: a terminal or a pipe). Facts you state about "
+                   "yourself are stored in the weights at once. Commands: /status /facts /forget /compact "
+                   "/nap /sleep /quit. With --json the replies go to stderr and a session summary to stdout.")
     return parser
 
 
@@ -189,6 +195,19 @@ def cmd_sleep(args, kind: str | None = None) -> dict:
     return flow(home=args.home, config=args.config, overrides=list(args.overrides))
 
 
+def cmd_chat(args) -> dict:
+    from sleepwake.chat.session import ChatSession
+    from sleepwake.chat.terminal import default_io
+    from sleepwake.config import load_settings
+    from sleepwake.storage.home import Home
+
+    settings = load_settings(args.config, args.overrides)
+    session = ChatSession(Home.open(args.home), settings, default_io(args.quiet, args.json, settings.chat.stream),
+                          open_memory=lambda: open_memory(args, writable=True)[1],
+                          run_flow=lambda kind: cmd_sleep(args, kind=kind))
+    return session.run()
+
+
 def render_text(command: str, result: dict) -> str:
     """Human-readable output for each command (``--json`` prints ``result`` as is)."""
     if command == "inject":
@@ -210,6 +229,9 @@ def render_text(command: str, result: dict) -> str:
     if command == "forget":
         f = result["forgotten"]
         return f"forgot {f['subject']} | {f['relation']} -> {f['object']}; {result['facts']} fact(s) left"
+    if command == "chat":
+        return (f"[chat {result['session_id']}: {len(result['turns'])} turn(s), {len(result['stored'])} fact(s) "
+                f"stored, {len(result['forgotten'])} forgotten]")
     if command in ("nap", "sleep"):
         from sleepwake.sleep.report import render_markdown
 
@@ -219,7 +241,7 @@ def render_text(command: str, result: dict) -> str:
 
 
 COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget,
-            "nap": cmd_sleep, "sleep": cmd_sleep}
+            "nap": cmd_sleep, "sleep": cmd_sleep, "chat": cmd_chat}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,8 +17,19 @@ from typing import Any, Literal, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sleepwake.chat.settings import ChatConfig
 from sleepwake.errors import ConfigError
-from sleepwake.sleep.settings import AuditConfig, CurateConfig, MaintainConfig, SleepConfig, ValidateConfig
+from sleepwake.sleep.settings import (
+    AuditConfig,
+    CurateConfig,
+    LoraConfig,
+    MaintainConfig,
+    NapConfig,
+    RemConfig,
+    SleepConfig,
+    SwsConfig,
+    ValidateConfig,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "default"
@@ -180,6 +191,11 @@ class Settings(BaseModel):
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate",
                                       description="Sleep: gates and rollback.")
     sleep: SleepConfig = Field(default_factory=SleepConfig, description="Sleep: snapshots, automatic sleep.")
+    chat: ChatConfig = Field(default_factory=ChatConfig, description="Wake conversation: replies, context, fact extraction.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="Sleep: the LoRA consolidation trains.")
+    sws: SwsConfig = Field(default_factory=SwsConfig, description="Sleep: SWS consolidation and MEMIT dissolution.")
+    rem: RemConfig = Field(default_factory=RemConfig, description="Sleep: REM dreaming and integration.")
+    nap: NapConfig = Field(default_factory=NapConfig, description="Nap: optional LoRA reinforcement.")
 
 
 def list_presets() -> list[str]:

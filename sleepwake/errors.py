@@ -40,3 +40,7 @@ class HomeBusyError(SleepwakeError):
 
 class NotFoundError(SleepwakeError):
     """A fact or edit named by the user does not exist."""
+
+
+class UnsupportedError(SleepwakeError):
+    """The loaded runtime cannot do this (e.g. LoRA training on a backend without it)."""

@@ -16,6 +16,10 @@ POINTS = (
     "forget:after-ledger",        # fact and edit rows deleted, factor file still on disk
     "snapshot:before-manifest",   # snapshot files copied, not yet marked complete
     "maintain:after-refresh",     # one refresh stored, more to do
+    "adapter:after-file",         # a LoRA factor file written, its ledger row not yet committed
+    "sws:after-adapter",          # SWS adapter stored, per-fact gate not yet run
+    "sws:after-stages",           # stages and scales committed, weights not yet recomposed
+    "rem:after-adapter",          # REM adapter stored, its gate not yet decided
     "validate:before-verdict",    # weights changed, gate not yet decided
     "restore:after-deltas",       # snapshot factor files back beside the live ones, ledger not yet restored
     "restore:after-ledger",       # ledger restored, factor files of the undone change not yet removed

@@ -1,8 +1,9 @@
-"""Memory: a loaded model plus the edits recorded in a home, composed exactly.
+"""Memory: a loaded model plus the edits and adapters recorded in a home, composed exactly.
 
-Effective weights are always recomposed from scratch, never patched in place:
+Effective weights are always recomposed from scratch, never patched in place (see
+``sleepwake.composition``):
 
-    W_l = W_base_l + sum_{edits e, by id} scale_e * U_e,l V_e,l^T      (float32, rank-1 addr_)
+    W_l = W_base_l + sum_{adapters} U V^T + sum_{edits e, by id} scale_e * U_e,l V_e,l^T   (float32)
 
 so the same ledger and factor files give the same bytes in any process (a restart is exact, a
 forget of the only edit restores the base bit for bit), and no rounding residue accumulates.
@@ -24,14 +25,16 @@ from typing import Callable, Sequence
 
 import torch
 
+from sleepwake.composition import Composition
 from sleepwake.config import Settings
-from sleepwake.errors import CorruptedStateError, ModelLoadError, NotFoundError, SleepwakeError
+from sleepwake.errors import ModelLoadError, NotFoundError, SleepwakeError
 from sleepwake.faults import crash_point
 from sleepwake.facts import Fact, normalize_answer, normalize_key
 from sleepwake.models import covariance, probes
 from sleepwake.models.bundled import default_cache_dir
-from sleepwake.models.editor import EditResult, compute_edit
-from sleepwake.models.memit import LayerUpdate, apply_factors, merge_factors
+from sleepwake.models.editor import EditResult, compute_edit, key_prefix
+from sleepwake.models.memit import merge_updates
+from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.deltas import DeltaStore
 from sleepwake.storage.home import Home
 from sleepwake.storage.ledger import EditRow, FactRow, Ledger
@@ -66,7 +69,7 @@ class InjectOutcome:
                 "seconds": round(self.seconds, 3), "stats": self.stats}
 
 
-class Memory:
+class Memory(Composition):
     """The model and its edit ledger. Open with :meth:`open`; one writer per home."""
 
     def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path,
@@ -75,6 +78,7 @@ class Memory:
         self.deltas = DeltaStore(home.root)
         self.cache_dir = cache_dir
         self._factors: dict[int, dict[str, torch.Tensor]] = {}
+        self._adapter_factors: dict[int, dict[str, torch.Tensor]] = {}
         self._stats: dict | None = None
         self._contexts: list[str] | None = None
         self.tolerate_corrupt = tolerate_corrupt
@@ -82,8 +86,9 @@ class Memory:
         self.recovered: list[str] = []  # snapshots of an interrupted sleep restored by open()
         self.orphans_removed: list[str] = []  # factor files of interrupted writes removed by open()
         self.edits = ledger.list_edits()
+        self.adapters = adapter_rows.list_adapters(ledger)
         self._check_model()
-        self.base = {layer: backend.get_weight(layer) for layer in self.layers}
+        self._touched: set[str] = set()  # modules this memory has composed
         self.compose()
 
     @classmethod
@@ -98,7 +103,8 @@ class Memory:
         memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
         memory.recovered = recovered
         if writable:
-            memory.orphans_removed = memory.deltas.remove_orphans({e.file for e in memory.edits})
+            known = {e.file for e in memory.edits} | {a.file for a in memory.adapters}
+            memory.orphans_removed = memory.deltas.remove_orphans(known)
             if memory.orphans_removed:
                 log.info("removed %d factor file(s) left by an interrupted write", len(memory.orphans_removed))
         if recovered:
@@ -108,55 +114,11 @@ class Memory:
     def reload(self) -> None:
         """Re-read the ledger and factor files (after a snapshot restore) and recompose."""
         self.edits = self.ledger.list_edits()
+        self.adapters = adapter_rows.list_adapters(self.ledger)
         self._factors.clear()
+        self._adapter_factors.clear()
         self.corrupted.clear()
         self.compose()
-
-    # ---- composition ------------------------------------------------------------------------
-    @property
-    def layers(self) -> list[int]:
-        """Every layer that is configured for editing or carries a stored edit."""
-        return sorted(set(self.settings.memit.layers).union(*[set(e.layers) for e in self.edits]))
-
-    def _check_model(self) -> None:
-        for edit in self.edits:
-            if edit.model_fingerprint != self.backend.fingerprint:
-                raise ModelLoadError(
-                    f"home {self.home.root} holds edits made on another model (fingerprint "
-                    f"{edit.model_fingerprint}, loaded {self.backend.fingerprint}); load the same "
-                    "model (--config/--set model.source=...) or use another --home"
-                )
-
-    def factors(self, edit: EditRow) -> dict[str, torch.Tensor]:
-        if edit.edit_id not in self._factors:
-            self._factors[edit.edit_id] = self.deltas.load(edit.file, edit.checksum)
-        return self._factors[edit.edit_id]
-
-    def _factors_or_none(self, edit: EditRow) -> dict[str, torch.Tensor] | None:
-        try:
-            return self.factors(edit)
-        except CorruptedStateError:
-            if not self.tolerate_corrupt:
-                raise
-            if edit.edit_id not in self.corrupted:
-                log.warning("edit %d: factor file unreadable; left out of the weights", edit.edit_id)
-            self.corrupted.add(edit.edit_id)
-            return None
-
-    def compose(self, skip: Sequence[int] = ()) -> None:
-        """Set every editable weight to base + sum of scaled edits (optionally without ``skip``)."""
-        for layer in self.layers:
-            weight = self.base[layer].clone()
-            for edit in self.edits:
-                if layer in edit.layers and edit.scale != 0.0 and edit.edit_id not in skip:
-                    tensors = self._factors_or_none(edit)
-                    if tensors is None:
-                        continue
-                    apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], edit.scale)
-            self.backend.set_weight(layer, weight)
-
-    def weights_digest(self) -> str:
-        return self.backend.weights_digest(self.layers)
 
     # ---- MEMIT statistics (lazy: status and recall never need them) ---------------------------
     def stats(self):
@@ -245,6 +207,7 @@ class Memory:
                 outcomes.append(InjectOutcome(fact, "unchanged", existing.edit_id, 0.0, {}))
             else:
                 replaces = [existing.edit_id] if existing and existing.edit_id else []
+                replaces += [e for e in self._shared_key_edits(fact) if e not in replaces]
                 batch = [fact] + self._companions(replaces, fact)
                 self.compose(skip=replaces)  # the new delta is solved on weights without the old one
                 try:
@@ -257,6 +220,13 @@ class Memory:
             if progress:
                 progress(outcomes[-1])
         return outcomes
+
+    def _shared_key_edits(self, fact: Fact) -> list[int]:
+        """Edits holding other facts read at the same key ("Lena lives in" / "Lena works as"):
+        the new fact is solved together with them, one target per key (``editor.key_groups``)."""
+        prefix = key_prefix(fact)
+        return sorted({row.edit_id for row in self.ledger.list_facts()
+                       if row.edit_id is not None and row.fact.key != fact.key and key_prefix(row.fact) == prefix})
 
     def _companions(self, edit_ids: Sequence[int], fact: Fact) -> list[Fact]:
         """Other facts sharing a replaced edit (batched injections) are re-solved with it."""
@@ -306,8 +276,14 @@ class Memory:
         self.ledger.forget_fact(row.fact_id, remove_edit_ids=edits)
         crash_point("forget:after-ledger")
         self.apply_ledger_change(removed=edits)
+        # A consolidated fact was also trained into sleep's LoRA adapters, which hold many facts
+        # at once and cannot subtract one exactly: say so instead of claiming a clean removal.
+        in_adapters = row.stage > 0 and bool(self.adapters)
+        if in_adapters:
+            log.warning("%s | %s was consolidated: its MEMIT edit is removed exactly, but the LoRA "
+                        "adapters of earlier sleeps may still answer it", row.subject, row.relation)
         return {**row.fact.model_dump(), "fact_id": row.fact_id, "removed_edit": row.edit_id,
-                "reinjected": [f.model_dump() for f in companions]}
+                "reinjected": [f.model_dump() for f in companions], "may_remain_in_adapters": in_adapters}
 
     # ---- read-only views ----------------------------------------------------------------------
     def facts(self) -> list[Fact]:
@@ -335,7 +311,7 @@ class Memory:
     def perplexity(self, base: bool = False) -> float:
         """Perplexity of the composed (or base) weights, cached in the ledger by weights digest."""
         if base:
-            self.compose(skip=[e.edit_id for e in self.edits])
+            self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
         try:
             key = f"perplexity:{self.weights_digest()}:{self.settings.probes.perplexity_chunk_tokens}x{self.settings.probes.perplexity_max_chunks}"
             cached = self.ledger.get_meta(key)
@@ -348,18 +324,3 @@ class Memory:
             if base:
                 self.compose()
 
-
-def merge_updates(updates: Sequence[LayerUpdate], old: dict[str, torch.Tensor], old_scale: float) -> list[LayerUpdate]:
-    """old_scale * old + new, layer by layer (layers only the old edit touched keep its factors)."""
-    merged = {u.layer: u for u in updates}
-    old_layers = sorted({int(name.split(".")[0].removeprefix("layer")) for name in old})
-    for layer in sorted(set(merged) | set(old_layers)):
-        parts = []
-        if layer in old_layers:
-            parts.append((old[f"layer{layer}.u"] * old_scale, old[f"layer{layer}.v"]))
-        if layer in merged:
-            parts.append((merged[layer].u, merged[layer].v))
-        keys = merged[layer].keys if layer in merged else old[f"layer{layer}.keys"]
-        u, v = merge_factors(parts)
-        merged[layer] = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
-    return [merged[layer] for layer in sorted(merged)]

@@ -41,6 +41,8 @@ def collect_status(memory, with_perplexity: bool = True) -> dict:
         "edits": counts["edits"],
         "stages": {str(k): v for k, v in counts["facts_per_stage"].items()},
         "delta_bytes": sum(edit.nbytes for edit in memory.edits),
+        "adapters": len(memory.adapters),
+        "adapter_bytes": sum(adapter.nbytes for adapter in memory.adapters),
         "weights_digest": memory.weights_digest(),
         "drowsiness": current_drowsiness(ledger, memory.settings.health),
         # An interrupted sleep's journal: the next writing command restores it (readers see the

@@ -147,6 +147,12 @@ def tiny_settings_overrides(tiny_model_dir: Path) -> list[str]:
         "memit.v_clamp_norm=10.0",
         "probes.perplexity_max_chunks=2",
         "probes.perplexity_chunk_tokens=32",
+        "lora.layers=[1,2,3]",
+        "lora.rank=4",
+        "lora.alpha=8.0",
+        "lora.anchor_tokens=16",
+        "lora.anchor_batch=2",
+        "rem.dreams=2",
     ]
 
 
@@ -191,6 +197,23 @@ def cache_env(tmp_path_factory, monkeypatch) -> Path:
     path = shared_cache(tmp_path_factory)
     monkeypatch.setenv("SLEEPWAKE_CACHE", str(path))
     return path
+
+
+def mixed_facts() -> list:
+    """Two facts the tiny random model recalls after their edit (relations that END with the
+    subject) and one it does not ("lives in"): every sleep stage gets real work on them."""
+    from sleepwake.facts import Fact
+
+    return [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
+            Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
+            Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_settings_overrides):
+    from sleepwake.config import load_settings
+
+    return load_settings(None, tiny_settings_overrides)
 
 
 def seed_home(factory: pytest.TempPathFactory, overrides: list[str], facts: list, name: str) -> Path:

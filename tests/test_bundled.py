@@ -102,3 +102,40 @@ def test_sleep_killed_40_s_in_keeps_every_fact(tmp_path):
     assert after["facts"] == len(FACTS)
     if killed_mid_sleep:
         assert after["weights_digest"] == before["weights_digest"]
+
+
+def test_full_sleep_consolidates_into_chat_and_a_kill_during_sws_is_repaired(tmp_path):
+    """One full sleep with SWS and REM on two facts: the report is in the papers' shape, the
+    adapters survive a restart (same digest from two fresh processes), and a second sleep
+    SIGKILLed right after SWS stored its adapter is undone by the next writer, byte for byte."""
+    import signal
+
+    home = tmp_path / "home"
+    facts_file = tmp_path / "facts.jsonl"
+    facts_file.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
+    sleepwake(home, "inject", "--facts", str(facts_file))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    report = json.loads(subprocess.run([sys.executable, "-m", "sleepwake.cli", "sleep", "--json", "--home", str(home),
+                                        *FAST_STATS], env=env, capture_output=True, text=True, timeout=1200, check=True).stdout)
+    assert report["outcome"] == "kept" and report["sws_accepted"] is True, report
+    assert report["raw_recall_after"] == 1.0 and report["chat_recall_after"] is not None
+    first = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    second = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    assert first["adapters"] >= 1 and first["weights_digest"] == second["weights_digest"]
+    assert sum(first["stages"].values()) == len(FACTS)
+
+    crashing = {**env, "SLEEPWAKE_CRASH_AT": "sws:after-adapter"}
+    proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
+                            env=crashing, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.wait(timeout=1200) == -signal.SIGKILL
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the ephemeral Prefect server it started
+    except ProcessLookupError:
+        pass
+    during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    assert during["pending_repair"] and during["facts"] == len(FACTS)
+    sleepwake(home, "nap", "-q")  # the next writer's health check repairs the home
+    after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
+    assert after["pending_repair"] == [] and after["weights_digest"] == first["weights_digest"]
+    assert after["adapters"] == first["adapters"] and after["stages"] == first["stages"]

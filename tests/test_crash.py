@@ -21,17 +21,14 @@ import pytest
 from sleepwake import cli
 from sleepwake.config import load_settings
 from sleepwake.faults import POINTS
-from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.sleep.gate import facts_fingerprint
 from sleepwake.sleep.health import check_consistency
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
-from conftest import seed_home, shared_cache
+from conftest import mixed_facts, seed_home, shared_cache
 
-FACTS = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
-         Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
-         Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
+FACTS = mixed_facts()
 NEW = ["Eve Moreau", "The pet of {}", "parrot"]
 
 # crash point -> (command, what the home must look like after repair)
@@ -41,6 +38,10 @@ CASES = {
     "forget:after-ledger": (["forget", "Chen Okafor", "The job of {}"], "without-chen"),
     "snapshot:before-manifest": (["sleep"], "pre-sleep"),
     "maintain:after-refresh": (["sleep"], "pre-sleep"),
+    "adapter:after-file": (["sleep"], "pre-sleep"),
+    "sws:after-adapter": (["sleep"], "pre-sleep"),
+    "sws:after-stages": (["sleep"], "pre-sleep"),
+    "rem:after-adapter": (["sleep"], "pre-sleep"),
     "validate:before-verdict": (["sleep"], "pre-sleep"),
     "report:before-close": (["sleep"], "pre-sleep"),
     "restore:after-deltas": (["sleep", "--set", "validate.max_ppl_increase=0.0"], "pre-sleep"),

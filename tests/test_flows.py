@@ -12,17 +12,14 @@ import shutil
 import pytest
 
 from sleepwake.errors import CorruptedStateError, HomeBusyError, SleepwakeError
-from sleepwake.facts import Fact
 from sleepwake.sleep import maintain as maintain_stage
 from sleepwake.sleep.settings import ValidateConfig
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
-from conftest import seed_home
+from conftest import mixed_facts, seed_home
 
-FACTS = [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
-         Fact(subject="Bruno Silva", relation="lives in", object="Lisbon"),
-         Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
-STAGES = ["health_check", "snapshot", "curate", "audit", "maintain", "validate", "report"]
+FACTS = mixed_facts()
+STAGES = ["health_check", "snapshot", "curate", "audit", "maintain", "sws", "rem", "validate", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +81,8 @@ def test_full_sleep_runs_every_stage_as_a_task_with_artifacts(harness, home, tin
     assert all(len(r) == 1 and r[0].state.is_completed() for r in runs.values())
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts() if a.flow_run_id == state.state_details.flow_run_id}
-    assert {"full-sleep-audit", "full-sleep-maintain", "full-sleep-validate", "full-sleep-report-note"} <= keys
+    assert {"full-sleep-audit", "full-sleep-maintain", "full-sleep-sws", "full-sleep-rem", "full-sleep-validate",
+            "full-sleep-report-note"} <= keys
     assert SnapshotStore(Home.open(home).root).open_snapshots() == []
     if report["outcome"] == "kept":  # the post-sleep audit became each fact's verdict of record
         from sleepwake.storage.ledger import Ledger
@@ -113,6 +111,30 @@ def test_nap_changes_no_weights(harness, home, tiny_settings_overrides):
     report = nap(home=home, overrides=tiny_settings_overrides)
     assert report["outcome"] == "no_change" and report["kind"] == "nap" and report["raw_recall_before"] is not None
     assert digest_and_facts(home, tiny_settings_overrides) == before
+
+
+def test_consolidation_can_be_switched_off_per_run_from_the_form(harness, home, tiny_settings_overrides):
+    from sleepwake.flows.full_sleep import full_sleep
+    from sleepwake.sleep.settings import RemConfig, SwsConfig
+
+    state = full_sleep(home=home, overrides=tiny_settings_overrides, sws=SwsConfig(enabled=False),
+                       rem=RemConfig(enabled=False), return_state=True)
+    report = state.result()
+    assert report["sws_accepted"] is None and report["rem_accepted"] is None
+    assert json.loads(json.dumps(report))["facts_per_stage"] == {"0": 3, "1": 0, "2": 0, "3": 0}
+
+
+def test_reinforcing_nap_runs_its_gated_pass_and_keeps_memit(harness, home, tiny_settings_overrides):
+    from sleepwake.flows.nap import nap
+
+    state = nap(home=home, overrides=tiny_settings_overrides + ["validate.max_ppl_increase=100.0",
+                                                                "validate.max_drift=100.0", "validate.max_recall_drop=1.0"],
+                reinforce=True, return_state=True)
+    report = state.result()
+    assert report["outcome"] == "reinforced" and report["reinforce_accepted"] is True
+    assert sorted(task_runs(state.state_details.flow_run_id)) == ["audit", "health_check", "reinforce", "report"]
+    status = digest_and_facts(home, tiny_settings_overrides)
+    assert status[1][0][4] == 0  # stages untouched: a nap consolidates nothing
 
 
 def test_transient_error_is_retried_from_the_stages_own_snapshot(harness, home, tiny_settings_overrides, monkeypatch):

@@ -88,4 +88,22 @@ class Backend(Protocol):
 
     def set_weight(self, layer: int, weight: torch.Tensor) -> None: ...
 
-    def weights_digest(self, layers: Sequence[int]) -> str: ...
+    def set_module_weight(self, name: str, weight: torch.Tensor) -> None:
+        """Write float32 ``weight`` into the linear module ``name`` (e.g. an adapted q_proj)."""
+
+    def pristine_weight(self, name: str) -> torch.Tensor:
+        """float32 copy of module ``name``'s weight as loaded (cached before any composition)."""
+
+    def weights_digest(self, layers: Sequence[int], modules: Sequence[str] = ()) -> str:
+        """sha256 over the composed bytes of the MEMIT layers' down projections and ``modules``."""
+
+    def chat_messages_ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation through the chat template."""
+
+    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of token prompts."""
+
+    def train_lora(self, examples, recipe, anchors=(), progress=None):
+        """Train one LoRA (``models.lora.LoraRecipe``) over the current weights and return a
+        ``models.lora.TrainOutcome`` whose factors are (U, V) per adapted module name, or raise
+        :class:`sleepwake.errors.UnsupportedError` when this runtime cannot train."""

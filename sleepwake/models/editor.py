@@ -56,8 +56,35 @@ def lookup_row(backend, context: str, fact: Fact) -> tuple[list[int], int]:
     return ids, min(len(prefix), len(ids)) - 1
 
 
-def vstar_rows(backend, facts: Sequence[Fact], contexts: Sequence[str]) -> list[VStarRow]:
-    """NLL rows (every context x fact) then one KL row per fact. Each fact's first row is its bare prompt."""
+def key_prefix(fact: Fact) -> str:
+    """The prompt text up to the subject's last character: where the MEMIT key is read."""
+    return fact.prompt()[: subject_span_end(fact)]
+
+
+def key_groups(facts: Sequence[Fact]) -> tuple[list[Fact], list[int]]:
+    """Facts whose prompts agree up to the subject's last token share ONE MEMIT key (the key is
+    read there), so they must share one target vector: "Lena lives in" and "Lena works as" are
+    one key. Returns one representative fact per group and each fact's group index.
+
+    Solved separately, two such facts ask the same key for two different values and the later
+    edit overwrites the earlier (measured: the job edit turned "Lena Brandt lives in" into a
+    job answer)."""
+    reps: list[Fact] = []
+    index: dict[str, int] = {}
+    owner = []
+    for fact in facts:
+        prefix = key_prefix(fact)
+        if prefix not in index:
+            index[prefix] = len(reps)
+            reps.append(fact)
+        owner.append(index[prefix])
+    return reps, owner
+
+
+def vstar_rows(backend, facts: Sequence[Fact], contexts: Sequence[str], owner: Sequence[int] | None = None) -> list[VStarRow]:
+    """NLL rows (every context x fact) then one KL row per key group. Row ``fact`` is the fact's
+    key group (``owner``; default one group per fact); each group's first row is a bare prompt."""
+    owner = list(range(len(facts))) if owner is None else list(owner)
     rows: list[VStarRow] = []
     for index, fact in enumerate(facts):
         target = backend.encode(" " + fact.object, special=False)
@@ -65,11 +92,15 @@ def vstar_rows(backend, facts: Sequence[Fact], contexts: Sequence[str]) -> list[
             ids, lookup = lookup_row(backend, context, fact)
             full = ids + target
             positions = tuple(range(len(ids) - 1, len(full) - 1))  # position p predicts token p+1
-            rows.append(VStarRow(full, lookup, index, "nll", tuple(target), positions))
+            rows.append(VStarRow(full, lookup, owner[index], "nll", tuple(target), positions))
+    seen = set()
     for index, fact in enumerate(facts):
+        if owner[index] in seen:
+            continue
+        seen.add(owner[index])
         essence = Fact(subject=fact.subject, relation=ESSENCE_TEMPLATE, object="x")
         ids, lookup = lookup_row(backend, "", essence)
-        rows.append(VStarRow(ids, lookup, index, "kl"))
+        rows.append(VStarRow(ids, lookup, owner[index], "kl"))
     return rows
 
 
@@ -127,7 +158,9 @@ def compute_edit(
     """
     layers = list(cfg.layers)
     top = layers[-1]
-    deltas, anchor, vstats = backend.optimize_target(vstar_rows(backend, facts, contexts), len(facts), top, vstar_settings(cfg))
+    reps, owner = key_groups(facts)
+    rows = vstar_rows(backend, facts, contexts, owner)
+    deltas, anchor, vstats = backend.optimize_target(rows, len(reps), top, vstar_settings(cfg))
     z_star = anchor + deltas  # (n, d_model)
     # With a zero weight the contrast keys would be computed (a forward per layer) and ignored.
     contrast = contrast_rows(backend, facts, cfg.contrast_subjects) if cfg.contrast_weight > 0 else []
@@ -135,9 +168,9 @@ def compute_edit(
     updates: list[LayerUpdate] = []
     try:
         for i, layer in enumerate(layers):
-            keys, current = mean_keys(backend, facts, contexts, layer, top, cfg.batch_size)
-            residual = distribute_residual(z_star, current, len(layers) - i)  # (n, d_model)
-            residual = residual.repeat(keys.shape[0] // len(facts), 1)  # one per key row
+            keys, current = mean_keys(backend, reps, contexts, layer, top, cfg.batch_size)
+            residual = distribute_residual(z_star, current, len(layers) - i)  # (n_keys, d_model)
+            residual = residual.repeat(keys.shape[0] // len(reps), 1)  # one per key row
             soft = contrast_keys(backend, contrast, layer, cfg.batch_size)
             hard = None if protect is None else protect.get(layer)
             chol, basis = stats[layer].metric_for(hard, soft, cfg.contrast_weight)
@@ -148,7 +181,7 @@ def compute_edit(
             provisional = originals[layer].clone()
             apply_factors(provisional, u, v)
             backend.set_weight(layer, provisional)
-        _, final = mean_keys(backend, facts, contexts, top, top, cfg.batch_size)
+        _, final = mean_keys(backend, reps, contexts, top, top, cfg.batch_size)
         gap = ((z_star - final).norm(dim=-1) / deltas.norm(dim=-1).clamp_min(1e-9)).tolist()
     finally:
         for layer, weight in originals.items():

@@ -162,3 +162,19 @@ def merge_factors(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], tol: float
     a, s, bt = torch.linalg.svd(ru @ rv.T)  # core (r, r) = A diag(s) B^T
     keep = s > tol * s.max().clamp_min(1e-300)
     return (qu @ (a[:, keep] * s[keep])).float(), (qv @ bt[keep].T).float()  # (d_model, k), (d_ff, k)
+
+
+def merge_updates(updates: Sequence[LayerUpdate], old: dict[str, torch.Tensor], old_scale: float) -> list[LayerUpdate]:
+    """old_scale * old + new, layer by layer (layers only the old edit touched keep its factors)."""
+    merged = {u.layer: u for u in updates}
+    old_layers = sorted({int(name.split(".")[0].removeprefix("layer")) for name in old})
+    for layer in sorted(set(merged) | set(old_layers)):
+        parts = []
+        if layer in old_layers:
+            parts.append((old[f"layer{layer}.u"] * old_scale, old[f"layer{layer}.v"]))
+        if layer in merged:
+            parts.append((merged[layer].u, merged[layer].v))
+        keys = merged[layer].keys if layer in merged else old[f"layer{layer}.keys"]
+        u, v = merge_factors(parts)
+        merged[layer] = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
+    return [merged[layer] for layer in sorted(merged)]

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Sequence
@@ -38,10 +40,39 @@ def paraphrase_prompts(fact: Fact) -> list[str]:
     return [lead.format(prompt) for lead in GENERIC_LEADS]
 
 
+# Questions for common free-form relations (what people say about themselves in chat), keyed by
+# the relation with the subject slot removed; "{}'s X is" and "The X of {} is" are handled generically.
+QUESTIONS = {
+    "lives in": "Where does {} live?", "is from": "Where is {} from?", "was born in": "Where was {} born?",
+    "grew up in": "Where did {} grow up?", "works as": "What does {} do for a living?",
+    "works as a": "What does {} do for a living?", "works as an": "What does {} do for a living?",
+    "works for": "Who does {} work for?", "studies": "What does {} study?", "studied": "What did {} study?",
+    "is allergic to": "What is {} allergic to?", "speaks": "Which languages does {} speak?",
+    "likes": "What does {} like?", "is married to": "Who is {} married to?", "drives": "What car does {} drive?",
+    "plays the": "Which instrument does {} play?", "plays": "What does {} play?",
+}
+_POSSESSIVE = re.compile(r"^\{\}'s (?P<noun>[\w' -]+?) (?:is|are)$")
+_OF_SUBJECT = re.compile(r"^[Tt]he (?P<noun>[\w' -]+?) of \{\} (?:is|are)$")
+
+
 def chat_question(fact: Fact) -> str:
+    """The question the chat probe asks (and consolidation trains on) for ``fact``."""
     relation = _BY_TEMPLATE.get(fact.relation)
     if relation is not None:
         return relation.question.replace("{}", fact.subject)
+    from sleepwake.chat.stored import question  # facts the chat stored ("Lena Brandt's home" | "{} is in")
+
+    asked = question(fact)
+    if asked:
+        return asked
+    template = fact.relation.strip() if "{}" in fact.relation else "{} " + fact.relation.strip()
+    known = QUESTIONS.get(" ".join(template.replace("{}", "").split()).lower()) if template.startswith("{} ") else None
+    if known:
+        return known.replace("{}", fact.subject)
+    for pattern, shape in ((_POSSESSIVE, "What is {}'s {noun}?"), (_OF_SUBJECT, "What is the {noun} of {}?")):
+        match = pattern.match(template)
+        if match:
+            return shape.replace("{noun}", match["noun"]).replace("{}", fact.subject)
     return f'Complete this sentence with the right fact: "{fact.prompt()} ..."'
 
 
@@ -107,3 +138,17 @@ def perplexity(backend, cfg: ProbeConfig) -> float:
 def neighbour_answers(backend, prompts: Sequence[str], max_new_tokens: int = 4) -> list[str]:
     """Greedy short answers, normalised: the unit specificity compares before and after edits."""
     return [normalize_answer(text) for text in backend.generate(list(prompts), max_new_tokens)]
+
+
+def benchmark_questions() -> list[dict]:
+    """The fixed general-knowledge set SWS's benchmark gate asks ({"question", "answers"})."""
+    text = resources.files("sleepwake").joinpath("data/benchmark.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def benchmark(backend, cfg: ProbeConfig) -> tuple[float, list[bool]]:
+    """Share of the fixed questions answered correctly through the chat template (greedy)."""
+    questions = benchmark_questions()
+    replies = backend.chat([q["question"] for q in questions], cfg.chat_max_new_tokens)
+    hits = [any(answer_matches(reply, a) for a in q["answers"]) for q, reply in zip(questions, replies)]
+    return sum(hits) / len(hits), hits

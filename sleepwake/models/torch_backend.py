@@ -68,6 +68,8 @@ class TorchBackend:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.fingerprint = self._fingerprint()
+        self._pristine: dict[str, torch.Tensor] = {}
+        self.can_train_lora = True  # peft LoRA over the composed weights (models.lora)
 
     @classmethod
     def load(cls, cfg: ModelConfig, down_proj: str, cache_dir: Path | None = None) -> "TorchBackend":
@@ -90,6 +92,8 @@ class TorchBackend:
             raise ModelLoadError(f"cannot load model '{cfg.source}': {first}") from None
         if not cfg.device_map:
             model.to(resolve_device(cfg.device))
+        if cfg.quantization == "nf4":
+            torch_internals.keep_4bit_differentiable(model)
         return cls(model, tokenizer, down_proj, cfg.source)
 
     # ---- identity -------------------------------------------------------------------------
@@ -146,9 +150,7 @@ class TorchBackend:
         return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)
 
     def chat_ids(self, question: str) -> list[int]:
-        messages = [{"role": "user", "content": question}]
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.encode(text, special=False)
+        return self.chat_messages_ids([{"role": "user", "content": question}])
 
     def chat(self, questions: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.chat_ids(q) for q in questions], max_new_tokens)
@@ -189,18 +191,57 @@ class TorchBackend:
         return torch_vstar.optimize_target(self, rows, n_facts, layer, settings)
 
     def get_weight(self, layer: int) -> torch.Tensor:
-        return self.down_proj(layer).weight.detach().float().clone()
+        return torch_internals.dense_weight(self.down_proj(layer)).float().clone()
 
     def set_weight(self, layer: int, weight: torch.Tensor) -> None:
-        target = self.down_proj(layer).weight
+        self.set_module_weight(self.down_proj_template.format(layer), weight)
+
+    def pristine_weight(self, name: str) -> torch.Tensor:
+        """A float32 copy of module ``name``'s weight as loaded, before any composition (cached
+        on first use, so every Memory over this backend composes from the same base)."""
+        if name not in self._pristine:
+            # On the CPU: Memory composes base + adapters + edits from CPU factors, and a GPU
+            # holding float32 copies of a 70B's edited layers would spend gigabytes on them.
+            self._pristine[name] = self.module_weight(name).cpu()
+        return self._pristine[name].clone()
+
+    def module_weight(self, name: str) -> torch.Tensor:
+        """A float32 copy of the weight of the linear module ``name`` (any module LoRA adapts)."""
+        return torch_internals.dense_weight(self._linear(name)).float().clone()
+
+    def set_module_weight(self, name: str, weight: torch.Tensor) -> None:
+        module = self._linear(name)
+        if torch_internals.is_quantised(module):  # NF4: a layer sleepwake writes becomes dense
+            module = torch_internals.dequantise(self.model, name)
+        target = module.weight
         with torch.no_grad():
             target.copy_(weight.to(device=target.device, dtype=target.dtype))
 
-    def weights_digest(self, layers: Sequence[int]) -> str:
-        """sha256 over the bytes of every editable weight, as currently composed."""
+    def _linear(self, name: str) -> torch.nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise ModelLoadError(f"module '{name}' not found in {self.name}") from None
+
+    def weights_digest(self, layers: Sequence[int], modules: Sequence[str] = ()) -> str:
+        """sha256 over the bytes of every editable weight (MEMIT layers, then adapted modules)."""
         digest = hashlib.sha256()
         for layer in layers:
-            weight = self.down_proj(layer).weight.detach().contiguous().cpu()
+            weight = torch_internals.dense_weight(self.down_proj(layer)).contiguous().cpu()
             digest.update(f"{layer}:{weight.dtype}:{tuple(weight.shape)}".encode())
             digest.update(weight.view(torch.uint8).numpy().tobytes())
+        for name in modules:
+            weight = torch_internals.dense_weight(self._linear(name)).contiguous().cpu()
+            digest.update(f"{name}:{weight.dtype}:{tuple(weight.shape)}".encode())
+            digest.update(weight.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
+
+    def train_lora(self, examples, recipe, anchors=(), progress=None):
+        from sleepwake.models.lora import train_lora
+
+        return train_lora(self, examples, recipe, anchors=anchors, progress=progress)
+
+    def chat_messages_ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a whole conversation through the chat template."""
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.encode(text, special=False)

@@ -48,21 +48,81 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def nf4_config(down_proj_template: str, cfg):
-    """bitsandbytes NF4 with the MLP down-projections left unquantised so MEMIT can edit them."""
+    """bitsandbytes NF4 for every linear layer but the LM head.
+
+    The layers sleepwake writes (the MEMIT down projections, the modules sleep's LoRA adapts) are
+    dequantised on their first write (:func:`dequantise`), as paper 4 ran its 70B: only they
+    cost 16 bits a weight, and the base every edit composes onto is the model as loaded. Skipping
+    them at load instead (``llm_int8_skip_modules``) would need the edited layers before the
+    model exists, and matching the leaf name "down_proj" kept all 80 layers' down projections
+    of a 70B in bf16 (38 GB) for the 8 that MEMIT edits.
+    """
     try:
         from transformers import BitsAndBytesConfig
         import bitsandbytes  # noqa: F401
     except ImportError:
         from sleepwake.errors import ModelLoadError
 
-        raise ModelLoadError("model.quantization=nf4 needs bitsandbytes and a CUDA GPU") from None
-    leaf = down_proj_template.split(".")[-1]
+        raise ModelLoadError("model.quantization=nf4 needs bitsandbytes (pip install -e '.[nf4]')") from None
+    compute = torch.bfloat16 if cfg.dtype == "float32" else getattr(torch, cfg.dtype)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=[leaf, "lm_head"],
+        bnb_4bit_compute_dtype=compute,
+        llm_int8_skip_modules=["lm_head"],
     )
+
+
+def keep_4bit_differentiable(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights (AVX512-BF16 CPUs): after the first
+    no-grad forward it rewrites each layer in place for a kernel that has no backward, and v*
+    differentiates through the 4-bit layers above the edit (torch warned, and the gradient
+    through them would be silently lost)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def is_quantised(module: torch.nn.Module) -> bool:
+    """A bitsandbytes 4-bit linear layer (its weight carries a quant_state)."""
+    return getattr(getattr(module, "weight", None), "quant_state", None) is not None
+
+
+def dense_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The (out, in) weight in its compute dtype on its device, dequantised for a 4-bit layer."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        from sleepwake.errors import ModelLoadError
+
+        raise ModelLoadError("an edited layer was offloaded by device_map (its weight is on 'meta'): "
+                             "sleepwake writes it, so it must sit on a GPU or the CPU")
+    if not is_quantised(module):
+        return weight.detach()
+    import bitsandbytes.functional as bnb_functional
+
+    return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
+
+
+def dequantise(model: torch.nn.Module, name: str) -> torch.nn.Linear:
+    """Replace the 4-bit layer ``name`` by a dense ``Linear`` holding its dequantised weight, on the
+    same device and with the same accelerate hook (multi-GPU input placement)."""
+    old = model.get_submodule(name)
+    weight = dense_weight(old)
+    dense = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=old.bias is not None,
+                            device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+        if old.bias is not None:
+            dense.bias.copy_(old.bias)
+    dense.requires_grad_(False)
+    hook = getattr(old, "_hf_hook", None)
+    if hook is not None:
+        from accelerate.hooks import add_hook_to_module
+
+        add_hook_to_module(dense, hook)
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, dense)
+    return dense
 
 
 @torch.no_grad()
@@ -71,8 +131,8 @@ def perplexity(model, chunks: Sequence[list[int]], pad_id: int, device, batch_si
     for start in range(0, len(chunks), batch_size):
         ids, mask = right_pad(chunks[start : start + batch_size], pad_id, device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = ids[:, 1:]
-        valid = mask[:, 1:].bool()
+        target = ids[:, 1:].to(logits.device)  # split over GPUs, the head may sit on the last one
+        valid = mask[:, 1:].bool().to(logits.device)
         nll = F.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         total_nll += nll[valid].sum().item()
         total_tokens += int(valid.sum())
@@ -181,6 +241,7 @@ def layer_states(backend, rows, key_layer, hidden_layer, batch_size):
         ) as hidden, stop_after(backend.block(max(key_layer, hidden_layer))):
             backend.model(input_ids=ids, attention_mask=mask)
         rows_idx = torch.arange(len(chunk))
-        keys_out.append(keys[key_layer][rows_idx, lookups.to(keys[key_layer].device)].float().cpu())
-        hidden_out.append(hidden["out"][rows_idx, lookups.to(hidden["out"].device)].float().cpu())
+        key, out = keys[key_layer], hidden["out"]  # each on its own layer's device
+        keys_out.append(key[rows_idx.to(key.device), lookups.to(key.device)].float().cpu())
+        hidden_out.append(out[rows_idx.to(out.device), lookups.to(out.device)].float().cpu())
     return torch.cat(keys_out), torch.cat(hidden_out)

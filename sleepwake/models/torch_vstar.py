@@ -169,7 +169,9 @@ def optimize_target(backend, rows: Sequence[VStarRow], n_facts: int, layer: int,
 
 
 def _optimize(backend, suffix: SuffixModel, rows: Sequence[VStarRow], n_facts: int, cfg: VStarSettings):
-    device = suffix.ids.device
+    # The delta lives beside block L (the top edited layer), which a device_map may put on a
+    # GPU other than the embedding's (inputs) or the head's; every term is brought here.
+    device = suffix.cached.device
     gather = target_index(rows, device)
     kl_rows = torch.tensor([i for i, r in enumerate(rows) if r.kind == "kl"], dtype=torch.long, device=device)
     first_row = torch.tensor([min(i for i, r in enumerate(rows) if r.fact == f) for f in range(n_facts)])
@@ -180,13 +182,13 @@ def _optimize(backend, suffix: SuffixModel, rows: Sequence[VStarRow], n_facts: i
     anchor = suffix.cached[first_row, 0].float()  # (n_facts, d): unedited h_L at each bare prompt
     reference_kl, stats = None, {}
     for step in range(1, cfg.steps + 1):
-        hidden = suffix.hidden(delta)
-        logprobs = torch.log_softmax(head(hidden[gather["rows"], gather["positions"]]).float(), dim=-1)
+        hidden = suffix.hidden(delta).to(device)
+        logprobs = torch.log_softmax(head(hidden[gather["rows"], gather["positions"]]).float(), dim=-1).to(device)
         token_nll = -logprobs.gather(1, gather["targets"][:, None])[:, 0]
         per_fact = per_fact_mean(token_nll, gather["facts"], n_facts)  # (n_facts,)
         loss = per_fact.mean()
         if len(kl_rows):
-            kl_logp = torch.log_softmax(head(hidden[kl_rows, 0]).float(), dim=-1)
+            kl_logp = torch.log_softmax(head(hidden[kl_rows, 0]).float(), dim=-1).to(device)
             if reference_kl is None:
                 reference_kl = kl_logp.detach()
             loss = loss + cfg.kl_factor * F.kl_div(kl_logp, reference_kl, log_target=True, reduction="batchmean")

@@ -45,19 +45,27 @@ def validate(run: SleepRun, before: dict, perplexity_before: float) -> tuple[Sta
     ppl = run.memory.perplexity()
     crash_point("validate:before-verdict")
     increase = ppl / perplexity_before - 1.0
+    health = run.results.get("health")
+    baseline = health.summary.get("perplexity_baseline") if health else None
+    drift = ppl / baseline - 1.0 if baseline else None
     recall_before, recall_after = before.get("raw_recall") or 0.0, after.get("raw_recall") or 0.0
     failures = []
     if cfg.enabled and increase > cfg.max_ppl_increase + 1e-9:  # float noise is not a rise
         failures.append(f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})")
+    if cfg.enabled and drift is not None and drift > cfg.max_drift + 1e-9:
+        failures.append(f"perplexity drifted {drift:+.2%} from the base model (limit {cfg.max_drift:+.2%})")
     if cfg.enabled and recall_after < recall_before - cfg.max_recall_drop - 1e-9:
         failures.append(f"raw recall fell {recall_before:.3f} -> {recall_after:.3f} (limit -{cfg.max_recall_drop:.3f})")
     summary = {"passed": not failures, "gated": cfg.enabled, "perplexity_before": round(perplexity_before, 4),
                "perplexity_after": round(ppl, 4), "perplexity_increase": round(increase, 6),
+               "perplexity_drift": None if drift is None else round(drift, 6),
                "raw_recall_before": recall_before, "raw_recall_after": recall_after,
                "chat_recall_after": after.get("chat_recall"), "degraded_after": after.get("degraded"),
                "failures": failures}
     rows = [{"gate": "perplexity", "before": round(perplexity_before, 4), "after": round(ppl, 4),
-             "limit": f"+{cfg.max_ppl_increase:.2%}", "passed": not any("perplexity" in f for f in failures)},
+             "limit": f"+{cfg.max_ppl_increase:.2%}", "passed": not any("perplexity rose" in f for f in failures)},
+            {"gate": "drift from base", "before": baseline and round(baseline, 4), "after": round(ppl, 4),
+             "limit": f"+{cfg.max_drift:.2%}", "passed": not any("drifted" in f for f in failures)},
             {"gate": "raw recall", "before": recall_before, "after": recall_after,
              "limit": f"-{cfg.max_recall_drop:.3f}", "passed": not any("recall" in f for f in failures)}]
     return run.finish(StageResult("validate", summary, rows), started), after

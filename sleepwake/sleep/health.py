@@ -16,8 +16,8 @@ from sleepwake.sleep.run import SleepRun, StageResult
 def check_consistency(memory) -> dict:
     """Every edit's factor file verifies against the ledger, recomposition is deterministic,
     and no edit is left without a fact. Orphan edits (no fact) are removed: nothing needs them."""
-    for edit in memory.edits:
-        memory.deltas.load(edit.file, edit.checksum)  # raises CorruptedStateError with the file named
+    for entry in [*memory.edits, *memory.adapters]:
+        memory.deltas.load(entry.file, entry.checksum)  # raises CorruptedStateError with the file named
     held = {row.edit_id for row in memory.ledger.list_facts() if row.edit_id is not None}
     orphan_edits = [e.edit_id for e in memory.edits if e.edit_id not in held]
     if orphan_edits:

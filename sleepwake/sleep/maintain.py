@@ -30,7 +30,8 @@ def stage_snapshot(run: SleepRun, stage: str):
         run.memory.reload()
         return earlier
     run.ledger.checkpoint()
-    return store.take(name, {"run_id": run.run_id, "stage": stage, "weights_digest": run.memory.weights_digest()})
+    return store.take(name, {"run_id": run.run_id, "stage": stage, "weights_digest": run.memory.weights_digest(),
+                             "history_mark": [len(run.metric_log), len(run.audit_log)]})
 
 
 def choose_targets(run: SleepRun, degraded_ids, missing_ids) -> list:

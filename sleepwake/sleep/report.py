@@ -42,6 +42,9 @@ def report(run: SleepRun, outcome: str) -> StageResult:
         "facts": counts["facts"], "edits": counts["edits"],
         "raw_recall_before": before.get("raw_recall"), "raw_recall_after": after_recall,
         "chat_recall_before": before.get("chat_recall"),
+        "chat_recall_after": validate.summary.get("chat_recall_after") if validate and kept else before.get("chat_recall"),
+        "facts_per_stage": {str(k): v for k, v in counts["facts_per_stage"].items()},
+        **consolidation_summary(results, kept),
         "degraded_before": before.get("degraded"), "degraded_after": degraded_after,
         "refreshed": maintain.summary.get("refreshed", 0) if maintain and kept else 0,
         "pruned": results["curate"].summary.get("pruned", 0) if "curate" in results and kept else 0,
@@ -60,6 +63,17 @@ def report(run: SleepRun, outcome: str) -> StageResult:
     return run.finish(result, started)
 
 
+def consolidation_summary(results: dict, kept: bool) -> dict:
+    """What SWS, REM and a reinforcing nap did (None where the stage did not run)."""
+    sws, rem, reinforce = results.get("sws"), results.get("rem"), results.get("reinforce")
+    return {
+        "sws_accepted": sws.summary.get("accepted") if sws and not sws.summary.get("skipped") else None,
+        "sws_advanced": sws.summary.get("advanced", 0) if sws and kept else 0,
+        "rem_accepted": rem.summary.get("accepted") if rem and not rem.summary.get("skipped") else None,
+        "reinforce_accepted": reinforce.summary.get("accepted") if reinforce and not reinforce.summary.get("skipped") else None,
+    }
+
+
 def render_markdown(summary: dict) -> str:
     def fmt(value):
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -67,11 +81,15 @@ def render_markdown(summary: dict) -> str:
     lines = [f"# {summary['kind'].replace('_', ' ')} {summary['run_id']}: {summary['outcome']}", "",
              "| figure | before | after |", "|---|---|---|",
              f"| raw recall | {fmt(summary['raw_recall_before'])} | {fmt(summary['raw_recall_after'])} |",
+             f"| chat recall | {fmt(summary['chat_recall_before'])} | {fmt(summary['chat_recall_after'])} |",
              f"| degraded facts | {fmt(summary['degraded_before'])} | {fmt(summary['degraded_after'])} |",
              f"| perplexity | {fmt(summary['perplexity_before'])} | {fmt(summary['perplexity_after'])} |", "",
              f"Refreshed {summary['refreshed']}, pruned {summary['pruned']}; {summary['facts']} facts in "
              f"{summary['edits']} edits; convergence: **{summary['convergence']}**; drowsiness "
              f"{summary['drowsiness']:.2f}; {summary['seconds']:.1f} s.", "",
+             f"Facts per stage (0 active ... 3 consolidated): {summary['facts_per_stage']}; SWS accepted "
+             f"{fmt(summary['sws_accepted'])}, advanced {summary['sws_advanced']}; REM accepted "
+             f"{fmt(summary['rem_accepted'])}.", "",
              "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {secs:.2f} |" for name, secs in summary["stage_seconds"].items()]
     return "\n".join(lines)

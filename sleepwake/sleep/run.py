@@ -82,6 +82,14 @@ class SleepRun:
         self.ledger.record_audits(self.audit_log[self.history_mark[1]:])
         self.ledger.record_metrics(self.metric_log[self.history_mark[0]:])
 
+    def replay_history_since(self, mark) -> None:
+        """After restoring a stage snapshot taken at history ``mark`` (metrics, audits): write back
+        what was recorded since, so an undone pass keeps its figures."""
+        if mark is None:
+            return
+        self.ledger.record_audits(self.audit_log[mark[1]:])
+        self.ledger.record_metrics(self.metric_log[mark[0]:])
+
     def finish(self, result: StageResult, started: float) -> StageResult:
         """Time the stage, keep its result, and record its summary figures and duration."""
         result.seconds = time.perf_counter() - started

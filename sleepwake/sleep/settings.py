@@ -56,9 +56,14 @@ class ValidateConfig(BaseModel):
 
     enabled: bool = Field(True, description="Gate the sleep; off keeps every change unchecked.")
     max_ppl_increase: float = Field(
-        5.0e-2, ge=0,
-        description="Largest relative perplexity rise over the pre-sleep value (0.05 = +5 %); above "
-        "it the whole sleep is rolled back byte-exactly.",
+        1.0e-1, ge=0,
+        description="Largest relative perplexity rise over the pre-sleep value (0.10 = +10 %, the "
+        "papers' REM threshold); above it the whole sleep is rolled back byte-exactly.",
+    )
+    max_drift: float = Field(
+        1.5e-1, ge=0,
+        description="Largest relative perplexity rise over the BASE model (no edits, no adapters); "
+        "bounds the drift that many sleeps could otherwise pile up one allowed step at a time.",
     )
     max_recall_drop: float = Field(
         0.0, ge=0, le=1,
@@ -80,3 +85,88 @@ class SleepConfig(BaseModel):
     auto: bool = Field(
         False, description="After an inject, run a nap or a full sleep by itself when drowsiness "
         "crosses health.nap_threshold or health.sleep_threshold.")
+
+
+class LoraConfig(BaseModel):
+    """The LoRA every consolidation pass trains (SWS, REM and a reinforcing nap share it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, gt=0, description="LoRA rank r (paper 4: 16).")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (paper 4: 32).")
+    layers: list[int] = Field(
+        default_factory=lambda: [4, 7, 10, 13, 16, 19, 22, 25],
+        description="Decoder layers that get adapters (paper 4: 8 layers). Spread over the depth: "
+        "the chat pathway runs through all of them.")
+    modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear module names (last path component) adapted in those layers.")
+    learning_rate: float = Field(3.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
+    epochs: int = Field(5, gt=0, description="Passes over the training examples (paper 4: 1-3 at 3B-70B; "
+                        "a 135M model needs more).")
+    batch_size: int = Field(8, gt=0, description="Examples per optimisation step.")
+    max_steps: int = Field(400, gt=0, description="Cap on optimisation steps per pass, whatever the data size.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter.")
+    anchor_weight: float = Field(
+        1.0, ge=0, description="Weight of the KL term that keeps the adapted model's next-token "
+        "distribution on its own generated text equal to the frozen model's (0 = off). It is "
+        "what keeps perplexity flat.")
+    anchor_batch: int = Field(4, gt=0, description="Anchor sequences per step.")
+    anchor_tokens: int = Field(64, gt=1, description="Tokens per anchor sequence.")
+
+
+class SwsConfig(BaseModel):
+    """SWS: per-fact LoRA consolidation into the chat pathway, staged MEMIT dissolution (paper 4, Alg. 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run SWS in a full sleep.")
+    schedule: list[float] = Field(
+        default_factory=lambda: [1.0, 0.5, 0.1, 0.0],
+        description="MEMIT scale of a fact's edit at stage 0, 1, 2, 3; a fact that passes its gate "
+        "moves one stage on.")
+    gate_raw: bool = Field(
+        True, description="A fact advances only if, with every trained fact's MEMIT edit at scale 0, "
+        "the LoRA answers BOTH its chat question and its raw prompt (off: chat only, as in paper 4; "
+        "then dissolving MEMIT can cost raw recall).")
+    train_raw: bool = Field(
+        True, description="Also train raw-completion text (prompt -> object), so both pathways "
+        "learn (the papers' proposed fix for the alignment tax).")
+    train_without_memit: bool = Field(
+        True, description="Train with the trained facts' MEMIT edits switched off, so the LoRA "
+        "learns what it must carry alone instead of what MEMIT already answers.")
+    identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
+    replay_size: int = Field(16, ge=0, description="Replay buffer items mixed into each SWS: "
+                             "consolidated facts and logged conversation turns, sampled by priority.")
+    replay_decay: float = Field(5.0e-1, gt=0, le=1, description="Replay priority decays by this "
+                                "factor per day of age.")
+    benchmark_max_drop: float = Field(
+        1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
+        "answered correctly may fall by at most this much, else the whole SWS is rolled back.")
+
+
+class RemConfig(BaseModel):
+    """REM: the model dreams multi-fact conversations; a second LoRA pass trains on them, gated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run REM after SWS in a full sleep.")
+    dreams: int = Field(8, ge=1, description="Conversations to dream (fewer when there are few facts).")
+    facts_per_dream: list[int] = Field(default_factory=lambda: [2, 4], description="Min and max facts woven into one conversation.")
+    learning_rate: float = Field(1.0e-3, gt=0, description="REM's LoRA learning rate (the rest as in 'lora').")
+    epochs: int = Field(2, gt=0, description="Passes over the dreamed conversations.")
+    max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at "
+                                    "most this much over post-SWS (paper 4: 0.10).")
+    min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled "
+                              "consolidated facts is recalled in chat (paper 4: 0.5).")
+    recall_sample: int = Field(5, gt=0, description="Consolidated facts sampled for REM's recall gate (paper 4: 5).")
+
+
+class NapConfig(BaseModel):
+    """The nap: an audit, optionally a reinforcing LoRA pass (paper 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reinforce: bool = Field(
+        False, description="Train a LoRA on the MEMIT-held facts' chat Q&A without touching MEMIT, "
+        "kept only if perplexity and raw recall pass the validate gates.")

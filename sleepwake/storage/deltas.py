@@ -71,11 +71,13 @@ class DeltaStore:
         self.dir = self.home / DELTAS_DIR
 
     @staticmethod
-    def relpath_for(edit_id: int) -> str:
-        return f"{DELTAS_DIR}/edit-{int(edit_id):08d}.safetensors"
+    def relpath_for(edit_id: int, kind: str = "edit") -> str:
+        """``kind`` "edit" (MEMIT) or "adapter" (sleep's LoRA): both live in deltas/, so snapshots,
+        restores and orphan clean-up treat them alike."""
+        return f"{DELTAS_DIR}/{kind}-{int(edit_id):08d}.safetensors"
 
     def save(
-        self, edit_id: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]
+        self, edit_id: int, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], kind: str = "edit"
     ) -> tuple[str, str, int]:
         """Write the factors atomically; return (relpath, checksum, nbytes)."""
         if "sha256" in metadata:
@@ -85,7 +87,7 @@ class DeltaStore:
             raise TypeError(f"metadata values must be str: {bad}")
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         checksum = checksum_tensors(cpu)
-        relpath = self.relpath_for(edit_id)
+        relpath = self.relpath_for(edit_id, kind)
         final = self.home / relpath
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(

@@ -35,7 +35,20 @@ _SCHEMA_V1 = [
         fact_id BIGINT, detail VARCHAR)""",
     "CREATE TABLE meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
 ]
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1)]
+# Migration 2: consolidation adapters (sleep's LoRA weights, stored as factors like edits) and
+# the wake conversation log.
+_SCHEMA_V2 = [
+    "CREATE SEQUENCE adapter_id_seq START 1",
+    "CREATE SEQUENCE turn_id_seq START 1",
+    """CREATE TABLE adapters (
+        adapter_id BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, run_id VARCHAR, modules VARCHAR NOT NULL,
+        rank INTEGER NOT NULL, file VARCHAR NOT NULL, checksum VARCHAR NOT NULL, nbytes BIGINT NOT NULL,
+        model_fingerprint VARCHAR NOT NULL, created_at TIMESTAMP)""",
+    """CREATE TABLE conversations (
+        turn_id BIGINT PRIMARY KEY, session_id VARCHAR NOT NULL, ts TIMESTAMP, role VARCHAR NOT NULL,
+        content VARCHAR NOT NULL, facts VARCHAR)""",
+]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 FACT_COLS = "fact_id, subject, relation, object, stage, edit_id, source, created_at, updated_at"

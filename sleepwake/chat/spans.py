@@ -1,0 +1,114 @@
+"""Object spans: where the object of a first-person statement ends.
+
+"I live in Vienna now" -> "Vienna", "I work as a nurse at the clinic" -> "a nurse": an object
+runs until a function word that starts something else (a preposition, a conjunction, a time
+word). Objects are always a contiguous run of the user's own words, so they pass the firewall
+by construction; the firewall still checks them (model output goes through the same gate).
+"""
+
+from __future__ import annotations
+
+from sleepwake.chat import lexicon
+
+STOPS = frozenset("""
+and but or so because since as with for at in on from to by who which where that when while now
+today tonight currently these this last next ago anymore again originally actually though too
+right yet already nowadays lately recently btw anyway please if until just here there every all
+""".split())
+# Places keep "in/of/on" inside ("Frankfurt am Main", "Stratford upon Avon") but stop at "in"
+# followed by a year or region only through the generic list below.
+PLACE_STOPS = STOPS
+PRONOUNS = frozenset("""
+it that this these those you him her them me us there here nothing none nobody someone something
+everything anything everyone anybody somebody one
+""".split())
+POSSESSIVE_STARTS = frozenset("your his her their its".split())
+_EDGE = ".,!?;:\"'()[]{}"
+
+
+def tokens(text: str) -> list[str]:
+    """Words with edge punctuation removed (a title's dot is a placeholder, so it stays)."""
+    out = []
+    for raw in text.split():
+        word = raw.strip(_EDGE)
+        if word:
+            out.append(word)
+        if raw and raw[-1] in ".,!?;:":
+            break  # an object never runs over punctuation
+    return out
+
+
+def cut(words: list[str], stops, limit: int) -> str:
+    """The leading words up to the first stop word, or '' when longer than ``limit``."""
+    span = []
+    for index, word in enumerate(words):
+        if index > 0 and word.lower() in stops:
+            break
+        if index == 0 and word.lower() in stops:
+            return ""
+        span.append(word)
+    return " ".join(span) if len(span) <= limit else ""
+
+
+def is_capitalised(word: str) -> bool:
+    return word[:1].isupper()
+
+
+def capitalised_span(words: list[str], allow_the: bool) -> str:
+    """A proper-noun run at the start: capitalised words, with a title ("Mr.") or name particles
+    ("van", "de") inside; at most four words."""
+    span: list[str] = []
+    for index, word in enumerate(words):
+        lowered = word.lower().replace("\u2024", ".")
+        if is_capitalised(word) or (index == 0 and allow_the and lowered == "the"):
+            span.append(word)
+        elif span and lowered in lexicon.NAME_PARTICLES and index + 1 < len(words) and is_capitalised(words[index + 1]):
+            span.append(word)
+        else:
+            break
+    while span and not is_capitalised(span[-1]):
+        span.pop()
+    if not span or len(span) > 4 or (span[0].lower() == "the" and len(span) == 1):
+        return ""
+    return " ".join(span)
+
+
+def list_items(words: list[str]) -> list[str]:
+    """ "cats, dust and pollen" -> ["cats", "dust", "pollen"] (each item cut at a stop word)."""
+    span = cut(words, STOPS - {"and", "or"}, 12)
+    items = []
+    for part in span.replace(",", " and ").replace(" or ", " and ").split(" and "):
+        item = part.strip()
+        if item and len(item.split()) <= 3 and item.lower() not in STOPS:
+            items.append(item)
+    return items
+
+
+def pronoun_like(span: str) -> bool:
+    """Objects that refer to something else ("I love it", "I like your idea") are not facts."""
+    first = span.split()[0].lower()
+    return first in PRONOUNS or first in POSSESSIVE_STARTS or first == "to" or first in ("when", "how", "what")
+
+
+def job_span(words: list[str]) -> tuple[str, str]:
+    """ "a professor of history at ..." -> ("a professor of history", "professor")."""
+    span = cut(words, STOPS - {"of"}, 5)
+    head = span.split(" of ")[0].split()
+    return span, head[-1].lower() if head else ""
+
+
+def proper(span: str) -> bool:
+    """A span holding a proper noun (and not just a year): what places and brands look like."""
+    return any(is_capitalised(w) for w in span.split()) and not span.isdigit()
+
+
+def person_name(words: list[str], explicit: bool, lowercase: bool) -> str:
+    """A name at the start of ``words``: capitalised words; lowercase ones only when the user
+    said it is a name ("my name is kevin") in a turn typed all in lowercase."""
+    if explicit and lowercase and words and words[0].isalpha() and words[0] not in STOPS | {"not", "a", "an", "the"}:
+        span = cut(words, STOPS | {"not", "a", "an", "the", "later", "back", "tomorrow", "please"}, 3)
+        return " ".join(w.capitalize() for w in span.split())
+    span = capitalised_span(words, allow_the=False)
+    if not span or any(w in lexicon.NOT_NAMES for w in span.split()):
+        return ""
+    return span

@@ -1,0 +1,128 @@
+"""Composition: the effective weights as a pure function of base weights, adapters and edits.
+
+    W = W_base + sum_{adapters a, by id} U_a V_a^T + sum_{edits e, by id} scale_e * U_e V_e^T
+
+in float32, recomposed from scratch on every change (never patched in place), so the same ledger
+and factor files give the same bytes in any process. ``Memory`` inherits this; it provides
+``backend``, ``settings``, ``ledger``, ``deltas``, ``edits``, ``adapters`` and the factor caches.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from sleepwake.errors import CorruptedStateError, ModelLoadError
+from sleepwake.faults import crash_point
+from sleepwake.models.memit import apply_factors
+from sleepwake.storage import adapters as adapter_rows
+from sleepwake.storage.ledger import EditRow
+
+log = logging.getLogger(__name__)
+
+
+class Composition:
+    """Mixin of :class:`sleepwake.memory.Memory`: composing, digesting and storing adapters."""
+
+    @property
+    def layers(self) -> list[int]:
+        """Every layer that is configured for editing or carries a stored edit."""
+        return sorted(set(self.settings.memit.layers).union(*[set(e.layers) for e in self.edits]))
+
+    @property
+    def adapted_modules(self) -> list[str]:
+        """Linear modules (other than MEMIT layers' down projections) that an adapter changes."""
+        edited = {self.backend.down_proj_template.format(layer) for layer in self.layers}
+        return sorted({m for a in self.adapters for m in a.modules} - edited)
+
+    def _check_model(self) -> None:
+        for edit in [*self.edits, *self.adapters]:
+            if edit.model_fingerprint != self.backend.fingerprint:
+                raise ModelLoadError(
+                    f"home {self.home.root} holds edits made on another model (fingerprint "
+                    f"{edit.model_fingerprint}, loaded {self.backend.fingerprint}); load the same "
+                    "model (--config/--set model.source=...) or use another --home"
+                )
+
+    def factors(self, edit: EditRow) -> dict[str, torch.Tensor]:
+        if edit.edit_id not in self._factors:
+            self._factors[edit.edit_id] = self.deltas.load(edit.file, edit.checksum)
+        return self._factors[edit.edit_id]
+
+    def _factors_or_none(self, edit: EditRow) -> dict[str, torch.Tensor] | None:
+        try:
+            return self.factors(edit)
+        except CorruptedStateError:
+            if not self.tolerate_corrupt:
+                raise
+            if edit.edit_id not in self.corrupted:
+                log.warning("edit %d: factor file unreadable; left out of the weights", edit.edit_id)
+            self.corrupted.add(edit.edit_id)
+            return None
+
+    def compose(self, skip: Sequence[int] = (), with_adapters: bool = True) -> None:
+        """Set every editable weight to base + every adapter + the scaled edits (without ``skip``;
+        ``with_adapters=False`` leaves the adapters out too, for base-model measurements).
+
+        Adapters come first and in id order, edits after them in id order: a fixed order, so the
+        same ledger gives the same bytes. With no adapters this is exactly base + edits.
+        """
+        for layer in self.layers:
+            name = self.backend.down_proj_template.format(layer)
+            weight = self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0)
+            for edit in self.edits:
+                if layer in edit.layers and edit.scale != 0.0 and edit.edit_id not in skip:
+                    tensors = self._factors_or_none(edit)
+                    if tensors is None:
+                        continue
+                    apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], edit.scale)
+            self.backend.set_weight(layer, weight)
+        for name in self.adapted_modules:
+            self.backend.set_module_weight(name, self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0))
+        current = set(self.adapted_modules) | {self.backend.down_proj_template.format(l) for l in self.layers}
+        for name in self._touched - current:  # an adapter was removed (rollback): back to base
+            self.backend.set_module_weight(name, self._base(name))
+        self._touched = current
+
+    def _base(self, name: str) -> torch.Tensor:
+        return self.backend.pristine_weight(name)
+
+    def _adapter_sum(self, name: str) -> torch.Tensor | float:
+        total: torch.Tensor | float = 0.0
+        for adapter in self.adapters:
+            if name in adapter.modules:
+                tensors = self.adapter_factors(adapter)
+                part = tensors[f"{name}.u"] @ tensors[f"{name}.v"].T  # (out, in)
+                total = part if isinstance(total, float) else total.add_(part)
+        return total
+
+    def adapter_factors(self, adapter) -> dict[str, torch.Tensor]:
+        if adapter.adapter_id not in self._adapter_factors:
+            self._adapter_factors[adapter.adapter_id] = self.deltas.load(adapter.file, adapter.checksum)
+        return self._adapter_factors[adapter.adapter_id]
+
+    def weights_digest(self) -> str:
+        return self.backend.weights_digest(self.layers, self.adapted_modules)
+
+    def store_adapter(self, kind: str, run_id: str | None, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Persist a trained LoRA as factors, then its ledger row, then recompose. Returns its id."""
+        adapter_id = adapter_rows.next_adapter_id(self.ledger)
+        tensors = {}
+        for name, (u, v) in sorted(factors.items()):
+            tensors[f"{name}.u"], tensors[f"{name}.v"] = u.float().cpu().contiguous(), v.float().cpu().contiguous()
+        meta = {"adapter_id": str(adapter_id), "kind": kind, "model_fingerprint": self.backend.fingerprint}
+        relpath, checksum, nbytes = self.deltas.save(adapter_id, tensors, meta, kind="adapter")
+        crash_point("adapter:after-file")
+        rank = max((u.shape[1] for u, _ in factors.values()), default=0)
+        row = adapter_rows.AdapterRow(adapter_id, kind, run_id, sorted(factors), rank, relpath, checksum, nbytes,
+                                      self.backend.fingerprint)
+        try:
+            adapter_rows.commit_adapter(self.ledger, row)
+        except BaseException:
+            self.deltas.delete(relpath)
+            raise
+        self._adapter_factors[adapter_id] = tensors
+        self.reload()
+        return adapter_id

@@ -1,0 +1,63 @@
+"""What SWS, REM and the reinforcing nap share: the LoRA recipe, anchor text, training with
+progress logs, and the byte-exact undo of a rejected pass (its stage snapshot is restored)."""
+
+from __future__ import annotations
+
+import logging
+
+from sleepwake.errors import CorruptedStateError
+from sleepwake.models import covariance
+from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
+from sleepwake.sleep.run import SleepRun
+from sleepwake.storage.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+def cannot_train(memory) -> str | None:
+    """Why this backend cannot run a LoRA pass (None when it can): the stage then skips."""
+    if getattr(memory.backend, "can_train_lora", False):
+        return None
+    return f"backend {memory.settings.backend!r} cannot train LoRA; consolidation skipped"
+
+
+def recipe(settings, learning_rate: float | None = None, epochs: int | None = None) -> LoraRecipe:
+    cfg = settings.lora
+    return LoraRecipe(rank=cfg.rank, alpha=cfg.alpha, layers=list(cfg.layers), modules=list(cfg.modules),
+                      learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
+                      batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
+                      seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
+                      anchor_tokens=cfg.anchor_tokens)
+
+
+def anchor_sequences(memory) -> list[list[int]]:
+    """The model's own sampled text (cached with the covariance statistics): ordinary language
+    from the model's distribution, never the perplexity reference text the gates measure on."""
+    if memory.settings.lora.anchor_weight <= 0:
+        return []
+    return covariance.load_or_sample_sequences(memory.backend, memory.settings.memit, memory.cache_dir, memory.settings.seed)
+
+
+def train(run: SleepRun, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str) -> TrainOutcome:
+    """Train one pass over the memory's current weights, logging progress every tenth of the way."""
+    memory = run.memory
+    anchors = anchor_sequences(memory)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == 1 or step == total or step % max(1, total // 10) == 0:
+            log.info("%s: step %d/%d, loss %.3f", label, step, total, loss)
+
+    outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchors, progress=progress)
+    run.record(label, {"train_steps": outcome.steps, "train_loss_first": outcome.first_loss,
+                       "train_loss_last": outcome.last_loss, "train_examples": len(examples)})
+    return outcome
+
+
+def undo_pass(run: SleepRun, snapshot) -> None:
+    """Put the home back exactly as the stage snapshot recorded it, and prove it by digest."""
+    store = SnapshotStore(run.memory.home.root)
+    store.restore(snapshot)
+    run.memory.reload()
+    run.replay_history_since(snapshot.manifest.get("history_mark"))
+    if run.memory.weights_digest() != snapshot.manifest["weights_digest"]:
+        raise CorruptedStateError(f"undo of {snapshot.name} did not restore the weights byte for byte")

@@ -1,0 +1,264 @@
+"""LoRA consolidation (SWS, REM, reinforcing nap) as plain functions on the tiny random Llama.
+
+The tiny model cannot be taught much in a few steps, so these tests check mechanics and
+invariants (what is stored, composed, gated, undone), not recall levels; the benchmark on the
+bundled model measures those.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from sleepwake.facts import Fact
+from sleepwake.memory import Memory
+from sleepwake.models import probes
+from sleepwake.models.lora import LoraRecipe, TrainExample, collate, plan_steps, train_lora
+from sleepwake.sleep import curriculum, rem as rem_stage, sws as sws_stage
+from sleepwake.sleep.reinforce import reinforce
+from sleepwake.sleep.run import SleepRun
+from sleepwake.storage import adapters as adapter_rows
+from sleepwake.storage.home import Home
+from sleepwake.storage.snapshots import SnapshotStore
+from conftest import mixed_facts, seed_home
+
+FACTS = mixed_facts()
+
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory, tiny_settings_overrides):
+    return seed_home(tmp_path_factory, tiny_settings_overrides, FACTS, "consolidation")
+
+
+@pytest.fixture
+def run(seeded_home, tmp_path, tiny_settings):
+    target = tmp_path / "home"
+    shutil.copytree(seeded_home, target)
+    return SleepRun(Memory.open(Home.open(target), tiny_settings), "full_sleep")
+
+
+def recipe(**changes) -> LoraRecipe:
+    base = dict(rank=4, alpha=8.0, layers=[1, 2, 3], modules=["q_proj", "v_proj", "down_proj"], learning_rate=1.0e-2,
+                epochs=10, batch_size=4, max_steps=50, weight_decay=0.0, seed=0)
+    return LoraRecipe(**{**base, **changes})
+
+
+def test_collate_puts_loss_on_target_tokens_only():
+    batch = [TrainExample([5, 6, 7], [8, 9]), TrainExample([5], [8, 9, 10])]
+    ids, attention, labels = collate(batch, pad_id=0, device="cpu")
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [5, 8, 9, 10, 0]]
+    assert labels.tolist() == [[-100, -100, -100, 8, 9], [-100, 8, 9, 10, -100]]
+    assert attention.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+
+
+def test_plan_steps_scales_with_data_and_is_capped():
+    assert plan_steps(20, recipe(epochs=3, batch_size=8, max_steps=100)) == 9
+    assert plan_steps(1000, recipe(epochs=3, batch_size=8, max_steps=100)) == 100
+
+
+def test_train_lora_learns_and_leaves_the_model_unwrapped(run):
+    backend = run.memory.backend
+    before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
+    examples = curriculum.fact_examples(backend, FACTS, train_raw=True)
+    outcome = train_lora(backend, examples, recipe())
+    assert outcome.last_loss < outcome.first_loss
+    # peft's wrappers are gone and no weight moved: the update lives only in the returned factors
+    assert not any("lora" in n for n, _ in backend.model.named_parameters())
+    assert all(torch.equal(before[n], p) for n, p in backend.model.named_parameters())
+    name = "model.layers.2.mlp.down_proj"
+    u, v = outcome.factors[name]
+    weight = backend.model.get_submodule(name).weight
+    assert u.shape == (weight.shape[0], 4) and v.shape == (weight.shape[1], 4)
+    assert {n.split(".")[2] for n in outcome.factors} == {"1", "2", "3"}
+
+
+def test_anchor_term_keeps_the_adapted_model_closer_to_the_frozen_one_on_ordinary_text(run):
+    backend = run.memory.backend
+    examples = curriculum.fact_examples(backend, FACTS, train_raw=True)
+    anchors = [backend.encode("The weather was mild and the streets were quiet that morning.")] * 4
+    ids = torch.tensor([anchors[0]])
+    with torch.no_grad():
+        frozen = backend.model(input_ids=ids).logits.log_softmax(-1)
+
+    def drift(outcome) -> float:
+        """KL(frozen || adapted) on the anchor text, with the adapter composed in, then removed."""
+        saved = {name: backend.model.get_submodule(name).weight.detach().clone() for name in outcome.factors}
+        with torch.no_grad():
+            for name, (u, v) in outcome.factors.items():
+                backend.model.get_submodule(name).weight.add_(u @ v.T)
+            adapted = backend.model(input_ids=ids).logits.log_softmax(-1)
+            for name, weight in saved.items():
+                backend.model.get_submodule(name).weight.copy_(weight)
+        return float((frozen.exp() * (frozen - adapted)).sum(-1).mean())
+
+    free = drift(train_lora(backend, examples, recipe(learning_rate=3.0e-2)))
+    anchored = drift(train_lora(backend, examples, recipe(learning_rate=3.0e-2, anchor_weight=10.0, anchor_batch=2,
+                                                          anchor_tokens=12), anchors=anchors))
+    assert anchored < 0.5 * free
+
+
+def test_adapter_is_stored_composed_and_survives_a_restart(run, tiny_settings):
+    memory = run.memory
+    digest_before = memory.weights_digest()
+    outcome = train_lora(memory.backend, curriculum.fact_examples(memory.backend, FACTS, True), recipe())
+    adapter_id = memory.store_adapter("sws", run.run_id, outcome.factors)
+    assert memory.weights_digest() != digest_before
+    name = "model.layers.1.self_attn.q_proj"
+    u, v = outcome.factors[name]
+    expected = memory.backend.pristine_weight(name) + u @ v.T
+    assert torch.allclose(memory.backend.model.get_submodule(name).weight, expected, atol=1e-6)
+    digest = memory.weights_digest()
+    reopened = Memory.open(memory.home, tiny_settings, backend=memory.backend)  # a restart recomposes from disk
+    assert reopened.weights_digest() == digest and reopened.orphans_removed == []
+    row = adapter_rows.list_adapters(memory.ledger)[0]
+    assert row.adapter_id == adapter_id and row.kind == "sws" and (memory.home.root / row.file).exists()
+    adapter_rows.remove_adapters(memory.ledger, [adapter_id])
+    reopened.reload()
+    assert reopened.weights_digest() == digest_before  # removing the adapter restores the bytes
+
+
+def test_sws_advances_only_facts_that_pass_and_follows_the_schedule(run, monkeypatch):
+    memory = run.memory
+    rows = memory.ledger.list_facts()
+    passing = {rows[0].fact_id, rows[2].fact_id}
+    fake = {r.fact.prompt(): r.fact_id in passing for r in rows}
+
+    def probe(backend, facts, cfg):  # LoRA-alone recall decided by the test, not by the random model
+        return [probes.FactProbe(raw=fake[f.prompt()], raw_text="", chat=fake[f.prompt()], chat_text="") for f in facts]
+
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    result = sws_stage.sws(run)
+    assert result.summary["accepted"] and result.summary["advanced"] == 2
+    after = {r.fact_id: r for r in memory.ledger.list_facts()}
+    edits = {e.edit_id: e for e in memory.ledger.list_edits()}
+    for fact_id, row in after.items():
+        assert row.stage == (1 if fact_id in passing else 0)
+        assert edits[row.edit_id].scale == (0.5 if fact_id in passing else 1.0)
+    assert [a.kind for a in adapter_rows.list_adapters(memory.ledger)] == ["sws"]
+    assert not SnapshotStore(memory.home.root).open_snapshots()  # the stage closed its snapshot
+
+
+def test_sws_settle_reverts_a_fact_that_loses_raw_recall_at_its_new_scale(run, monkeypatch):
+    memory = run.memory
+    first = memory.ledger.list_facts()[0].fact_id
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=True, raw_text="", chat=True, chat_text="") for _ in facts])
+    calls = []
+
+    def raw(run, rows):  # before SWS: all recalled; with the proposed scales: the first fact is lost
+        calls.append(1)
+        return [len(calls) == 1 or r.fact_id != first or not memory.edits[0].scale < 1.0 for r in rows]
+
+    monkeypatch.setattr(sws_stage, "raw_hits", raw)
+    result = sws_stage.sws(run)
+    assert result.summary["accepted"] and result.summary["advanced"] == 2
+    stages = {r.fact_id: r.stage for r in memory.ledger.list_facts()}
+    assert stages[first] == 0 and sorted(stages.values()) == [0, 1, 1]
+
+
+def test_sws_is_rejected_when_the_lora_costs_a_memit_fact_its_raw_recall(run, monkeypatch):
+    memory = run.memory
+    digest = memory.weights_digest()
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])
+    calls = []
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [not calls.append(1) and len(calls) == 1] * len(rows))
+    result = sws_stage.sws(run)
+    assert result.summary["accepted"] is False and "raw recall" in result.summary["reason"]
+    assert memory.weights_digest() == digest and adapter_rows.list_adapters(memory.ledger) == []
+
+
+def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
+    memory = run.memory
+    digest, stages = memory.weights_digest(), [(r.fact_id, r.stage) for r in memory.ledger.list_facts()]
+    scores = iter([0.9, 0.5])
+    monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (next(scores), []))
+    result = sws_stage.sws(run)
+    assert result.summary["accepted"] is False and "benchmark" in result.summary["reason"]
+    assert memory.weights_digest() == digest
+    assert [(r.fact_id, r.stage) for r in memory.ledger.list_facts()] == stages
+    assert adapter_rows.list_adapters(memory.ledger) == []
+    assert any(m["stage"] == "sws" for m in run.metric_log)  # the rejected pass keeps its figures
+    assert memory.ledger.metric_history("benchmark_after")
+
+
+def test_rem_gate_undoes_to_post_sws(run, monkeypatch):
+    monkeypatch.setattr(rem_stage, "sampled_chat_recall", lambda run, k: 0.0)
+    with run.ledger._connect(write=True) as con:  # pretend SWS consolidated the facts
+        con.execute("UPDATE facts SET stage = 1")
+    digest = run.memory.weights_digest()
+    result = rem_stage.rem(run)
+    assert result.summary["dreams"] >= 1 and result.summary["accepted"] is False
+    assert run.memory.weights_digest() == digest and adapter_rows.list_adapters(run.ledger) == []
+
+
+def test_rem_keeps_a_passing_pass(run, monkeypatch):
+    monkeypatch.setattr(rem_stage, "sampled_chat_recall", lambda run, k: 1.0)
+    settings = run.settings.model_copy(update={"rem": run.settings.rem.model_copy(update={"max_ppl_increase": 100.0})})
+    run.memory.settings = settings
+    result = rem_stage.rem(run)
+    assert result.summary["accepted"] is True
+    assert [a.kind for a in adapter_rows.list_adapters(run.ledger)] == ["rem"]
+
+
+def test_dreams_are_grounded_multi_fact_conversations(run):
+    facts = FACTS + [Fact(subject="Aria Nakamura", relation="The job of {}", object="dentist")]
+    plans = rem_stage.plan_dreams(facts, 3, (2, 4), seed=0)
+    assert plans and all(2 <= len(p) <= 4 for p in plans[:-1])
+    assert {f.key for p in plans for f in p} == {f.key for f in facts}
+    conversation = rem_stage.dream(run.memory.backend, plans[0], seed=0, max_new_tokens=8)
+    replies = [m["content"] for m in conversation if m["role"] == "assistant"]
+    assert len(replies) == len(plans[0])
+    # the random model rarely states the object itself, so the firewall's statement stands in
+    assert all(probes.answer_matches(reply, f.object) for reply, f in zip(replies, plans[0]))
+
+
+def test_reinforcing_nap_leaves_memit_untouched(run):
+    settings = run.settings.model_copy(update={
+        "nap": run.settings.nap.model_copy(update={"reinforce": True}),
+        "validate_": run.settings.validate_.model_copy(update={"max_ppl_increase": 100.0, "max_recall_drop": 1.0})})
+    run.memory.settings = settings
+    edits = [(e.edit_id, e.scale) for e in run.ledger.list_edits()]
+    result = reinforce(run)
+    assert result.summary["accepted"] is True
+    assert [(e.edit_id, e.scale) for e in run.ledger.list_edits()] == edits
+    assert [a.kind for a in adapter_rows.list_adapters(run.ledger)] == ["nap"]
+
+
+def test_replay_prefers_recent_items():
+    class Backend:
+        tokenizer = type("T", (), {"eos_token": "</s>"})()
+
+        def chat_messages_ids(self, messages):
+            return [len(messages[-1]["content"])]
+
+        def encode(self, text, special=True):
+            return [len(text)]
+
+    from datetime import datetime, timedelta, timezone
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    turns = [{"user": "old" * 3, "assistant": "a", "ts": now - timedelta(days=30)},
+             {"user": "new", "assistant": "b", "ts": now}]
+    picks = [curriculum.replay_examples(Backend(), [], turns, 1, 0.5, seed)[0].prompt for seed in range(20)]
+    assert picks.count([3]) >= 19  # priority 1 vs 0.5 ** 30
+
+
+def test_adapter_ids_are_never_reused(run):
+    first, second = adapter_rows.next_adapter_id(run.ledger), adapter_rows.next_adapter_id(run.ledger)
+    assert second == first + 1
+
+
+@pytest.mark.parametrize("relation, question", [
+    ("lives in", "Where does Lena Brandt live?"),
+    ("{} works as", "What does Lena Brandt do for a living?"),
+    ("{}'s favorite food is", "What is Lena Brandt's favorite food?"),
+    ("The pet of {} is", "What is the pet of Lena Brandt?"),
+    ("owns a", 'Complete this sentence with the right fact: "Lena Brandt owns a ..."'),
+])
+def test_chat_questions_read_naturally_for_free_form_relations(relation, question):
+    assert probes.chat_question(Fact(subject="Lena Brandt", relation=relation, object="x")) == question

@@ -1,0 +1,275 @@
+"""The MLX backend against the torch backend on the same weights (the tiny random Llama).
+
+Both backends load the same folder and tokenizer, so every primitive MEMIT uses must agree to
+float tolerance: logits, greedy text, perplexity, keys and hidden states, key second moments,
+seeded samples, and the MEMIT delta itself. Tolerances are a few times what was measured on
+this machine (logits 2.5e-7 abs; keys 2e-8 abs, hidden 5e-7; second moments 2e-7 abs of 1.0;
+v* delta 7e-6 rel; per-layer dW 1.1e-5 rel).
+
+The whole module skips where mlx or mlx-lm is not installed (``pip install -e ".[mlx]"``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+if importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None:
+    pytest.skip("mlx and mlx-lm are not installed (pip install -e '.[mlx]')", allow_module_level=True)
+
+from sleepwake.chat.reply import Replier
+from sleepwake.config import ModelConfig, load_settings
+from sleepwake.errors import ModelLoadError, UnsupportedError
+from sleepwake.facts import Fact
+from sleepwake.memory import Memory
+from sleepwake.models import covariance, mlx_blas, mlx_internals
+from sleepwake.models.editor import compute_edit, vstar_rows, vstar_settings
+from sleepwake.models.mlx_backend import MlxBackend
+from sleepwake.models.mlx_loading import rope_overrides
+from sleepwake.models.torch_backend import TorchBackend
+from sleepwake.sleep.audit import audit
+from sleepwake.sleep.run import SleepRun
+from sleepwake.sleep.sws import sws
+from sleepwake.storage.home import Home
+from conftest import shared_cache
+
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
+DOWN = "model.layers.{}.mlp.down_proj"
+RECALL_FACT = Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")
+PROMPTS = ["Aria Nakamura lives in", "The capital city is", "Where does Hugo Silva live? Hugo", "In"]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir):
+    """(torch, mlx) backends over the same tiny model folder."""
+    mlx_blas.set_threads(1)
+    cfg = ModelConfig(source=str(tiny_model_dir))
+    return TorchBackend.load(cfg, DOWN), MlxBackend.load(cfg, DOWN)
+
+
+@pytest.fixture(scope="module")
+def memit_settings(tiny_settings_overrides):
+    return load_settings(None, tiny_settings_overrides).memit
+
+
+def test_logits_match_on_a_padded_batch(pair):
+    torch_b, mlx_b = pair
+    rows = [torch_b.encode(p) for p in PROMPTS]
+    ids, valid = mlx_internals.right_pad(rows, mlx_b.pad_id)
+    got = mlx_internals.to_torch(mlx_internals.logits_all(mlx_b.net, ids, valid, 0))
+    for i, row in enumerate(rows):
+        with torch.no_grad():
+            want = torch_b.model(torch.tensor([row])).logits[0]
+        assert torch.allclose(got[i, : len(row)], want, atol=1.0e-4, rtol=0), (got[i, : len(row)] - want).abs().max()
+
+
+def test_greedy_generation_and_chat_match(pair):
+    torch_b, mlx_b = pair
+    batch = [torch_b.encode(p) for p in PROMPTS]  # different lengths: left padding at work
+    assert mlx_b.generate_ids(batch, 8) == torch_b.generate_ids(batch, 8)
+    assert mlx_b.generate(PROMPTS, 6) == torch_b.generate(PROMPTS, 6)
+    assert mlx_b.chat(["Where does Aria live?"], 6) == torch_b.chat(["Where does Aria live?"], 6)
+    assert mlx_b.chat_messages_ids([{"role": "user", "content": "hi"}]) == torch_b.chat_messages_ids([{"role": "user", "content": "hi"}])
+
+
+def test_perplexity_matches(pair):
+    torch_b, mlx_b = pair
+    texts = ["The quiet river near Paris was opened by the teacher in 1900. " * 4, "Aria Nakamura lives in Oslo."]
+    want = torch_b.perplexity(texts, 16, 4)
+    assert mlx_b.perplexity(texts, 16, 4) == pytest.approx(want, rel=1.0e-5)
+
+
+def test_keys_and_hidden_states_match(pair):
+    torch_b, mlx_b = pair
+    rows = [(torch_b.encode("Aria Nakamura lives in"), 3), (torch_b.encode("The job of Chen Okafor is"), 5),
+            (torch_b.encode("In"), 0)]
+    for key_layer, hidden_layer in ((1, 2), (2, 1), (3, 3)):
+        keys_t, hidden_t = torch_b.layer_states(rows, key_layer, hidden_layer, 2)
+        keys_m, hidden_m = mlx_b.layer_states(rows, key_layer, hidden_layer, 2)
+        assert keys_m.shape == (3, torch_b.d_ff) and hidden_m.shape == (3, torch_b.d_model)
+        assert torch.allclose(keys_m, keys_t, atol=1.0e-5, rtol=0)
+        assert torch.allclose(hidden_m, hidden_t, atol=1.0e-5, rtol=0)
+
+
+def test_key_second_moments_and_samples_match(pair):
+    torch_b, mlx_b = pair
+    samples_t = torch_b.sample_sequences(512, 24, seed=3, batch_size=16)
+    samples_m = mlx_b.sample_sequences(512, 24, seed=3, batch_size=16)
+    # Same seed, same sampling step, logits equal to ~1e-7: the draws coincide (all of them
+    # here; a draw within 1e-7 of a probability boundary could flip on another platform).
+    same = sum(a == b for a, b in zip(samples_t, samples_m)) / len(samples_t)
+    assert len(samples_m) == len(samples_t) and same >= 0.9
+    sums_t, count_t = torch_b.key_second_moments(samples_t, [1, 2], 8)
+    sums_m, count_m = mlx_b.key_second_moments(samples_t, [1, 2], 8)
+    assert count_m == count_t
+    for layer in (1, 2):
+        assert sums_m[layer].dtype == torch.float64
+        assert torch.allclose(sums_m[layer], sums_t[layer], atol=1.0e-5 * sums_t[layer].abs().max().item(), rtol=0)
+
+
+def test_memit_delta_matches(pair, memit_settings, tmp_path_factory):
+    """One fact through the shared editor on both backends, with the same statistics."""
+    torch_b, mlx_b = pair
+    cache = shared_cache(tmp_path_factory)
+    stats = covariance.load_or_estimate(torch_b, memit_settings, cache, 0)
+    contexts = covariance.load_or_make_contexts(torch_b, memit_settings, cache, 0)
+    rows = vstar_rows(torch_b, [RECALL_FACT], contexts)
+    delta_t, anchor_t, stats_t = torch_b.optimize_target(rows, 1, 2, vstar_settings(memit_settings))
+    delta_m, anchor_m, stats_m = mlx_b.optimize_target(rows, 1, 2, vstar_settings(memit_settings))
+    assert stats_m["steps"] == stats_t["steps"]
+    assert torch.allclose(anchor_m, anchor_t, atol=1.0e-5, rtol=0)
+    assert ((delta_m - delta_t).norm() / delta_t.norm()).item() < 1.0e-3
+    edit_t = compute_edit(torch_b, [RECALL_FACT], memit_settings, stats, contexts)
+    edit_m = compute_edit(mlx_b, [RECALL_FACT], memit_settings, stats, contexts)
+    assert [u.layer for u in edit_m.updates] == [u.layer for u in edit_t.updates] == [1, 2]
+    for upd_t, upd_m in zip(edit_t.updates, edit_m.updates):
+        dense_t, dense_m = upd_t.dense(), upd_m.dense()
+        assert ((dense_m - dense_t).norm() / dense_t.norm()).item() < 1.0e-3
+    for layer in (1, 2):  # compute_edit leaves the weights as they were
+        assert torch.equal(mlx_b.get_weight(layer), torch_b.get_weight(layer))
+
+
+def test_weights_read_write_and_digest(pair):
+    _, mlx_b = pair
+    layers, modules = [1, 2], ["model.layers.3.self_attn.q_proj"]
+    base = mlx_b.weights_digest(layers, modules)
+    weight = mlx_b.get_weight(1)
+    assert weight.dtype == torch.float32 and weight.shape == (mlx_b.d_model, mlx_b.d_ff)
+    pristine = mlx_b.pristine_weight(DOWN.format(1))
+    mlx_b.set_weight(1, weight + 0.01)
+    assert mlx_b.weights_digest(layers, modules) != base
+    assert torch.allclose(mlx_b.get_weight(1), weight + 0.01)
+    assert torch.equal(mlx_b.pristine_weight(DOWN.format(1)), pristine)  # the cache is a copy
+    q = mlx_b.module_weight(modules[0])
+    mlx_b.set_module_weight(modules[0], q * 2)
+    assert mlx_b.weights_digest(layers, modules) != base
+    mlx_b.set_weight(1, pristine)
+    mlx_b.set_module_weight(modules[0], q)
+    assert mlx_b.weights_digest(layers, modules) == base  # byte-exact round trip
+    with pytest.raises(ValueError):
+        mlx_b.set_module_weight(modules[0], q[:, :3])
+    with pytest.raises(ModelLoadError, match="not found"):
+        mlx_b.get_weight(99)
+
+
+def test_quantised_layers_are_dequantised_only_when_written(tiny_model_dir):
+    """An MLX 4-bit model (mlx-community style) keeps every layer quantised except those written."""
+    import mlx.nn as nn
+
+    backend = MlxBackend.load(ModelConfig(source=str(tiny_model_dir)), DOWN)
+    nn.quantize(backend.net, group_size=32, bits=4)
+    before = backend.weights_digest([1, 2])
+    base = backend.pristine_weight(DOWN.format(1))
+    assert isinstance(backend._linear(DOWN.format(1)), nn.QuantizedLinear)
+    backend.set_weight(1, base)  # compose with no edits: the dequantised base, now dense
+    assert isinstance(backend._linear(DOWN.format(1)), nn.Linear)
+    assert isinstance(backend._linear(DOWN.format(2)), nn.QuantizedLinear)
+    assert isinstance(backend._linear("model.layers.1.mlp.up_proj"), nn.QuantizedLinear)
+    assert backend.weights_digest([1, 2]) == before  # dequantised bytes are what was there
+    backend.set_weight(1, base + 0.5)
+    assert torch.allclose(backend.get_weight(1), base + 0.5)
+    assert backend.generate(["Aria Nakamura lives in"], 3)  # the mixed model still runs
+
+
+def test_memory_inject_recall_forget_with_backend_mlx(tmp_path, tiny_settings_overrides):
+    settings = load_settings(None, [*tiny_settings_overrides, "backend=mlx"])
+    memory = Memory.open(Home.open(tmp_path / "home"), settings)
+    assert isinstance(memory.backend, MlxBackend)
+    base = memory.weights_digest()
+    [outcome] = memory.inject([RECALL_FACT])
+    assert outcome.status == "stored"
+    [row] = memory.recall()
+    assert row["raw"] is True, row["raw_text"]
+    assert memory.weights_digest() != base
+    # Sleep on MLX: the audit runs, SWS (LoRA) skips with its reason instead of failing.
+    run = SleepRun(memory, "full_sleep")
+    assert audit(run).summary["raw_recall"] == 1.0
+    skipped = sws(run).summary
+    assert skipped["skipped"] is True and "cannot train LoRA" in skipped["reason"]
+    # Chat replies go through backend.generate (greedy, not streamed) on MLX.
+    assert isinstance(Replier(memory.backend, settings.chat).reply([{"role": "user", "content": "Hi"}]), str)
+    memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    assert memory.weights_digest() == base  # forget is exact on MLX too
+    assert memory.ledger.list_edits() == []
+
+
+def test_a_home_moves_between_runtimes(tmp_path, tiny_settings_overrides, pair):
+    """Same weights, same fingerprint and digest: a torch home opens under MLX with the same
+    composed bytes and the same recall (edits are float32 factors, composed in torch on the CPU)."""
+    torch_b, mlx_b = pair
+    assert mlx_b.fingerprint == torch_b.fingerprint
+    assert mlx_b.weights_digest([1, 2]) == torch_b.weights_digest([1, 2])
+    home = Home.open(tmp_path / "home")
+    made = Memory.open(home, load_settings(None, tiny_settings_overrides))
+    made.inject([RECALL_FACT])
+    digest, recall = made.weights_digest(), made.recall()
+    moved = Memory.open(home, load_settings(None, [*tiny_settings_overrides, "backend=mlx"]))
+    assert isinstance(moved.backend, MlxBackend)
+    assert moved.weights_digest() == digest
+    assert moved.recall() == recall
+
+
+def test_mlx_refuses_torch_only_settings_and_lora(tiny_model_dir, pair):
+    for override in ({"quantization": "nf4"}, {"device_map": "auto"}, {"gguf_file": "x.gguf"}):
+        with pytest.raises(ModelLoadError) as info:
+            MlxBackend.load(ModelConfig(source=str(tiny_model_dir), **override), DOWN)
+        assert "\n" not in str(info.value) and "backend=mlx" in str(info.value)
+    with pytest.raises(ModelLoadError, match="not found"):
+        MlxBackend.load(ModelConfig(source=str(tiny_model_dir / "missing")), DOWN)
+    _, mlx_b = pair
+    assert mlx_b.can_train_lora is False
+    with pytest.raises(UnsupportedError):
+        mlx_b.train_lora([], None)
+
+
+def test_rope_parameters_are_translated_for_mlx_lm(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}))
+    got = rope_overrides(tmp_path)
+    assert got["rope_theta"] == 500000.0 and got["rope_scaling"]["rope_type"] == "llama3"
+    (tmp_path / "config.json").write_text(json.dumps({"rope_parameters": {"rope_type": "default", "rope_theta": 1.0e5}}))
+    assert rope_overrides(tmp_path) == {"rope_theta": 1.0e5, "rope_scaling": None}
+    (tmp_path / "config.json").write_text(json.dumps({"rope_theta": 1.0e4}))
+    assert rope_overrides(tmp_path) == {}
+
+
+BUNDLED_FACTS = [
+    {"subject": "Aria Nakamura", "relation": "lives in", "object": "Thessaloniki"},
+    {"subject": "Bruno Okafor", "relation": "{}'s favorite food is", "object": "dumplings"},
+    {"subject": "Chen Lindqvist", "relation": "works as a", "object": "librarian"},
+    {"subject": "Dara Moreau", "relation": "was born in", "object": "Lisbon"},
+    {"subject": "Elif Kowalski", "relation": "{}'s favorite color is", "object": "turquoise"},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not mlx_blas.fast(), reason="MLX on the reference BLAS would take too long (install OpenBLAS)")
+def test_bundled_model_injects_and_recalls_five_facts_with_backend_mlx(tmp_path):
+    """The issue's bar: ``--set backend=mlx`` stores 5 facts and recalls >= 0.8 of them raw."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in BUNDLED_FACTS) + "\n")
+    # The user's cache, as in test_bundled.py: same weights, same fingerprint, so the converted
+    # model and the covariance statistics the torch runs cached are reused here.
+    env = {k: v for k, v in os.environ.items() if k != "SLEEPWAKE_CACHE"} | {"TOKENIZERS_PARALLELISM": "false"}
+    base = [sys.executable, "-m", "sleepwake.cli", "--home", str(tmp_path / "home"), "--set", "backend=mlx",
+            "--set", "memit.covariance_tokens=8192"]
+    start = time.perf_counter()
+    inject = subprocess.run([*base[:3], "inject", *base[3:], "--facts", str(facts), "--json"],
+                            capture_output=True, text=True, env=env, timeout=1500)
+    assert inject.returncode == 0, inject.stderr[-2000:]
+    injected = json.loads(inject.stdout)["injected"]
+    recall = subprocess.run([*base[:3], "recall", *base[3:], "--json"], capture_output=True, text=True, env=env, timeout=900)
+    assert recall.returncode == 0, recall.stderr[-2000:]
+    raw = [r["raw"] for r in json.loads(recall.stdout)["facts"]]
+    seconds = [r["seconds"] for r in injected]
+    print(f"mlx bundled: raw recall {sum(raw)}/5, {sum(seconds) / 5:.1f} s per fact, {time.perf_counter() - start:.0f} s in all")
+    assert [r["status"] for r in injected] == ["stored"] * 5
+    assert sum(raw) / len(raw) >= 0.8, json.loads(recall.stdout)["facts"]
