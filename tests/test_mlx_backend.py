@@ -41,6 +41,7 @@ from sleepwake.storage.home import Home
 from conftest import shared_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
+mlx_blas.set_threads(1)  # like one_thread: two shared cores, tiny matrices
 DOWN = "model.layers.{}.mlp.down_proj"
 RECALL_FACT = Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")
 PROMPTS = ["Aria Nakamura lives in", "The capital city is", "Where does Hugo Silva live? Hugo", "In"]
@@ -49,7 +50,6 @@ PROMPTS = ["Aria Nakamura lives in", "The capital city is", "Where does Hugo Sil
 @pytest.fixture(scope="module")
 def pair(tiny_model_dir):
     """(torch, mlx) backends over the same tiny model folder."""
-    mlx_blas.set_threads(1)
     cfg = ModelConfig(source=str(tiny_model_dir))
     return TorchBackend.load(cfg, DOWN), MlxBackend.load(cfg, DOWN)
 

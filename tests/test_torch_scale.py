@@ -34,31 +34,38 @@ needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None,
                                reason="bitsandbytes is not installed (pip install -e '.[nf4]')")
 
 
-def per_layer_map(layers: int, device) -> dict:
-    """An explicit device map, block by block, as device_map='auto' produces over several GPUs."""
-    placement = {"model.embed_tokens": device, "model.norm": device, "model.rotary_emb": device, "lm_head": device}
-    placement.update({f"model.layers.{i}": device for i in range(layers)})
+def per_layer_map(layers: int, place) -> dict:
+    """An explicit device map, block by block (``place(i)`` -> device of block i), as
+    device_map='auto' produces over several GPUs: embedding with block 0, norm and head with the last."""
+    placement = {f"model.layers.{i}": place(i) for i in range(layers)}
+    placement.update({"model.embed_tokens": place(0), "model.rotary_emb": place(0),
+                      "model.norm": place(layers - 1), "lm_head": place(layers - 1)})
     return placement
 
 
-def dispatched(tiny_model_dir, device="cpu") -> TorchBackend:
+def dispatched(tiny_model_dir, place=lambda _: "cpu") -> TorchBackend:
     from accelerate import dispatch_model
 
     backend = TorchBackend.load(ModelConfig(source=str(tiny_model_dir)), DOWN)
-    dispatch_model(backend.model, per_layer_map(backend.num_layers, device), force_hooks=True)
+    dispatch_model(backend.model, per_layer_map(backend.num_layers, place), force_hooks=True)
     return backend
+
+
+def edit_both(plain, other, overrides, factory):
+    """The same one-fact MEMIT edit on two backends over the same weights (same statistics)."""
+    cfg = load_settings(None, overrides).memit
+    cache = shared_cache(factory)
+    stats = covariance.load_or_estimate(plain, cfg, cache, 0)
+    contexts = covariance.load_or_make_contexts(plain, cfg, cache, 0)
+    return (compute_edit(plain, [RECALL_FACT], cfg, stats, contexts),
+            compute_edit(other, [RECALL_FACT], cfg, stats, contexts))
 
 
 def test_memit_through_dispatch_hooks_matches_plain(tiny_model_dir, tiny_settings_overrides, tmp_path_factory):
     plain = TorchBackend.load(ModelConfig(source=str(tiny_model_dir)), DOWN)
     hooked = dispatched(tiny_model_dir)
     assert all(hasattr(block, "_hf_hook") for block in torch_internals.decoder_layers(hooked.model))
-    cfg = load_settings(None, tiny_settings_overrides).memit
-    cache = shared_cache(tmp_path_factory)
-    stats = covariance.load_or_estimate(plain, cfg, cache, 0)
-    contexts = covariance.load_or_make_contexts(plain, cfg, cache, 0)
-    want = compute_edit(plain, [RECALL_FACT], cfg, stats, contexts)
-    got = compute_edit(hooked, [RECALL_FACT], cfg, stats, contexts)
+    want, got = edit_both(plain, hooked, tiny_settings_overrides, tmp_path_factory)
     for a, b in zip(want.updates, got.updates):
         assert torch.allclose(a.dense(), b.dense(), atol=1.0e-6, rtol=1.0e-5)
     assert hooked.perplexity(["Aria Nakamura lives in Oslo. " * 6], 16, 2) == pytest.approx(
@@ -84,6 +91,7 @@ def test_bf16_composes_in_float32_and_casts_once(tmp_path, tiny_settings_overrid
     factors = memory.factors(edit)
     want = pristine.clone()
     apply_factors(want, factors["layer1.u"], factors["layer1.v"])
+    assert memory.recall()[0]["raw"] is True
     stored = memory.backend.down_proj(1).weight
     assert stored.dtype == torch.bfloat16
     assert torch.equal(stored, want.to(torch.bfloat16))  # float32 sum, one rounding
@@ -106,7 +114,7 @@ def test_nf4_quantises_everything_but_the_layers_sleepwake_writes(tmp_path, tiny
     assert backend.get_weight(0).shape == (backend.d_model, backend.d_ff)  # a 4-bit one, dequantised
     memory.inject([RECALL_FACT])
     assert memory.weights_digest() != base
-    assert memory.recall()[0]["raw_text"]  # the mixed 4-bit/dense model generates
+    assert memory.recall()[0]["raw"] is True  # the mixed 4-bit/dense model recalls it
     memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
     assert memory.weights_digest() == base  # byte-exact back to the dequantised base
 
@@ -147,8 +155,8 @@ def test_lora_trains_over_4bit_layers_without_kbit_preparation(tiny_model_dir):
 
 # ---- on GPUs (skipped without CUDA) ------------------------------------------------------------
 
-def gpu_round_trip(tmp_path, overrides) -> Memory:
-    memory = Memory.open(Home.open(tmp_path / "home"), load_settings(None, overrides))
+def gpu_round_trip(tmp_path, overrides, backend=None) -> Memory:
+    memory = Memory.open(Home.open(tmp_path / "home"), load_settings(None, overrides), backend=backend)
     base = memory.weights_digest()
     memory.inject([RECALL_FACT])
     assert memory.recall()[0]["raw"] is True
@@ -158,12 +166,21 @@ def gpu_round_trip(tmp_path, overrides) -> Memory:
 
 
 @pytest.mark.gpu
-def test_gpu_split_over_devices(tmp_path, tiny_settings_overrides):
+def test_gpu_blocks_split_over_two_devices(tmp_path, tiny_model_dir, tiny_settings_overrides, tmp_path_factory):
     if torch.cuda.device_count() < 2:
-        pytest.skip("needs two CUDA devices to split the layers")
-    memory = gpu_round_trip(tmp_path, [*tiny_settings_overrides, "model.device_map=balanced"])
-    devices = {memory.backend.down_proj(i).weight.device for i in range(memory.backend.num_layers)}
-    assert len(devices) > 1, devices
+        pytest.skip("needs two CUDA devices to split the blocks")
+    split = dispatched(tiny_model_dir, lambda i: i % 2)  # blocks alternate between cuda:0 and cuda:1
+    assert {split.down_proj(i).weight.device.index for i in range(split.num_layers)} == {0, 1}
+    plain = TorchBackend.load(ModelConfig(source=str(tiny_model_dir)), DOWN)
+    want, got = edit_both(plain, split, tiny_settings_overrides, tmp_path_factory)
+    for a, b in zip(want.updates, got.updates):
+        assert ((a.dense() - b.dense()).norm() / a.dense().norm()).item() < 1.0e-3
+    gpu_round_trip(tmp_path, tiny_settings_overrides, backend=split)
+
+
+@pytest.mark.gpu
+def test_gpu_device_map_auto_loads_and_edits(tmp_path, tiny_settings_overrides):
+    gpu_round_trip(tmp_path, [*tiny_settings_overrides, "model.device_map=auto"])
 
 
 @pytest.mark.gpu
@@ -177,6 +194,7 @@ def test_gpu_nf4(tmp_path, tiny_settings_overrides):
     memory = gpu_round_trip(tmp_path, [*tiny_settings_overrides, "model.device=cuda", "model.quantization=nf4",
                                        "model.dtype=bfloat16"])
     assert torch_internals.is_quantised(memory.backend.down_proj(0))
+    assert not torch_internals.is_quantised(memory.backend.down_proj(1))
 
 
 @pytest.mark.parametrize("preset, layers, memit", [

@@ -81,10 +81,12 @@ def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device) -> t
     """
     input_ids, attention, labels = collate(batch, pad_id, device)
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (b, t, d)
-    targets = labels[:, 1:]  # position i predicts token i + 1
+    # Under a device_map the decoder's output sits on the last layer's device, not the inputs'.
+    targets = labels[:, 1:].to(hidden.device)  # position i predicts token i + 1
     rows, cols = (targets != -100).nonzero(as_tuple=True)
     logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # (n_target_tokens, vocab)
-    nll = torch.nn.functional.cross_entropy(logits, targets[rows, cols], reduction="none")
+    nll = torch.nn.functional.cross_entropy(logits, targets[rows, cols].to(logits.device), reduction="none")
+    rows = rows.to(nll.device)
     per_example = torch.zeros(len(batch), device=nll.device).index_add(0, rows, nll)
     counts = torch.zeros(len(batch), device=nll.device).index_add(0, rows, torch.ones_like(nll))
     per_example = per_example / counts.clamp(min=1.0)  # (b,)

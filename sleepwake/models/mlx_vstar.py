@@ -30,8 +30,9 @@ class Suffix:
         self.net, self.layer = backend.net, layer
         ids, valid = right_pad([r.ids for r in rows], backend.pad_id)
         embedded = decoder(self.net).embed_tokens(ids)
-        _, _, hidden, self.cache = run_blocks(self.net, embedded, 0, valid, 0, len(decoder(self.net).layers),
-                                              hidden_at={layer})
+        _, _, hidden, cache = run_blocks(self.net, embedded, 0, valid, 0, len(decoder(self.net).layers),
+                                         hidden_at={layer})
+        self.cache = {index: kv for index, kv in cache.items() if index > layer}  # only these are replayed
         lookups = np.array([r.lookup for r in rows], dtype=np.int32)
         lengths = np.array([len(r.ids) for r in rows], dtype=np.int32)
         width, span = ids.shape[1], int((lengths - lookups).max())

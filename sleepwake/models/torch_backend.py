@@ -30,6 +30,9 @@ def quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", module="transformers")
+    # bitsandbytes (imported by peft when installed) warns on import that an optional CPU kernel
+    # package is missing; its 4-bit CPU path works without it.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 def resolve_source(cfg: ModelConfig, cache_dir: Path | None) -> tuple[str, str | None]:

@@ -34,7 +34,8 @@ def sws(run: SleepRun) -> StageResult:
     snapshot = stage_snapshot(run, "sws")
     rows = [r for r in memory.ledger.list_facts() if r.stage < 3]
     if not cfg.enabled or consolidate.cannot_train(memory) or not rows:
-        summary = {"skipped": True, "trained": 0, "advanced": 0, "accepted": cfg.enabled, "reason": consolidate.cannot_train(memory)}
+        summary = {"skipped": True, "trained": 0, "advanced": 0, "accepted": cfg.enabled,
+                   "reason": consolidate.cannot_train(memory)}
         return close_after(run, snapshot, run.finish(StageResult("sws", summary), started))
     edit_ids = {r.edit_id for r in rows if r.edit_id is not None}
     bench_before, _ = probes.benchmark(memory.backend, run.settings.probes)
