@@ -9,6 +9,7 @@ a 4-layer Llama with random weights, saved once per test session.
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,16 @@ def seed_home(factory: pytest.TempPathFactory, overrides: list[str], facts: list
         home = Home.open(factory.mktemp(name) / "home")
         Memory.open(home, load_settings(None, overrides)).inject(facts)
         return home.root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_prefect_logging():
+    """After each module, rebuild Prefect's log handlers if Prefect was loaded. Its console handler
+    binds to the sys.stderr of the moment it is (re)configured; configured during a test using
+    ``capsys`` it keeps writing to that test's stream after it is closed, and every later flow in
+    the session fails with a logging RecursionError (measured: test_chat before test_flows)."""
+    yield
+    if "prefect.logging.configuration" in sys.modules:
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging(incremental=False)
