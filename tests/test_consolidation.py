@@ -262,3 +262,13 @@ def test_adapter_ids_are_never_reused(run):
 ])
 def test_chat_questions_read_naturally_for_free_form_relations(relation, question):
     assert probes.chat_question(Fact(subject="Lena Brandt", relation=relation, object="x")) == question
+
+
+def test_replay_pairs_logged_user_turns_with_their_replies(run):
+    from sleepwake.storage import conversations
+
+    for role, text in [("user", "Hi, I live in Graz."), ("assistant", "Nice to meet you!"), ("user", "Bye.")]:
+        conversations.log_turn(run.ledger, "s1", role, text)
+    turns = sws_stage.conversation_turns(run.ledger)
+    assert [(t["user"], t["assistant"]) for t in turns] == [("Hi, I live in Graz.", "Nice to meet you!")]
+    assert turns[0]["ts"] is not None and curriculum.replay_examples(run.memory.backend, [], turns, 4, 0.5, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from sleepwake.errors import CorruptedStateError
-from sleepwake.models import covariance
+from sleepwake.models import covariance, probes
 from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
 from sleepwake.sleep.run import SleepRun
 from sleepwake.storage.snapshots import SnapshotStore
@@ -19,6 +19,12 @@ def cannot_train(memory) -> str | None:
     if getattr(memory.backend, "can_train_lora", False):
         return None
     return f"backend {memory.settings.backend!r} cannot train LoRA; consolidation skipped"
+
+
+def raw_share(run: SleepRun, facts) -> float:
+    """Share of ``facts`` whose raw prompt completes to the object on the current weights."""
+    hits = probes.raw_recall(run.memory.backend, facts, run.settings.probes)
+    return round(sum(ok for ok, _ in hits) / len(hits), 4)
 
 
 def recipe(settings, learning_rate: float | None = None, epochs: int | None = None) -> LoraRecipe:

@@ -26,13 +26,13 @@ def reinforce(run: SleepRun) -> StageResult:
         return close_after(run, snapshot, run.finish(StageResult("reinforce", summary), started))
     facts = [r.fact for r in rows]
     ppl_before = memory.perplexity()
-    recall_before = _raw_share(run, facts)
+    recall_before = consolidate.raw_share(run, facts)
     examples = curriculum.fact_examples(memory.backend, facts, train_raw=False)
     examples += curriculum.identity_examples(memory.backend, run.settings.sws.identity_weight)
     outcome = consolidate.train(run, examples, consolidate.recipe(run.settings), "reinforce")
     memory.store_adapter("nap", run.run_id, outcome.factors)
     ppl_after = memory.perplexity()
-    recall_after = _raw_share(run, facts)
+    recall_after = consolidate.raw_share(run, facts)
     increase = ppl_after / ppl_before - 1.0
     accepted = increase <= gates.max_ppl_increase + 1e-9 and recall_after >= recall_before - gates.max_recall_drop - 1e-9
     if not accepted:
@@ -44,7 +44,3 @@ def reinforce(run: SleepRun) -> StageResult:
                "chat_recall_now": round(sum(probes.answer_matches(t, f.object) for t, f in zip(chat, facts)) / len(facts), 4)}
     return close_after(run, snapshot, run.finish(StageResult("reinforce", summary), started))
 
-
-def _raw_share(run: SleepRun, facts) -> float:
-    hits = probes.raw_recall(run.memory.backend, facts, run.settings.probes)
-    return round(sum(ok for ok, _ in hits) / len(hits), 4)

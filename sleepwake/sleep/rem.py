@@ -78,7 +78,7 @@ def rem(run: SleepRun) -> StageResult:
         summary = {"skipped": True, "accepted": cfg.enabled, "dreams": 0, "reason": consolidate.cannot_train(memory)}
         return close_after(run, snapshot, run.finish(StageResult("rem", summary), started))
     ppl_before = memory.perplexity()
-    raw_before = raw_share(run, facts)
+    raw_before = consolidate.raw_share(run, facts)
     plans = plan_dreams(facts, min(cfg.dreams, max(1, len(facts) // 2)), sizes, run.settings.seed)
     conversations = [dream(memory.backend, group, run.settings.seed + i, run.settings.probes.chat_max_new_tokens)
                      for i, group in enumerate(plans)]
@@ -88,7 +88,7 @@ def rem(run: SleepRun) -> StageResult:
     crash_point("rem:after-adapter")
     ppl_after = memory.perplexity()
     recall = sampled_chat_recall(run, cfg.recall_sample)
-    raw_after = raw_share(run, facts)
+    raw_after = consolidate.raw_share(run, facts)
     increase = ppl_after / ppl_before - 1.0
     # Paper 4's gate (eq. 3), plus: REM may not cost raw recall (the validate gate would then
     # roll back the whole sleep, SWS included).
@@ -103,11 +103,6 @@ def rem(run: SleepRun) -> StageResult:
     rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}
             for i, (plan, conv) in enumerate(zip(plans, conversations))]
     return close_after(run, snapshot, run.finish(StageResult("rem", summary, rows), started))
-
-
-def raw_share(run: SleepRun, facts) -> float:
-    hits = probes.raw_recall(run.memory.backend, facts, run.settings.probes)
-    return round(sum(ok for ok, _ in hits) / len(hits), 4)
 
 
 def sampled_chat_recall(run: SleepRun, k: int) -> float | None:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import datetime
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
 from sleepwake.sleep import consolidate, curriculum
 from sleepwake.sleep.maintain import close_after, stage_snapshot
 from sleepwake.sleep.run import SleepRun, StageResult
-from sleepwake.storage import adapters as adapter_rows
+from sleepwake.storage import adapters as adapter_rows, conversations
 
 
 def sws(run: SleepRun) -> StageResult:
@@ -98,13 +99,12 @@ def training_examples(run: SleepRun, rows) -> list:
 
 def conversation_turns(ledger, limit: int = 200) -> list[dict]:
     """The latest logged (user, assistant) exchanges of the wake conversation, for replay."""
-    with ledger._connect() as con:
-        rows = con.execute("SELECT session_id, role, content, ts FROM conversations ORDER BY turn_id DESC LIMIT ?",
-                           [limit * 2]).fetchall()
-    turns, rows = [], rows[::-1]
-    for (session, role, content, ts), (next_session, next_role, reply, _) in zip(rows, rows[1:]):
-        if role == "user" and next_role == "assistant" and session == next_session and reply.strip():
-            turns.append({"user": content, "assistant": reply, "ts": ts})
+    rows = conversations.recent_turns(ledger, limit * 2)
+    turns = []
+    for message, reply in zip(rows, rows[1:]):
+        if (message["role"] == "user" and reply["role"] == "assistant"
+                and message["session_id"] == reply["session_id"] and reply["content"].strip()):
+            turns.append({"user": message["content"], "assistant": reply["content"], "ts": message["ts"] and datetime.fromisoformat(message["ts"])})
     return turns[-limit:]
 
 
