@@ -17,6 +17,8 @@ from typing import Sequence
 from sleepwake.errors import InvalidInputError, SleepwakeError
 
 log = logging.getLogger("sleepwake")
+# Kept here (not imported from sleepwake.experiments) so that --help stays instant.
+EXPERIMENT_NAMES = ["capacity", "convergence", "lambda-sweep", "consolidation-sweep", "longevity", "ablation"]
 COMMON_HELP = ("common options (every command): --home DIR, --config PRESET_OR_FILE, "
                "--set KEY=VALUE (repeatable), --json, -q; see 'sleepwake COMMAND --help'")
 
@@ -76,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
                    description="The wake conversation (stdin: a terminal or a pipe). Facts you state about "
                    "yourself are stored in the weights at once. Commands: /status /facts /forget /compact "
                    "/nap /sleep /quit. With --json the replies go to stderr and a session summary to stdout.")
+    experiment = sub.add_parser(
+        "experiment", parents=[parent], help="run an experiment flow; results.json and PNG plots go to --out",
+        description="Run one experiment as a Prefect flow (ephemeral unless PREFECT_API_URL is set) on fresh "
+        "homes under --out (--home is not used). Sizes and grids: --set experiment.KEY=VALUE, e.g. "
+        "--set experiment.max_facts=20. Writes results.json, results.duckdb and PNG plots into --out.")
+    experiment.add_argument("name", choices=EXPERIMENT_NAMES, metavar="NAME",
+                            help="one of: " + ", ".join(EXPERIMENT_NAMES))
+    experiment.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     return parser
 
 
@@ -195,6 +205,20 @@ def cmd_sleep(args, kind: str | None = None) -> dict:
     return flow(home=args.home, config=args.config, overrides=list(args.overrides))
 
 
+def cmd_experiment(args) -> dict:
+    """Run the experiment's flow in this process; the result is its summary and where files went."""
+    from sleepwake.config import load_settings
+    from sleepwake.experiments.runner import prepare_out
+
+    load_settings(args.config, args.overrides)  # a bad --set fails before a model or Prefect loads
+    prepare_out(args.out)
+    if args.quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from sleepwake.flows.experiments import FLOWS
+
+    return FLOWS[args.name](out=args.out, config=args.config, overrides=list(args.overrides))
+
+
 def cmd_chat(args) -> dict:
     from sleepwake.chat.session import ChatSession
     from sleepwake.chat.terminal import default_io
@@ -236,12 +260,18 @@ def render_text(command: str, result: dict) -> str:
         from sleepwake.sleep.report import render_markdown
 
         return render_markdown(result)
+    if command == "experiment":
+        from sleepwake.experiments.summary import render_markdown
+
+        path = os.path.join(result["out"], "results.json")
+        with open(path, encoding="utf-8") as handle:
+            return render_markdown(json.load(handle), result["out"])
     width = max(len(k) for k in result)
     return "\n".join(f"{k:{width}s}  {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in result.items())
 
 
 COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget,
-            "nap": cmd_sleep, "sleep": cmd_sleep, "chat": cmd_chat}
+            "nap": cmd_sleep, "sleep": cmd_sleep, "chat": cmd_chat, "experiment": cmd_experiment}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

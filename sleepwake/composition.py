@@ -82,7 +82,9 @@ class Composition:
         for name in self.adapted_modules:
             self.backend.set_module_weight(name, self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0))
         current = set(self.adapted_modules) | {self.backend.down_proj_template.format(l) for l in self.layers}
-        for name in self._touched - current:  # an adapter was removed (rollback): back to base
+        # An adapter was removed (rollback), or a backend lent by an experiment still carries
+        # another home's changes: every module not composed here goes back to base.
+        for name in (self._touched | self.backend.pristine_names()) - current:
             self.backend.set_module_weight(name, self._base(name))
         self._touched = current
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sleepwake.chat.settings import ChatConfig
 from sleepwake.errors import ConfigError
+from sleepwake.experiments.settings import ExperimentConfig
 from sleepwake.sleep.settings import (
     AuditConfig,
     CurateConfig,
@@ -196,6 +197,8 @@ class Settings(BaseModel):
     sws: SwsConfig = Field(default_factory=SwsConfig, description="Sleep: SWS consolidation and MEMIT dissolution.")
     rem: RemConfig = Field(default_factory=RemConfig, description="Sleep: REM dreaming and integration.")
     nap: NapConfig = Field(default_factory=NapConfig, description="Nap: optional LoRA reinforcement.")
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig, description=(
+        "Experiment flows (sleepwake experiment NAME): sizes, grids, cycles."))
 
 
 def list_presets() -> list[str]:

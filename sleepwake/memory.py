@@ -16,12 +16,13 @@ interrupted write and are removed when a writer opens the home.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -43,8 +44,32 @@ from sleepwake.storage.snapshots import SnapshotStore
 log = logging.getLogger(__name__)
 
 
+# Backends lent to every Memory.open in this process that asks for the same model (an experiment
+# runs many sleeps: each would otherwise load a second copy of the model).
+_LENT: dict[str, object] = {}
+
+
+def backend_key(settings: Settings) -> str:
+    return f"{settings.backend}|{settings.memit.down_proj}|{settings.model.model_dump_json()}"
+
+
+@contextlib.contextmanager
+def lending(settings: Settings, backend) -> Iterator[None]:
+    """While inside, :func:`load_backend` for the same model returns ``backend``. Safe because a
+    Memory composes its home's weights onto the backend when it opens; only one Memory may use it
+    at a time (the callers are sequential)."""
+    key = backend_key(settings)
+    _LENT[key] = backend
+    try:
+        yield
+    finally:
+        _LENT.pop(key, None)
+
+
 def load_backend(settings: Settings):
     """The configured runtime (MLX is imported only in its own module)."""
+    if backend_key(settings) in _LENT:
+        return _LENT[backend_key(settings)]
     if settings.backend == "mlx":
         try:
             from sleepwake.models.mlx_backend import MlxBackend

@@ -94,6 +94,9 @@ class Backend(Protocol):
     def pristine_weight(self, name: str) -> torch.Tensor:
         """float32 copy of module ``name``'s weight as loaded (cached before any composition)."""
 
+    def pristine_names(self) -> set[str]:
+        """Names of the modules whose base weight is cached (any of them may have been changed)."""
+
     def weights_digest(self, layers: Sequence[int], modules: Sequence[str] = ()) -> str:
         """sha256 over the composed bytes of the MEMIT layers' down projections and ``modules``."""
 

@@ -139,6 +139,10 @@ class MlxBackend:
             self._pristine[name] = self.module_weight(name)
         return self._pristine[name].clone()
 
+    def pristine_names(self) -> set[str]:
+        """Modules whose base weight was cached: every module any Memory may have changed."""
+        return set(self._pristine)
+
     def module_weight(self, name: str) -> torch.Tensor:
         return mlx_internals.to_torch(self._dense(name))
 

@@ -208,6 +208,10 @@ class TorchBackend:
             self._pristine[name] = self.module_weight(name).cpu()
         return self._pristine[name].clone()
 
+    def pristine_names(self) -> set[str]:
+        """Modules whose base weight was cached: every module any Memory may have changed."""
+        return set(self._pristine)
+
     def module_weight(self, name: str) -> torch.Tensor:
         """A float32 copy of the weight of the linear module ``name`` (any module LoRA adapts)."""
         return torch_internals.dense_weight(self._linear(name)).float().clone()

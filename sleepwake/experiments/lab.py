@@ -1,0 +1,162 @@
+"""The bench every experiment works on: fresh homes under the output folder, one shared model,
+seeded fact waves, the measurements the papers tabulate, and a progress hook.
+
+Sleeps are run through a ``sleeper`` the caller hands in (the Prefect flows pass the real
+full-sleep flow, so each sleep is a subflow run with its per-stage history); this module never
+imports Prefect.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sleepwake.config import Settings, load_settings
+from sleepwake.factpool import PoolFact, generate_pool
+from sleepwake.models import probes
+
+log = logging.getLogger(__name__)
+
+# (home folder, extra --set overrides) -> the sleep's report (sleepwake.sleep.report)
+Sleeper = Callable[[str, Sequence[str]], dict]
+# (table name, row) -> None: called as each point is measured (progress, live artifacts)
+Progress = Callable[[str, dict], None]
+HELD_OUT = "I was wondering about something. {}"  # a chat wording no training example uses
+_LIVE: dict[str, "Lab"] = {}  # labs whose points run as Prefect tasks find them by id
+
+
+@dataclass
+class Lab:
+    """``config``/``overrides`` are what the user ran the experiment with; per-point settings are
+    overrides on top of them, so a home's sleeps and its measurements agree."""
+
+    out: Path
+    config: str | None
+    overrides: list[str]
+    sleeper: Sleeper
+    progress: Progress = lambda table, row: None  # noqa: E731
+    backend: object = None
+    # Runs a sweep's independent points concurrently (set by the flow for experiment.devices).
+    fan_out: Callable | None = None
+    started: float = field(default_factory=time.perf_counter)
+    backends: dict = field(default_factory=dict)  # one model per device (fanned-out sweeps)
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self.config, self.overrides)
+
+    @property
+    def cfg(self):
+        return self.settings.experiment
+
+    def home_dir(self, label: str, fresh: bool = True) -> str:
+        path = self.out / "homes" / label
+        if fresh and path.exists():
+            shutil.rmtree(path)  # a rerun into the same folder starts from an empty home
+        return str(path)
+
+    def open(self, home_dir: str, extra: Sequence[str] = ()):
+        """A writable Memory on ``home_dir`` with the experiment's settings plus ``extra``."""
+        from sleepwake.memory import Memory
+        from sleepwake.storage.home import Home
+
+        settings = load_settings(self.config, [*self.overrides, *extra])
+        return Memory.open(Home.open(home_dir), settings, backend=self.backend_for(settings))
+
+    def backend_for(self, settings: Settings):
+        """The lab's model, or (``extra`` moved a fanned-out point to another device) that
+        device's own copy, loaded once."""
+        from sleepwake.memory import backend_key, load_backend
+
+        key = backend_key(settings)
+        if key not in self.backends:
+            same = self.backend is not None and settings.model == self.settings.model
+            self.backends[key] = self.backend if same else load_backend(settings)
+        return self.backends[key]
+
+    def register(self) -> str:
+        lab_id = f"lab-{id(self):x}"
+        _LIVE[lab_id] = self
+        return lab_id
+
+    def release(self) -> None:
+        _LIVE.pop(f"lab-{id(self):x}", None)
+
+    def wave(self, count: int, offset: int = 0) -> list[PoolFact]:
+        """Facts ``offset .. offset+count`` of the experiment's seeded pool (waves never repeat)."""
+        return generate_pool(offset + count, seed=self.cfg.seed)[offset:]
+
+    def copy_home(self, source: str, label: str) -> str:
+        target = self.home_dir(label)
+        shutil.copytree(source, target)
+        return target
+
+    def sleep(self, home_dir: str, extra: Sequence[str] = ()) -> dict:
+        return self.sleeper(home_dir, [*self.overrides, *extra])
+
+    def elapsed(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
+
+
+def lookup(lab_id: str) -> Lab:
+    try:
+        return _LIVE[lab_id]
+    except KeyError:
+        raise RuntimeError(f"experiment lab {lab_id} is not live in this process") from None
+
+
+def inject_one_by_one(memory, pool: Sequence[PoolFact], track: Sequence[PoolFact] = (),
+                      on_point: Callable[[dict], None] | None = None) -> list[dict]:
+    """Inject each fact as its own edit. With ``on_point``, after each injection measure raw
+    recall of ``track`` plus every fact injected so far (the capacity trajectory)."""
+    points = []
+    for index, item in enumerate(pool, 1):
+        outcome = memory.inject([item.fact], source="experiment")[0]
+        point = {"fact": item.fact.prompt() + " " + item.object, "seconds": round(outcome.seconds, 2)}
+        if on_point is not None:
+            facts = [p.fact for p in [*track, *pool[:index]]]
+            hits = [ok for ok, _ in probes.raw_recall(memory.backend, facts, memory.settings.probes)]
+            point.update(facts=len(facts), recall=round(sum(hits) / len(facts), 4), degraded=len(facts) - sum(hits))
+            on_point(point)
+        points.append(point)
+    return points
+
+
+def measure(memory, facts: Sequence, base_ppl: float | None = None, chat: bool = True) -> dict:
+    """The papers' columns for ``facts`` on the weights as now composed: raw and chat recall
+    (the probe's question and a held-out wording), perplexity and its drift from ``base_ppl``."""
+    facts = [getattr(f, "fact", f) for f in facts]
+    cfg = memory.settings.probes
+    row: dict = {"facts": len(facts)}
+    if facts:
+        hits = [ok for ok, _ in probes.raw_recall(memory.backend, facts, cfg)]
+        row.update(raw=round(sum(hits) / len(facts), 4), degraded=len(facts) - sum(hits))
+    if facts and chat:
+        questions = [probes.chat_question(f) for f in facts]
+        asked = memory.backend.chat(questions + [HELD_OUT.format(q) for q in questions], cfg.chat_max_new_tokens)
+        said = [probes.answer_matches(text, f.object) for text, f in zip(asked, facts + facts)]
+        row.update(chat=round(sum(said[:len(facts)]) / len(facts), 4),
+                   chat_held_out=round(sum(said[len(facts):]) / len(facts), 4))
+    ppl = memory.perplexity()
+    row["perplexity"] = round(ppl, 4)
+    if base_ppl:
+        row["drift"] = round(ppl / base_ppl - 1.0, 5)
+    return row
+
+
+def stage_counts(memory) -> dict:
+    counts = memory.ledger.counts()
+    return {"edits": counts["edits"], **{f"stage_{k}": v for k, v in sorted(counts["facts_per_stage"].items())}}
+
+
+def sleep_row(report: dict) -> dict:
+    """The figures of one sleep report the experiments tabulate (and the hypnogram draws)."""
+    keys = ("outcome", "raw_recall_before", "raw_recall_after", "degraded_before", "degraded_after",
+            "refreshed", "pruned", "edits", "perplexity_before", "perplexity_after", "convergence",
+            "sws_accepted", "sws_advanced", "rem_accepted", "seconds", "stage_seconds")
+    return {key: report.get(key) for key in keys}

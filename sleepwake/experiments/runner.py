@@ -1,0 +1,98 @@
+"""Run one experiment by name: load the model once (lent to every sleep), run it, draw its plots,
+write ``results.json`` and ``results.duckdb`` into the output folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from sleepwake.errors import InvalidInputError
+from sleepwake.experiments import plots
+from sleepwake.experiments.ablation import run_ablation
+from sleepwake.experiments.capacity import run_capacity
+from sleepwake.experiments.convergence import run_convergence
+from sleepwake.experiments.lab import Lab, Progress, Sleeper
+from sleepwake.experiments.longevity import run_longevity
+from sleepwake.experiments.result import ExperimentResult, long_rows, write_json
+from sleepwake.experiments.sweeps import run_consolidation_sweep, run_lambda_sweep
+
+log = logging.getLogger(__name__)
+
+EXPERIMENTS: dict[str, Callable[[Lab], ExperimentResult]] = {
+    "capacity": run_capacity,
+    "convergence": run_convergence,
+    "lambda-sweep": run_lambda_sweep,
+    "consolidation-sweep": run_consolidation_sweep,
+    "longevity": run_longevity,
+    "ablation": run_ablation,
+}
+
+
+def check_name(name: str) -> str:
+    if name not in EXPERIMENTS:
+        raise InvalidInputError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    return name
+
+
+def prepare_out(out: str | Path) -> Path:
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InvalidInputError(f"--out {path} exists and is not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_experiment(name: str, out: str | Path, config: str | None, overrides: Sequence[str], sleeper: Sleeper,
+                   run_id: str, progress: Progress | None = None, fan_out: Callable | None = None) -> ExperimentResult:
+    """The whole experiment; ``sleeper`` runs one sleep of a home (the Prefect flow passes the
+    full-sleep flow). Nothing is written to ``out`` but its homes until the experiment finished."""
+    from sleepwake.config import load_settings
+    from sleepwake.memory import lending, load_backend
+
+    check_name(name)
+    out = prepare_out(out)
+    settings = load_settings(config, list(overrides))
+    started = time.perf_counter()
+    backend = load_backend(settings)
+    lab = Lab(out, config, list(overrides), sleeper, progress or (lambda table, row: None), backend, fan_out)
+    with lending(settings, backend):
+        result = EXPERIMENTS[name](lab)
+    result.run_id = run_id
+    result.seconds = round(time.perf_counter() - started, 1)
+    result.settings = settings.model_dump(mode="json", by_alias=True)
+    result.plots = draw_plots(result, out)
+    save(result, out)
+    return result
+
+
+def draw_plots(result: ExperimentResult, out: Path) -> dict[str, str]:
+    tables, threshold = result.tables, result.settings.get("experiment", {}).get("recall_threshold", 0.9)
+    drawn = {}
+    if "trajectory" in tables:
+        drawn["recall trajectory"] = plots.plot_trajectory(tables["trajectory"], out, threshold)
+    if "cycles" in tables:
+        drawn["per cycle"] = plots.plot_cycles(tables["cycles"], out, "cycle", "raw_recall_after", "degraded_after", "drift_after")
+    if "days" in tables:
+        drawn["per day"] = plots.plot_cycles(tables["days"], out, "day", "recall_after", "degraded_after", "drift")
+    if "points" in tables:
+        drawn["lambda sweep"] = plots.plot_lambda(tables["points"], out)
+    if "counts" in tables:
+        drawn["consolidation sweep"] = plots.plot_consolidation(tables["counts"], out)
+    if "pathways" in tables:
+        drawn["ablation"] = plots.plot_ablation(tables["pathways"], out)
+    sleeps = [row for rows in tables.values() for row in rows if row.get("stage_seconds")]
+    hypnogram = plots.plot_hypnogram(sleeps, out)
+    if hypnogram:
+        drawn["hypnogram"] = hypnogram
+    return drawn
+
+
+def save(result: ExperimentResult, out: Path) -> None:
+    from sleepwake.storage.results import record_run
+
+    write_json(result, out)
+    record_run(out / "results.duckdb", result.run_id, result.name, result.seconds,
+               result.as_dict()["summary"], result.settings, long_rows(result))
+    log.info("experiment %s finished in %.0f s; results in %s", result.name, result.seconds, out)

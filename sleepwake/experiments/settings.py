@@ -1,0 +1,59 @@
+"""Settings of the experiment flows (``--set experiment.max_facts=20``; the Prefect UI form)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ExperimentConfig(BaseModel):
+    """What each experiment runs. Defaults fit the bundled model on 2 CPU cores (see docs/results.md
+    for the measured durations); the papers' full sizes are one ``--set`` away."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(1, ge=0, description=(
+        "Synthetic fact pool seed. Seed 0 is the pool the defaults were tuned on: report other seeds."))
+    unconstrained_wake: bool = Field(True, description=(
+        "capacity/convergence/longevity: inject with memit.protect_related=false, i.e. no constraint "
+        "from any stored fact (paper 5's unconstrained wake)."))
+    recall_threshold: float = Field(9.0e-1, gt=0, le=1, description=(
+        "capacity: the wake capacity is the largest fact count whose recall never fell below this."))
+    max_facts: int = Field(20, ge=1, le=10000, description="capacity: facts injected one at a time.")
+    degraded_to_sleep: int = Field(3, ge=1, description=(
+        "convergence phase A: inject until at least this many facts are degraded."))
+    phase_a_max_facts: int = Field(60, ge=1, description=(
+        "convergence phase A: stop injecting here even if fewer facts degraded."))
+    wave_facts: int | None = Field(None, ge=1, description=(
+        "convergence phase B: new facts in the second wave (default: as many as phase A injected)."))
+    max_cycles: int = Field(10, ge=1, description=(
+        "convergence: sleeps per phase at most; a phase ends early after two sleeps with 0 degraded."))
+    lambdas: list[float] = Field(default_factory=lambda: [1.0e-3, 1.0e-2, 1.0e-1, 1.0, 1.0e1], description=(
+        "lambda-sweep: values of memit.lambda_reg, one fresh home each."))
+    sweep_facts: int = Field(10, ge=1, description="lambda-sweep: facts injected one at a time per lambda.")
+    fact_counts: list[int] = Field(default_factory=lambda: [5, 10, 15, 20], description=(
+        "consolidation-sweep: fact counts, one fresh home each."))
+    cycles: int = Field(3, ge=1, description="consolidation-sweep: full sleeps per fact count.")
+    days: int = Field(6, ge=1, description="longevity: wake/sleep cycles (days).")
+    facts_per_day: int = Field(10, ge=1, description="longevity: new facts injected each day.")
+    ablation_facts: int = Field(10, ge=1, description="ablation: facts injected before the one sleep compared.")
+    maintenance_sleep: list[str] = Field(default_factory=lambda: ["sws.enabled=false", "rem.enabled=false"], description=(
+        "convergence/longevity: settings for their sleeps. The default is paper 5's sleep (audit and "
+        "null-space maintenance, no consolidation); [] runs the whole full sleep."))
+    devices: list[str] = Field(default_factory=list, description=(
+        "lambda-sweep/consolidation-sweep: with two or more devices (e.g. [cuda:0, cuda:1]) the "
+        "independent points fan out, one model per device, through Prefect's thread-pool task runner; "
+        "empty = every point in this process on model.device."))
+
+    @field_validator("lambdas")
+    @classmethod
+    def _check_lambdas(cls, value: list[float]) -> list[float]:
+        if not value or any(x < 0 for x in value):
+            raise ValueError("lambdas must be a non-empty list of values >= 0")
+        return value
+
+    @field_validator("fact_counts")
+    @classmethod
+    def _check_counts(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 1 for n in value):
+            raise ValueError("fact_counts must be a non-empty list of counts >= 1")
+        return value

@@ -1,0 +1,130 @@
+"""The experiment flows: ``experiment-capacity``, ``-convergence``, ``-lambda-sweep``,
+``-consolidation-sweep``, ``-longevity``, ``-ablation``.
+
+Each is a Prefect flow with the same parameters (output folder, preset, overrides, and the
+``experiment`` settings as a UI form). Every sleep an experiment runs is the real full-sleep flow,
+called as a subflow, so its per-stage history shows under the experiment's run. At the end a
+task publishes the tables, the summary and links to the PNG plots as artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from sleepwake.experiments.runner import run_experiment
+from sleepwake.experiments.settings import ExperimentConfig
+from sleepwake.flows.full_sleep import full_sleep
+from sleepwake.sleep.run import new_run_id
+from sleepwake.tasks.experiment import publish_experiment, sweep_point
+
+
+def section_overrides(experiment: ExperimentConfig | None) -> list[str]:
+    """The UI form's ``experiment`` section as ``--set`` overrides (JSON values read as YAML)."""
+    if experiment is None:
+        return []
+    return [f"experiment.{key}={json.dumps(value)}" for key, value in experiment.model_dump().items()]
+
+
+def _sleeper(config: str | None):
+    def sleep(home: str, overrides) -> dict:
+        return full_sleep(home=home, config=config, overrides=list(overrides))
+    return sleep
+
+
+def _progress(table: str, row: dict) -> None:
+    shown = {k: v for k, v in row.items() if not isinstance(v, (dict, list))}
+    try:
+        get_run_logger().info("%s: %s", table, json.dumps(shown, default=str))
+    except Exception:  # outside a run context (a plain call in a test): the module logger
+        logging.getLogger(__name__).info("%s: %s", table, shown)
+
+
+def _fan_out(devices: list[str]):
+    """Run a sweep's points through Prefect tasks, as many at once as there are distinct devices."""
+    def fan_out(lab, point, values: list) -> list[list[dict]]:
+        lab_id = lab.register()
+        width = len(set(devices))
+        results = []
+        try:
+            for start in range(0, len(values), width):
+                chunk = values[start:start + width]
+                futures = [sweep_point.submit(lab_id, point.__name__, value, devices[(start + i) % len(devices)])
+                           for i, value in enumerate(chunk)]
+                results += [future.result() for future in futures]
+        finally:
+            lab.release()
+        return results
+    return fan_out
+
+
+def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: ExperimentConfig | None) -> dict:
+    overrides = [*(overrides or []), *section_overrides(experiment)]
+    from sleepwake.config import load_settings
+
+    devices = load_settings(config, overrides).experiment.devices
+    run_id = str(flow_run.id or new_run_id())
+    result = run_experiment(name, out, config, overrides, _sleeper(config), run_id, _progress,
+                            _fan_out(devices) if len(devices) > 1 else None)
+    publish_experiment(str(result_path(out)))
+    return {"experiment": name, "out": str(out), "seconds": result.seconds, "summary": result.summary,
+            "plots": result.plots}
+
+
+def result_path(out: str):
+    from pathlib import Path
+
+    return Path(out).expanduser() / "results.json"
+
+
+_RUNNER = ThreadPoolTaskRunner(max_workers=8)  # only sweeps with experiment.devices submit tasks
+
+
+@flow(name="experiment-capacity", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def capacity(out: str, config: str | None = None, overrides: list[str] | None = None,
+             experiment: ExperimentConfig | None = None) -> dict:
+    """Unconstrained wake, one fact at a time; recall of all after each; the capacity threshold."""
+    return run("capacity", out, config, overrides, experiment)
+
+
+@flow(name="experiment-convergence", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def convergence(out: str, config: str | None = None, overrides: list[str] | None = None,
+                experiment: ExperimentConfig | None = None) -> dict:
+    """Paper 5's damage/recovery protocol: phase A (inject until degraded, sleep to convergence), phase B."""
+    return run("convergence", out, config, overrides, experiment)
+
+
+@flow(name="experiment-lambda-sweep", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def lambda_sweep(out: str, config: str | None = None, overrides: list[str] | None = None,
+                 experiment: ExperimentConfig | None = None) -> dict:
+    """memit.lambda_reg over experiment.lambdas: recall and perplexity drift."""
+    return run("lambda-sweep", out, config, overrides, experiment)
+
+
+@flow(name="experiment-consolidation-sweep", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def consolidation_sweep(out: str, config: str | None = None, overrides: list[str] | None = None,
+                        experiment: ExperimentConfig | None = None) -> dict:
+    """Fact counts x full sleeps: stage advancement, chat recall, perplexity."""
+    return run("consolidation-sweep", out, config, overrides, experiment)
+
+
+@flow(name="experiment-longevity", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def longevity(out: str, config: str | None = None, overrides: list[str] | None = None,
+              experiment: ExperimentConfig | None = None) -> dict:
+    """Many days of wake and sleep with new facts each day: no death spiral."""
+    return run("longevity", out, config, overrides, experiment)
+
+
+@flow(name="experiment-ablation", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def ablation(out: str, config: str | None = None, overrides: list[str] | None = None,
+             experiment: ExperimentConfig | None = None) -> dict:
+    """MEMIT only vs LoRA only vs both; SWS vs SWS+REM."""
+    return run("ablation", out, config, overrides, experiment)
+
+
+FLOWS = {"capacity": capacity, "convergence": convergence, "lambda-sweep": lambda_sweep,
+         "consolidation-sweep": consolidation_sweep, "longevity": longevity, "ablation": ablation}
