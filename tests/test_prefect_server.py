@@ -92,6 +92,8 @@ def test_deployed_full_sleep_on_a_real_server(tmp_path, tiny_settings_overrides,
         prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
         listed = prefect(["deployment", "ls"], env)
         assert "full-sleep/nightly" in listed and "nap/periodic-nap" in listed
+        for name in ("capacity", "consolidation-sweep"):  # the experiment flows deploy too (fails if missing)
+            prefect(["deployment", "inspect", f"experiment-{name}/experiment-{name}"], env)
         params = json.dumps({"home": str(home.root), "overrides": tiny_settings_overrides})
         started = prefect(["deployment", "run", "full-sleep/on-demand", "--params", params], env)
         run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)

@@ -23,6 +23,12 @@ def _pyplot():
     return plt
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _save(fig, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
@@ -42,6 +48,7 @@ def plot_trajectory(rows: list[dict], out: Path, threshold: float) -> str:
         ax.text(start, 0.02, f" phase {phase}", color="grey")
     ax.axhline(threshold, color="red", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.set(xlabel="injection", ylabel="recall", ylim=(0, 1.05), title="Recall trajectory during wake")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.legend(loc="lower left")
     return _save(fig, out, "recall_trajectory.png")
 
@@ -125,7 +132,8 @@ def plot_hypnogram(sleeps: list[dict], out: Path) -> str | None:
         ax.axvline(clock, color="grey", ls=":", lw=1)
         ax.text(clock, -0.6, f" {index}", color="grey", fontsize=8)
         for stage, seconds in sleep["stage_seconds"].items():
-            level = STAGE_LEVELS.index(stage) if stage in STAGE_LEVELS else len(STAGE_LEVELS)
+            family = stage.split("-")[0]  # "validate-audit" is part of validate
+            level = STAGE_LEVELS.index(family) if family in STAGE_LEVELS else len(STAGE_LEVELS) - 1
             xs += [clock, clock + seconds]
             ys += [level, level]
             clock += seconds

@@ -3,6 +3,7 @@ write ``results.json`` and ``results.duckdb`` into the output folder."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -56,9 +57,20 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
     settings = load_settings(config, list(overrides))
     started = time.perf_counter()
     backend = load_backend(settings)
-    lab = Lab(out, config, list(overrides), sleeper, progress or (lambda table, row: None), backend, fan_out)
-    with lending(settings, backend):
-        result = EXPERIMENTS[name](lab)
+    measured: dict[str, list[dict]] = {}
+
+    def track(table: str, row: dict) -> None:
+        measured.setdefault(table, []).append(row)
+        if progress is not None:
+            progress(table, row)
+
+    lab = Lab(out, config, list(overrides), sleeper, track, backend, fan_out)
+    try:
+        with lending(settings, backend):
+            result = EXPERIMENTS[name](lab)
+    except BaseException as exc:  # keep what was measured: hours of work are not thrown away
+        save_partial(ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured), out)
+        raise
     result.run_id = run_id
     result.seconds = round(time.perf_counter() - started, 1)
     result.settings = settings.model_dump(mode="json", by_alias=True)
@@ -87,6 +99,15 @@ def draw_plots(result: ExperimentResult, out: Path) -> dict[str, str]:
     if hypnogram:
         drawn["hypnogram"] = hypnogram
     return drawn
+
+
+def save_partial(result: ExperimentResult, out: Path) -> None:
+    """``results.partial.json``: the rows measured before a failure (results.json is left alone)."""
+    try:
+        (out / "results.partial.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+        log.error("experiment %s failed; the rows measured so far are in %s", result.name, out / "results.partial.json")
+    except OSError as exc:
+        log.error("could not write the partial results (%s)", exc)
 
 
 def save(result: ExperimentResult, out: Path) -> None:

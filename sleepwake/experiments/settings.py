@@ -27,8 +27,9 @@ class ExperimentConfig(BaseModel):
         "convergence phase B: new facts in the second wave (default: as many as phase A injected)."))
     max_cycles: int = Field(10, ge=1, description=(
         "convergence: sleeps per phase at most; a phase ends early after two sleeps with 0 degraded."))
-    lambdas: list[float] = Field(default_factory=lambda: [1.0e-3, 1.0e-2, 1.0e-1, 1.0, 1.0e1], description=(
-        "lambda-sweep: values of memit.lambda_reg, one fresh home each."))
+    lambdas: list[float] = Field(default_factory=lambda: [1.0e-1, 1.0e1, 1.0e2, 1.0e3, 1.0e4], description=(
+        "lambda-sweep: values of memit.lambda_reg, one fresh home each. C here is the MEAN key second "
+        "moment, so K C^-1 K^T is about d_ff per key and lambda starts to matter near that size."))
     sweep_facts: int = Field(10, ge=1, description="lambda-sweep: facts injected one at a time per lambda.")
     fact_counts: list[int] = Field(default_factory=lambda: [5, 10, 15, 20], description=(
         "consolidation-sweep: fact counts, one fresh home each."))

@@ -46,7 +46,7 @@ def lambda_point(lab: Lab, lam: float, extra: Sequence[str]) -> list[dict]:
     pool = lab.wave(lab.cfg.sweep_facts)
     points = inject_one_by_one(memory, pool)
     row = {"lambda": lam, **measure(memory, pool, base),
-           "median_seconds_per_fact": statistics.median(p["seconds"] for p in points)}
+           "median_seconds_per_fact": round(statistics.median(p["seconds"] for p in points), 2)}
     lab.progress("points", row)
     return [row]
 

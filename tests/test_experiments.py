@@ -1,0 +1,262 @@
+"""The experiment flows on the tiny random Llama (mechanics: tables, files, DuckDB rows, artifacts,
+subflows) and their plain parts (thresholds, plots, results database) without a model.
+
+The tiny random model recalls few synthetic facts, so these tests check what the experiments
+record, not the recall figures; docs/results.md holds those, measured on the bundled model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sleepwake.experiments import plots
+from sleepwake.experiments.capacity import capacity_threshold
+from sleepwake.experiments.longevity import declining
+from sleepwake.experiments.result import ExperimentResult, long_rows, write_json
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def trajectory(recalls):
+    return [{"facts": i, "recall": r, "degraded": 0} for i, r in enumerate(recalls, 1)]
+
+
+# ---- plain parts --------------------------------------------------------------------------------
+
+def test_capacity_threshold_matches_paper_5_reading():
+    # Paper 5, table 3 (Llama-3.1-8B): recall 0.923 at 13 facts, 0.571 at 14 -> capacity 13.
+    points = trajectory([1.0] * 12 + [0.923, 0.571, 0.9])
+    assert capacity_threshold(points, 0.9) == 13
+    assert capacity_threshold(trajectory([1.0, 1.0, 1.0]), 0.9) == 3  # never fell: all of them
+    assert capacity_threshold(trajectory([0.0, 1.0]), 0.9) is None
+
+
+def test_declining_needs_a_run_of_falls_not_one_dip():
+    assert declining([1.0, 0.9, 0.8, 0.7])
+    assert not declining([1.0, 0.9, 1.0, 0.95])
+    assert not declining([1.0, 0.9])
+
+
+def test_results_json_has_no_nan_and_cells_cover_every_value(tmp_path):
+    result = ExperimentResult("capacity", {"drift": math.nan, "ok": True},
+                              {"trajectory": [{"facts": 1, "recall": 0.5, "fact": "A is B", "stage_seconds": {"x": 1}}]})
+    write_json(result, tmp_path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["summary"]["drift"] is None
+    cells = {(c[2]): c for c in long_rows(result)}
+    assert cells["recall"][3] == 0.5 and cells["fact"][4] == '"A is B"' and cells["stage_seconds"][4] == '{"x": 1}'
+
+
+def test_results_database_appends_runs(tmp_path):
+    from sleepwake.storage.results import record_run, runs
+
+    for run_id in ("r1", "r2"):
+        record_run(tmp_path / "results.duckdb", run_id, "capacity", 1.5, {"capacity": 13}, {}, [("t", 0, "recall", 1.0, None)])
+    assert [r["run_id"] for r in runs(tmp_path / "results.duckdb")] == ["r1", "r2"]
+
+
+def test_every_plot_is_a_png(tmp_path):
+    sleep = {"stage_seconds": {"health": 1.0, "audit": 2.0, "maintain": 3.0, "sws": 4.0, "rem": 1.0, "report": 0.1}}
+    cycles = [{"phase": "A", "cycle": 1, "raw_recall_after": 0.9, "degraded_after": 1, "drift_after": 0.01, **sleep},
+              {"phase": "B", "cycle": 1, "raw_recall_after": 1.0, "degraded_after": 0, "drift_after": None, **sleep}]
+    files = [
+        plots.plot_trajectory(trajectory([1.0, 0.8]), tmp_path, 0.9),
+        plots.plot_cycles(cycles, tmp_path, "cycle", "raw_recall_after", "degraded_after", "drift_after"),
+        plots.plot_lambda([{"lambda": 0.0, "raw": 1.0, "chat": 0.5, "drift": 0.02},
+                           {"lambda": 1.0, "raw": 0.5, "chat": 0.2, "drift": 0.001}], tmp_path),
+        plots.plot_consolidation([{"facts": 5, "cycle": 0, "chat": 0.4, "drift": 0.0},
+                                  {"facts": 5, "cycle": 1, "chat": 0.9, "advanced_2plus": 0.2, "drift": 0.02}], tmp_path),
+        plots.plot_ablation([{"sleep": "SWS", "pathway": "both", "raw": 1.0, "chat": 0.9, "drift": 0.02}], tmp_path),
+        plots.plot_hypnogram([sleep, sleep], tmp_path),
+    ]
+    for name in files:
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert plots.plot_hypnogram([{"stage_seconds": {}}], tmp_path) is None
+
+
+def test_form_section_round_trips_through_overrides():
+    from sleepwake.config import load_settings
+    from sleepwake.experiments.settings import ExperimentConfig
+    from sleepwake.flows.experiments import section_overrides
+
+    form = ExperimentConfig(max_facts=7, lambdas=[1.0e-2, 2.0], maintenance_sleep=[], wave_facts=None)
+    assert load_settings(None, section_overrides(form)).experiment == form
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["experiment", "nope", "--out", "X"], "invalid choice"),
+    (["experiment", "capacity", "--out", "X", "--set", "experiment.lambdas=[]"], "lambdas"),
+    (["experiment", "capacity", "--out", "FILE"], "not a folder"),
+])
+def test_bad_experiment_input_is_one_line(tmp_path, capsys, argv, message):
+    from sleepwake.cli import main
+
+    (tmp_path / "FILE").write_text("x")
+    argv = [str(tmp_path / a) if a in ("X", "FILE") else a for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors exit from the parser
+        code = exc.code
+    assert code != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "X").exists()  # nothing created for a refused run
+
+
+# ---- a lent backend never leaks one home's weights into another -----------------------------------
+
+def test_lent_backend_resets_modules_another_home_changed(tmp_path, tiny_settings, cache_env, one_thread):
+    from sleepwake.memory import Memory, lending, load_backend
+    from sleepwake.storage.home import Home
+
+    backend = load_backend(tiny_settings)
+    name = "model.layers.0.self_attn.q_proj"
+    out_dim, in_dim = backend.module_weight(name).shape
+    with lending(tiny_settings, backend):
+        first = Memory.open(Home.open(tmp_path / "a"), tiny_settings)
+        first.store_adapter("sws", None, {name: (torch.randn(out_dim, 2), torch.randn(in_dim, 2))})
+        assert not torch.equal(backend.module_weight(name), backend.pristine_weight(name))
+        second = Memory.open(Home.open(tmp_path / "b"), tiny_settings)
+        assert second.backend is backend
+    assert torch.equal(backend.module_weight(name), backend.pristine_weight(name))
+    fresh = Memory.open(Home.open(tmp_path / "b"), tiny_settings, writable=False, backend=load_backend(tiny_settings))
+    assert fresh.weights_digest() == second.weights_digest()
+
+
+# ---- the flows (one Prefect test API for the module) ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def artifacts_of(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {a.key for a in client.read_artifacts() if str(a.flow_run_id) == str(flow_run_id)}
+
+
+def child_runs(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+
+
+def cells(out, experiment: str, table: str, column: str) -> list:
+    import duckdb
+
+    con = duckdb.connect(str(out / "results.duckdb"), read_only=True)
+    try:
+        return con.execute("SELECT value FROM experiment_cells WHERE experiment = ? AND tbl = ? AND col = ? "
+                           "ORDER BY row_index", [experiment, table, column]).fetchall()
+    finally:
+        con.close()
+
+
+def test_capacity_writes_a_20_point_trajectory_plot_rows_and_artifacts(harness, tmp_path, tiny_settings_overrides,
+                                                                      cache_env, one_thread, capsys):
+    from sleepwake.cli import main
+
+    out = tmp_path / "capacity"
+    args = ["experiment", "capacity", "--out", str(out), "--json", "-q", "--set", "experiment.max_facts=20"]
+    assert main(args + [a for o in tiny_settings_overrides for a in ("--set", o)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "results.json").read_text())
+    points = result["tables"]["trajectory"]
+    assert [p["facts"] for p in points] == list(range(1, 21)) and printed["summary"] == result["summary"]
+    assert all(0.0 <= p["recall"] <= 1.0 and p["degraded"] == p["facts"] - round(p["recall"] * p["facts"]) for p in points)
+    assert (out / "recall_trajectory.png").read_bytes()[:8] == PNG
+    assert len(cells(out, "capacity", "trajectory", "recall")) == 20
+    assert result["summary"]["capacity"] == capacity_threshold(points, 0.9)
+    from sleepwake.storage.results import runs
+
+    [run] = runs(out / "results.duckdb")
+    assert {"experiment-capacity", "experiment-capacity-trajectory", "experiment-capacity-recall-trajectory"} <= artifacts_of(run["run_id"])
+
+
+def test_convergence_runs_both_phases_with_sleeps_as_subflows(harness, tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    from sleepwake.flows.experiments import convergence
+
+    out = tmp_path / "convergence"
+    state = convergence(out=str(out), overrides=tiny_settings_overrides + [
+        "experiment.phase_a_max_facts=3", "experiment.wave_facts=2", "experiment.max_cycles=1"], return_state=True)
+    report = state.result()
+    result = json.loads((out / "results.json").read_text())
+    assert [r["phase"] for r in result["tables"]["cycles"]] == ["A", "B"]
+    assert [p["phase"] for p in result["tables"]["trajectory"]].count("B") == 2
+    assert report["summary"]["phase_b_facts"] == 2
+    sleeps = [r for r in child_runs(state.state_details.flow_run_id) if r.name and r.flow_id]
+    assert len(sleeps) == 2  # each sleep is a full-sleep flow run under the experiment
+    for name in ("recall_trajectory.png", "cycles.png", "hypnogram.png"):
+        assert (out / name).read_bytes()[:8] == PNG
+
+
+def test_ablation_copies_start_from_the_same_weights(harness, tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    """Both sleeps start from copies of one wake home: with one lent model, the second copy's
+    pre-sleep audit must not see the first copy's adapters."""
+    from sleepwake.flows.experiments import ablation
+
+    out = tmp_path / "ablation"
+    ablation(out=str(out), overrides=tiny_settings_overrides + ["experiment.ablation_facts=2"])
+    result = json.loads((out / "results.json").read_text())
+    sws, both = result["tables"]["sleeps"]
+    assert sws["raw_recall_before"] == both["raw_recall_before"] and sws["perplexity_before"] == both["perplexity_before"]
+    assert [(r["sleep"], r["pathway"]) for r in result["tables"]["pathways"]][:4] == [
+        ("none", "MEMIT only"), ("SWS", "MEMIT only"), ("SWS", "LoRA only"), ("SWS", "both")]
+    assert (out / "ablation.png").exists() and (out / "hypnogram.png").exists()
+
+
+def test_lambda_sweep_fans_out_points_as_tasks(harness, tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from sleepwake.flows.experiments import lambda_sweep
+
+    out = tmp_path / "lambda"
+    state = lambda_sweep(out=str(out), overrides=tiny_settings_overrides + [
+        "experiment.lambdas=[1.0e-2, 1.0]", "experiment.sweep_facts=2", "experiment.devices=[cpu, cpu]"], return_state=True)
+    state.result()
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sum(t.name.startswith("sweep-point") for t in tasks) == 2
+    points = json.loads((out / "results.json").read_text())["tables"]["points"]
+    assert [p["lambda"] for p in points] == [1.0e-2, 1.0] and all(p["facts"] == 2 for p in points)
+
+
+def test_consolidation_sweep_and_longevity_tables(harness, tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    from sleepwake.flows.experiments import consolidation_sweep, longevity
+
+    out = tmp_path / "sweep"
+    consolidation_sweep(out=str(out), overrides=tiny_settings_overrides + ["experiment.fact_counts=[2]", "experiment.cycles=1"])
+    rows = json.loads((out / "results.json").read_text())["tables"]["counts"]
+    assert [(r["facts"], r["cycle"]) for r in rows] == [(2, 0), (2, 1)] and "stage_seconds" in rows[1]
+    out = tmp_path / "longevity"
+    report = longevity(out=str(out), overrides=tiny_settings_overrides + ["experiment.days=2", "experiment.facts_per_day=2"])
+    days = json.loads((out / "results.json").read_text())["tables"]["days"]
+    assert [(d["day"], d["facts"], d["edits"]) for d in days] == [(1, 2, 2), (2, 4, 4)]
+    assert report["summary"]["edits_per_fact"] == 1.0 and (out / "cycles.png").exists()
+
+
+def test_a_failed_experiment_keeps_the_rows_measured_so_far(tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    """No Prefect here: the plain runner with a sleeper that fails like a crashed sleep would."""
+    from sleepwake.experiments.runner import run_experiment
+
+    def failing_sleep(home, overrides):
+        raise RuntimeError("the sleep failed")
+
+    with pytest.raises(RuntimeError, match="the sleep failed"):
+        run_experiment("convergence", tmp_path, None, tiny_settings_overrides + ["experiment.phase_a_max_facts=2"],
+                       failing_sleep, "run-1")
+    partial = json.loads((tmp_path / "results.partial.json").read_text())
+    assert partial["summary"]["error"] == "RuntimeError: the sleep failed" and not (tmp_path / "results.json").exists()
+    assert [p["facts"] for p in partial["tables"]["trajectory"]] == [1, 2]  # phase A's wake, measured before the sleep
