@@ -32,32 +32,68 @@ def run_cli(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float, float]:
+def mean_logprob(backend, prompt: str, continuation: str) -> float:
+    """Mean per-token log-probability of ``continuation`` after ``prompt`` (torch backend)."""
+    import torch
+
+    context = backend.encode(prompt)
+    target = backend.encode(continuation, special=False)
+    ids = torch.tensor([context + target], device=backend.input_device)
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[0, len(context) - 1 : -1].float()  # (T, vocab)
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return float(logprobs.gather(1, torch.tensor(target, device=logits.device)[:, None]).mean())
+
+
+def neighbourhood_score(memory, prompts, owners, base_texts) -> float:
+    """CounterFact's Neighborhood Score on the edited model: share of neighbour prompts where the
+    neighbour's own first base word is more likely than the object injected for its relation
+    (mean per-token log-probability, so lengths do not bias it). A probability-level view of
+    bleed; it does NOT replace the greedy specificity (near-tie flips count there, not here)."""
+    if getattr(memory.backend, "model", None) is None:  # MLX: no torch forward to score with
+        return float("nan")
+    kept = 0
+    for prompt, obj, text in zip(prompts, owners, base_texts):
+        words = text.split()
+        if not words:
+            kept += 1  # nothing to protect
+            continue
+        kept += mean_logprob(memory.backend, prompt, " " + words[0]) > mean_logprob(memory.backend, prompt, " " + obj)
+    return kept / len(prompts)
+
+
+def specificity(memory, pool, neighbours: int, seed: int) -> tuple[float, float, float, float]:
     """Share of neighbour prompts (same relation, other subjects) whose greedy answer is unchanged.
 
-    Returns (answer-level, strict, leak): the answer is the first two words of the greedy
-    continuation; strict compares the whole 4-token continuation; leak is the share of neighbour
-    prompts whose answer newly contains one of the injected objects (bleed, not drift).
+    Returns (answer-level, strict, leak, neighbourhood score): the answer is the first two words of
+    the greedy continuation; strict compares the whole 4-token continuation; leak is the share of
+    neighbour prompts whose answer newly contains one of the injected objects (bleed, not drift);
+    the neighbourhood score is ``neighbourhood_score`` (probability level, reported beside them).
     """
     from sleepwake.models.probes import answer_matches
 
     from sleepwake.factpool import neighbour_prompts
+    from sleepwake.facts import normalize_answer
     from sleepwake.models.probes import neighbour_answers
 
     subjects = [p.subject for p in pool]
-    prompts = [q for p in pool for q in neighbour_prompts(p, neighbours, seed, exclude=subjects)]
+    pairs = [(q, p.object) for p in pool for q in neighbour_prompts(p, neighbours, seed, exclude=subjects)]
+    prompts = [q for q, _ in pairs]
     if not prompts:  # --set probes.specificity_neighbours=0 skips the measurement
-        return float("nan"), float("nan"), float("nan")
+        return float("nan"), float("nan"), float("nan"), float("nan")
     memory.compose(skip=[e.edit_id for e in memory.edits])
-    before = neighbour_answers(memory.backend, prompts)
+    base_texts = memory.backend.generate(prompts, 4)  # same greedy 4 tokens neighbour_answers reads
+    before = [normalize_answer(text) for text in base_texts]
     memory.compose()
+    score = neighbourhood_score(memory, prompts, [o for _, o in pairs], base_texts)
     after = neighbour_answers(memory.backend, prompts)
     head = lambda text: text.split()[:2]  # noqa: E731
     answer = sum(head(a) == head(b) for a, b in zip(before, after)) / len(prompts)
     strict = sum(a == b for a, b in zip(before, after)) / len(prompts)
     objects = [p.object for p in pool]
-    leaked = sum(any(answer_matches(a, o) and not answer_matches(b, o) for o in objects) for a, b in zip(before, after))
-    return answer, strict, leaked / len(prompts)
+    # a: before, b: after - leak is an object that the AFTER answer newly contains
+    leaked = sum(any(answer_matches(b, o) and not answer_matches(a, o) for o in objects) for a, b in zip(before, after))
+    return answer, strict, leaked / len(prompts), score
 
 
 def main() -> None:
@@ -94,7 +130,7 @@ def main() -> None:
         print(f"fact {i:3d} {outcome.seconds:6.2f} s  steps {outcome.stats.get('steps')}  "
               f"recall so far {trajectory[-1] if trajectory else float('nan'):.2f}  {item.fact.prompt()} -> {item.object}",
               file=sys.stderr)
-    spec, spec_strict, leak = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed)
+    spec, spec_strict, leak, neighbourhood = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = ["--home", home_dir] + [x for o in args.overrides for x in ("--set", o)]
     extra += ["--config", args.config] if args.config else []
@@ -112,6 +148,7 @@ def main() -> None:
         "specificity": round(spec, 4),
         "specificity_strict": round(spec_strict, 4),
         "neighbour_leak": round(leak, 4),
+        "neighbourhood_score": round(neighbourhood, 4),
         "delta_bytes_per_fact": status["delta_bytes"] // max(status["facts"], 1),
         "weights_digest": status["weights_digest"][:16],
         "home": home_dir,
