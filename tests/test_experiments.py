@@ -260,3 +260,15 @@ def test_a_failed_experiment_keeps_the_rows_measured_so_far(tmp_path, tiny_setti
     partial = json.loads((tmp_path / "results.partial.json").read_text())
     assert partial["summary"]["error"] == "RuntimeError: the sleep failed" and not (tmp_path / "results.json").exists()
     assert [p["facts"] for p in partial["tables"]["trajectory"]] == [1, 2]  # phase A's wake, measured before the sleep
+
+
+def test_pools_are_drawn_once_per_size(tmp_path):
+    """Waves slice one pool: tracking "every fact injected so far" needs a stable prefix."""
+    from sleepwake.experiments.convergence import convergence_pool
+    from sleepwake.experiments.lab import Lab
+    from sleepwake.factpool import generate_pool
+
+    lab = Lab(tmp_path, None, ["experiment.phase_a_max_facts=5", "experiment.wave_facts=3"], sleeper=None)
+    pool = convergence_pool(lab)
+    assert len(pool) == 8 and convergence_pool(lab) is pool and pool == generate_pool(8, seed=1)
+    assert len({p.subject for p in pool}) == 8

@@ -25,7 +25,7 @@ def pathways(memory, pool, base: float) -> list[dict]:
 
 
 def run_ablation(lab: Lab) -> ExperimentResult:
-    pool = lab.wave(lab.cfg.ablation_facts)
+    pool = lab.pool(lab.cfg.ablation_facts)
     home_dir = lab.home_dir("ablation-wake")
     memory = lab.open(home_dir)
     base = memory.perplexity(base=True)

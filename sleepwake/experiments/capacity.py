@@ -29,8 +29,9 @@ def run_capacity(lab: Lab) -> ExperimentResult:
     cfg = lab.cfg
     memory = lab.open(lab.home_dir("capacity"), wake_overrides(lab))
     base = memory.perplexity(base=True)
-    points = inject_one_by_one(memory, lab.wave(cfg.max_facts), on_point=lambda p: lab.progress("trajectory", p))
-    final = measure(memory, lab.wave(cfg.max_facts), base, chat=False)
+    pool = lab.pool(cfg.max_facts)
+    points = inject_one_by_one(memory, pool, on_point=lambda p: lab.progress("trajectory", p))
+    final = measure(memory, pool, base, chat=False)
     capacity = capacity_threshold(points, cfg.recall_threshold)
     summary = {"facts": cfg.max_facts, "capacity": capacity, "threshold": cfg.recall_threshold,
                "never_fell": capacity == cfg.max_facts, "final_recall": points[-1]["recall"],

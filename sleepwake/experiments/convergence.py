@@ -12,11 +12,17 @@ from sleepwake.experiments.capacity import wake_overrides
 from sleepwake.experiments.lab import Lab, inject_one_by_one, sleep_row
 
 
+def convergence_pool(lab: Lab) -> list:
+    """Phase A's facts then phase B's, one pool (phase B is at most as large as phase A's cap)."""
+    cfg = lab.cfg
+    return lab.pool(cfg.phase_a_max_facts + (cfg.wave_facts or cfg.phase_a_max_facts))
+
+
 def inject_until_degraded(lab: Lab, memory, trajectory: list[dict]) -> int:
     """Phase A's wake: one fact at a time until enough are degraded; returns the count injected."""
-    cfg = lab.cfg
-    for count, item in enumerate(lab.wave(cfg.phase_a_max_facts), 1):
-        [point] = inject_one_by_one(memory, [item], track=lab.wave(count - 1), on_point=lambda p: None)
+    cfg, pool = lab.cfg, convergence_pool(lab)
+    for count, item in enumerate(pool[:cfg.phase_a_max_facts], 1):
+        [point] = inject_one_by_one(memory, [item], track=pool[:count - 1], on_point=lambda p: None)
         point.update(phase="A", facts=count)
         trajectory.append(point)
         lab.progress("trajectory", point)
@@ -50,7 +56,8 @@ def run_convergence(lab: Lab):
     converged_a = sleep_until_converged(lab, home_dir, "A", base, cycles)
     wave = lab.cfg.wave_facts or phase_a
     memory = lab.open(home_dir, wake_overrides(lab))  # re-read what the sleeps changed
-    points = inject_one_by_one(memory, lab.wave(wave, offset=phase_a), track=lab.wave(phase_a), on_point=lambda p: None)
+    pool = convergence_pool(lab)
+    points = inject_one_by_one(memory, pool[phase_a:phase_a + wave], track=pool[:phase_a], on_point=lambda p: None)
     for point in points:
         point["phase"] = "B"
         trajectory.append(point)

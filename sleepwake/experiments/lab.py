@@ -45,6 +45,7 @@ class Lab:
     fan_out: Callable | None = None
     started: float = field(default_factory=time.perf_counter)
     backends: dict = field(default_factory=dict)  # one model per device (fanned-out sweeps)
+    _pools: dict = field(default_factory=dict)
 
     @cached_property
     def settings(self) -> Settings:
@@ -87,9 +88,13 @@ class Lab:
     def release(self) -> None:
         _LIVE.pop(f"lab-{id(self):x}", None)
 
-    def wave(self, count: int, offset: int = 0) -> list[PoolFact]:
-        """Facts ``offset .. offset+count`` of the experiment's seeded pool (waves never repeat)."""
-        return generate_pool(offset + count, seed=self.cfg.seed)[offset:]
+    def pool(self, size: int) -> list[PoolFact]:
+        """The experiment's seeded pool of ``size`` facts; experiments that inject in waves take one
+        pool for all of them and slice it (``generate_pool(n)`` deals subjects and relations
+        differently for each ``n``, so pools of different sizes share no prefix)."""
+        if size not in self._pools:
+            self._pools[size] = generate_pool(size, seed=self.cfg.seed)
+        return self._pools[size]
 
     def copy_home(self, source: str, label: str) -> str:
         target = self.home_dir(label)

@@ -14,8 +14,9 @@ from sleepwake.experiments.result import ExperimentResult
 def run_day(lab: Lab, home_dir: str, day: int, base: float) -> dict:
     cfg = lab.cfg
     memory = lab.open(home_dir, wake_overrides(lab))
-    inject_one_by_one(memory, lab.wave(cfg.facts_per_day, offset=(day - 1) * cfg.facts_per_day))
-    stored = lab.wave(day * cfg.facts_per_day)
+    pool = lab.pool(cfg.days * cfg.facts_per_day)
+    inject_one_by_one(memory, pool[(day - 1) * cfg.facts_per_day:day * cfg.facts_per_day])
+    stored = pool[:day * cfg.facts_per_day]
     before = measure(memory, stored, chat=False)
     report = sleep_row(lab.sleep(home_dir, cfg.maintenance_sleep))
     after = measure(lab.open(home_dir), stored, base, chat=False)

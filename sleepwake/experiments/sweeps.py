@@ -43,7 +43,7 @@ def lambda_point(lab: Lab, lam: float, extra: Sequence[str]) -> list[dict]:
     extra = [*extra, f"memit.lambda_reg={lam!r}"]
     memory = lab.open(lab.home_dir(f"lambda-{lam:g}"), extra)
     base = memory.perplexity(base=True)
-    pool = lab.wave(lab.cfg.sweep_facts)
+    pool = lab.pool(lab.cfg.sweep_facts)
     points = inject_one_by_one(memory, pool)
     row = {"lambda": lam, **measure(memory, pool, base),
            "median_seconds_per_fact": round(statistics.median(p["seconds"] for p in points), 2)}
@@ -65,7 +65,7 @@ def consolidation_point(lab: Lab, count: float, extra: Sequence[str]) -> list[di
     home_dir = lab.home_dir(f"consolidate-{count}")
     memory = lab.open(home_dir, extra)
     base = memory.perplexity(base=True)
-    pool = lab.wave(count)
+    pool = lab.pool(count)
     inject_one_by_one(memory, pool)
     rows = [{"facts": count, "cycle": 0, **measure(memory, pool, base), **stage_counts(memory)}]
     lab.progress("counts", rows[-1])
