@@ -12,7 +12,7 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
 if [ "$#" -eq 0 ]; then
-  set -- -q
+  set -- -q --durations=15
 fi
 
 status=0
