@@ -83,10 +83,11 @@ class Composition:
             self.backend.set_module_weight(name, self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0))
         current = set(self.adapted_modules) | {self.backend.down_proj_template.format(l) for l in self.layers}
         # An adapter was removed (rollback), or a backend lent by an experiment still carries
-        # another home's changes: every module not composed here goes back to base.
-        for name in (self._touched | self.backend.pristine_names()) - current:
+        # another home's changes: what the last composition wrote and this one does not goes
+        # back to base. The record lives on the backend because the weights do.
+        for name in self.backend.composed - current:
             self.backend.set_module_weight(name, self._base(name))
-        self._touched = current
+        self.backend.composed = current
 
     def _base(self, name: str) -> torch.Tensor:
         return self.backend.pristine_weight(name)

@@ -68,8 +68,9 @@ def lending(settings: Settings, backend) -> Iterator[None]:
 
 def load_backend(settings: Settings):
     """The configured runtime (MLX is imported only in its own module)."""
-    if backend_key(settings) in _LENT:
-        return _LENT[backend_key(settings)]
+    lent = _LENT.get(backend_key(settings))
+    if lent is not None:
+        return lent
     if settings.backend == "mlx":
         try:
             from sleepwake.models.mlx_backend import MlxBackend
@@ -113,7 +114,6 @@ class Memory(Composition):
         self.edits = ledger.list_edits()
         self.adapters = adapter_rows.list_adapters(ledger)
         self._check_model()
-        self._touched: set[str] = set()  # modules this memory has composed
         self.compose()
 
     @classmethod

@@ -30,7 +30,7 @@ def run_capacity(lab: Lab) -> ExperimentResult:
     memory = lab.open(lab.home_dir("capacity"), wake_overrides(lab))
     base = memory.perplexity(base=True)
     pool = lab.pool(cfg.max_facts)
-    points = inject_one_by_one(memory, pool, on_point=lambda p: lab.progress("trajectory", p))
+    points = inject_one_by_one(memory, pool, track=(), on_point=lambda p: lab.progress("trajectory", p))
     final = measure(memory, pool, base, chat=False)
     capacity = capacity_threshold(points, cfg.recall_threshold)
     summary = {"facts": cfg.max_facts, "capacity": capacity, "threshold": cfg.recall_threshold,

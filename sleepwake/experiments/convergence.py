@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sleepwake.experiments.capacity import wake_overrides
 from sleepwake.experiments.lab import Lab, inject_one_by_one, sleep_row
+from sleepwake.experiments.result import ExperimentResult
 
 
 def convergence_pool(lab: Lab) -> list:
@@ -18,14 +19,20 @@ def convergence_pool(lab: Lab) -> list:
     return lab.pool(cfg.phase_a_max_facts + (cfg.wave_facts or cfg.phase_a_max_facts))
 
 
+def reporter(lab: Lab, phase: str):
+    """``on_point`` for a phase's wake: tag the point with its phase and report it."""
+    def report(point: dict) -> None:
+        point["phase"] = phase
+        lab.progress("trajectory", point)
+    return report
+
+
 def inject_until_degraded(lab: Lab, memory, trajectory: list[dict]) -> int:
     """Phase A's wake: one fact at a time until enough are degraded; returns the count injected."""
     cfg, pool = lab.cfg, convergence_pool(lab)
     for count, item in enumerate(pool[:cfg.phase_a_max_facts], 1):
-        [point] = inject_one_by_one(memory, [item], track=pool[:count - 1], on_point=lambda p: None)
-        point.update(phase="A", facts=count)
+        [point] = inject_one_by_one(memory, [item], track=pool[:count - 1], on_point=reporter(lab, "A"))
         trajectory.append(point)
-        lab.progress("trajectory", point)
         if point["degraded"] >= cfg.degraded_to_sleep:
             return count
     return cfg.phase_a_max_facts
@@ -45,9 +52,7 @@ def sleep_until_converged(lab: Lab, home_dir: str, phase: str, base_ppl: float, 
     return False
 
 
-def run_convergence(lab: Lab):
-    from sleepwake.experiments.result import ExperimentResult
-
+def run_convergence(lab: Lab) -> ExperimentResult:
     home_dir = lab.home_dir("convergence")
     memory = lab.open(home_dir, wake_overrides(lab))
     base = memory.perplexity(base=True)
@@ -57,11 +62,8 @@ def run_convergence(lab: Lab):
     wave = lab.cfg.wave_facts or phase_a
     memory = lab.open(home_dir, wake_overrides(lab))  # re-read what the sleeps changed
     pool = convergence_pool(lab)
-    points = inject_one_by_one(memory, pool[phase_a:phase_a + wave], track=pool[:phase_a], on_point=lambda p: None)
-    for point in points:
-        point["phase"] = "B"
-        trajectory.append(point)
-        lab.progress("trajectory", point)
+    trajectory += inject_one_by_one(memory, pool[phase_a:phase_a + wave], track=pool[:phase_a],
+                                    on_point=reporter(lab, "B"))
     converged_b = sleep_until_converged(lab, home_dir, "B", base, cycles)
     summary = {"phase_a_facts": phase_a, "phase_b_facts": wave,
                "recall_before_sleep_a": _recall_at(trajectory, "A"), "recall_before_sleep_b": _recall_at(trajectory, "B"),

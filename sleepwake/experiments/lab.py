@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -43,7 +42,6 @@ class Lab:
     backend: object = None
     # Runs a sweep's independent points concurrently (set by the flow for experiment.devices).
     fan_out: Callable | None = None
-    started: float = field(default_factory=time.perf_counter)
     backends: dict = field(default_factory=dict)  # one model per device (fanned-out sweeps)
     _pools: dict = field(default_factory=dict)
 
@@ -55,9 +53,9 @@ class Lab:
     def cfg(self):
         return self.settings.experiment
 
-    def home_dir(self, label: str, fresh: bool = True) -> str:
+    def home_dir(self, label: str) -> str:
         path = self.out / "homes" / label
-        if fresh and path.exists():
+        if path.exists():
             shutil.rmtree(path)  # a rerun into the same folder starts from an empty home
         return str(path)
 
@@ -104,9 +102,6 @@ class Lab:
     def sleep(self, home_dir: str, extra: Sequence[str] = ()) -> dict:
         return self.sleeper(home_dir, [*self.overrides, *extra])
 
-    def elapsed(self) -> float:
-        return round(time.perf_counter() - self.started, 1)
-
 
 def lookup(lab_id: str) -> Lab:
     try:
@@ -115,18 +110,20 @@ def lookup(lab_id: str) -> Lab:
         raise RuntimeError(f"experiment lab {lab_id} is not live in this process") from None
 
 
-def inject_one_by_one(memory, pool: Sequence[PoolFact], track: Sequence[PoolFact] = (),
+def inject_one_by_one(memory, pool: Sequence[PoolFact], track: Sequence[PoolFact] | None = None,
                       on_point: Callable[[dict], None] | None = None) -> list[dict]:
-    """Inject each fact as its own edit. With ``on_point``, after each injection measure raw
-    recall of ``track`` plus every fact injected so far (the capacity trajectory)."""
+    """Inject each fact as its own edit. With ``track`` (facts stored earlier; may be empty),
+    after each injection measure raw recall of ``track`` plus every fact injected so far (the
+    capacity trajectory). ``on_point`` sees each point as it is made."""
     points = []
     for index, item in enumerate(pool, 1):
         outcome = memory.inject([item.fact], source="experiment")[0]
         point = {"fact": item.fact.prompt() + " " + item.object, "seconds": round(outcome.seconds, 2)}
-        if on_point is not None:
+        if track is not None:
             facts = [p.fact for p in [*track, *pool[:index]]]
             hits = [ok for ok, _ in probes.raw_recall(memory.backend, facts, memory.settings.probes)]
             point.update(facts=len(facts), recall=round(sum(hits) / len(facts), 4), degraded=len(facts) - sum(hits))
+        if on_point is not None:
             on_point(point)
         points.append(point)
     return points

@@ -49,9 +49,7 @@ def long_rows(result: ExperimentResult) -> list[tuple]:
     for table, rows in result.tables.items():
         for index, row in enumerate(rows):
             for column, value in row.items():
-                number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-                if isinstance(value, bool):
-                    number = float(value)
+                number = float(value) if isinstance(value, (int, float)) else None  # bools too (0/1)
                 text = None if number is not None else json.dumps(_finite(value), default=str)
                 cells.append((table, index, column, number, text))
     return cells

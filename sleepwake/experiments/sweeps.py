@@ -18,7 +18,7 @@ Point = Callable[[Lab, float, Sequence[str]], list[dict]]
 
 def run_points(lab: Lab, point: Point, values: Sequence) -> list[dict]:
     """Every value's rows, in grid order (fanned out when the lab can, else sequential)."""
-    if lab.fan_out is not None and len(lab.cfg.devices) > 1:
+    if lab.fan_out is not None:  # set only when experiment.devices names several devices
         return [row for rows in lab.fan_out(lab, point, list(values)) for row in rows]
     rows = []
     for value in values:

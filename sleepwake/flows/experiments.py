@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from sleepwake.config import load_settings
 from sleepwake.experiments.runner import run_experiment
 from sleepwake.experiments.settings import ExperimentConfig
 from sleepwake.flows.full_sleep import full_sleep
@@ -48,13 +50,13 @@ def _fan_out(devices: list[str]):
     """Run a sweep's points through Prefect tasks, as many at once as there are distinct devices."""
     def fan_out(lab, point, values: list) -> list[list[dict]]:
         lab_id = lab.register()
-        width = len(set(devices))
+        distinct = list(dict.fromkeys(devices))  # a device named twice still runs one point at a time
         results = []
         try:
-            for start in range(0, len(values), width):
-                chunk = values[start:start + width]
-                futures = [sweep_point.submit(lab_id, point.__name__, value, devices[(start + i) % len(devices)])
-                           for i, value in enumerate(chunk)]
+            for start in range(0, len(values), len(distinct)):
+                chunk = values[start:start + len(distinct)]
+                futures = [sweep_point.submit(lab_id, point.__name__, value, device)
+                           for value, device in zip(chunk, distinct)]
                 results += [future.result() for future in futures]
         finally:
             lab.release()
@@ -64,21 +66,13 @@ def _fan_out(devices: list[str]):
 
 def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: ExperimentConfig | None) -> dict:
     overrides = [*(overrides or []), *section_overrides(experiment)]
-    from sleepwake.config import load_settings
-
     devices = load_settings(config, overrides).experiment.devices
     run_id = str(flow_run.id or new_run_id())
     result = run_experiment(name, out, config, overrides, _sleeper(config), run_id, _progress,
                             _fan_out(devices) if len(devices) > 1 else None)
-    publish_experiment(str(result_path(out)))
+    publish_experiment(str(Path(out).expanduser() / "results.json"))
     return {"experiment": name, "out": str(out), "seconds": result.seconds, "summary": result.summary,
             "plots": result.plots}
-
-
-def result_path(out: str):
-    from pathlib import Path
-
-    return Path(out).expanduser() / "results.json"
 
 
 _RUNNER = ThreadPoolTaskRunner(max_workers=8)  # only sweeps with experiment.devices submit tasks

@@ -88,14 +88,13 @@ class Backend(Protocol):
 
     def set_weight(self, layer: int, weight: torch.Tensor) -> None: ...
 
+    composed: set[str]  # modules the last composition wrote (reset to base when no longer composed)
+
     def set_module_weight(self, name: str, weight: torch.Tensor) -> None:
         """Write float32 ``weight`` into the linear module ``name`` (e.g. an adapted q_proj)."""
 
     def pristine_weight(self, name: str) -> torch.Tensor:
         """float32 copy of module ``name``'s weight as loaded (cached before any composition)."""
-
-    def pristine_names(self) -> set[str]:
-        """Names of the modules whose base weight is cached (any of them may have been changed)."""
 
     def weights_digest(self, layers: Sequence[int], modules: Sequence[str] = ()) -> str:
         """sha256 over the composed bytes of the MEMIT layers' down projections and ``modules``."""

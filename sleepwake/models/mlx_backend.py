@@ -48,6 +48,8 @@ class MlxBackend:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
         self.fingerprint = mlx_loading.fingerprint(net, config, folder, trust_remote_code)
         self._pristine: dict[str, torch.Tensor] = {}
+        # Modules the last Memory.compose wrote (whichever Memory: a backend may be lent to many).
+        self.composed: set[str] = set()
         self.can_train_lora = False  # sleep's SWS/REM/reinforce stages skip with a reason
         self.input_device = torch.device("cpu")
 
@@ -138,10 +140,6 @@ class MlxBackend:
         if name not in self._pristine:
             self._pristine[name] = self.module_weight(name)
         return self._pristine[name].clone()
-
-    def pristine_names(self) -> set[str]:
-        """Modules whose base weight was cached: every module any Memory may have changed."""
-        return set(self._pristine)
 
     def module_weight(self, name: str) -> torch.Tensor:
         return mlx_internals.to_torch(self._dense(name))

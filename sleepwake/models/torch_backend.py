@@ -72,6 +72,8 @@ class TorchBackend:
             tokenizer.pad_token = tokenizer.eos_token
         self.fingerprint = self._fingerprint()
         self._pristine: dict[str, torch.Tensor] = {}
+        # Modules the last Memory.compose wrote (whichever Memory: a backend may be lent to many).
+        self.composed: set[str] = set()
         self.can_train_lora = True  # peft LoRA over the composed weights (models.lora)
 
     @classmethod
@@ -207,10 +209,6 @@ class TorchBackend:
             # holding float32 copies of a 70B's edited layers would spend gigabytes on them.
             self._pristine[name] = self.module_weight(name).cpu()
         return self._pristine[name].clone()
-
-    def pristine_names(self) -> set[str]:
-        """Modules whose base weight was cached: every module any Memory may have changed."""
-        return set(self._pristine)
 
     def module_weight(self, name: str) -> torch.Tensor:
         """A float32 copy of the weight of the linear module ``name`` (any module LoRA adapts)."""
