@@ -51,20 +51,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
     inject = sub.add_parser("inject", parents=[parent], help="store facts in the weights (wake)",
-                            description="Store facts in the model's weights with MEMIT, one edit per fact.")
+                            description="Store facts in the model's weights with MEMIT: facts are solved in batches "
+                            "(memit.wake_batch per solve) and stored as one edit per subject key.")
     inject.add_argument("subject", nargs="?", help="who or what the fact is about")
     inject.add_argument("relation", nargs="?", help="relation phrase ('lives in') or template ('{}\\'s dog is')")
     inject.add_argument("object", nargs="?", help="the answer ('Thessaloniki')")
     inject.add_argument("--facts", metavar="FILE", help="JSONL file or JSON list of {subject, relation, object}")
+    inject.add_argument("--one-by-one", action="store_true",
+                        help="one MEMIT solve and one edit per fact (default: memit.wake_batch facts per solve)")
     sub.add_parser("recall", parents=[parent], help="audit every fact (raw, paraphrase, chat); changes nothing",
                    description="Probe every stored fact by greedy raw completion, paraphrases and chat.")
     status = sub.add_parser("status", parents=[parent], help="facts, edits, perplexity, drowsiness, digest",
                             description="Summarise the home: counts, perplexity vs baseline, drowsiness, weights digest.")
     status.add_argument("--no-perplexity", action="store_true", help="skip the perplexity measurement (faster)")
-    forget = sub.add_parser("forget", parents=[parent], help="remove a fact and its edit exactly",
-                            description="Remove a stored fact; its edit is subtracted exactly.")
+    forget = sub.add_parser("forget", parents=[parent], help="forget a fact: its edit and what the adapters know",
+                            description="Forget a stored fact: its MEMIT edit is subtracted exactly; if the consolidated "
+                            "adapters still answer it, a short unlearning pass trains them towards the base model's own "
+                            "answers. The object is redacted from the conversation log and only its hash is kept, so "
+                            "later sleeps can prove it stays gone. Prints the probes it verified.")
     forget.add_argument("subject")
     forget.add_argument("relation")
+    ask = sub.add_parser("ask", parents=[parent], help="the model's greedy answer from its weights alone",
+                         description="Ask the model a question with an empty context (chat template), greedy; "
+                         "--raw completes a raw prompt instead. Shows what the weights know.")
+    ask.add_argument("question")
+    ask.add_argument("--raw", action="store_true", help="complete QUESTION as a raw prompt (no chat template)")
+    ask.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                     help="answer length limit (default: chat.max_new_tokens)")
     sub.add_parser("nap", parents=[parent], help="run the nap flow: health check, audit of recent facts, report",
                    description="Run the nap flow (Prefect; ephemeral unless PREFECT_API_URL is set). "
                    "Changes no weights unless --set nap.reinforce=true (a gated LoRA pass on MEMIT-held facts).")
@@ -131,7 +144,8 @@ def cmd_inject(args) -> dict:
     with home.write_lock():
         _, memory = open_memory(args, writable=True)
         bar = tqdm(total=len(facts), desc="inject", unit="fact", file=sys.stderr, disable=args.quiet or len(facts) < 2)
-        outcomes = memory.inject(facts, progress=lambda o: (bar.update(1), bar.set_postfix_str(f"{o.status} {o.seconds:.1f}s")))
+        outcomes = memory.inject(facts, one_by_one=args.one_by_one,
+                                 progress=lambda o: (bar.update(1), bar.set_postfix_str(f"{o.status} {o.seconds:.1f}s/fact")))
         bar.close()
         result = {"injected": [o.as_dict() for o in outcomes], "facts": len(memory.ledger.list_facts()),
                   "weights_digest": memory.weights_digest()}
@@ -185,8 +199,21 @@ def cmd_forget(args) -> dict:
     with home.write_lock():
         # A corrupted factor file must not block removing its own fact (the error message says to).
         _, memory = open_memory(args, writable=True, tolerate_corrupt=True)
-        removed = memory.forget(args.subject, args.relation)
+        from sleepwake.sleep.forget import forget
+
+        removed = forget(memory, args.subject, args.relation)
         return {"forgotten": removed, "facts": len(memory.ledger.list_facts()), "weights_digest": memory.weights_digest()}
+
+
+def cmd_ask(args) -> dict:
+    """The model's greedy answer from its weights alone (empty context)."""
+    from sleepwake.models.locality import trim
+
+    _, memory = open_memory(args, writable=False)
+    backend, budget = memory.backend, args.max_new_tokens or memory.settings.chat.max_new_tokens
+    ids = backend.encode(args.question) if args.raw else backend.chat_ids(args.question)
+    answer = backend.decode(trim(backend.generate_ids([ids], budget)[0], backend))
+    return {"question": args.question, "answer": answer.strip() if not args.raw else answer}
 
 
 def cmd_sleep(args, kind: str | None = None) -> dict:
@@ -195,7 +222,7 @@ def cmd_sleep(args, kind: str | None = None) -> dict:
     from sleepwake.storage.home import Home
 
     load_settings(args.config, args.overrides)  # a bad --set fails before Prefect starts
-    Home.open(args.home)
+    Home.open(args.home, create=False)
     if args.quiet:  # read when Prefect is first imported
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from sleepwake.flows.full_sleep import full_sleep
@@ -252,14 +279,20 @@ def render_text(command: str, result: dict) -> str:
         return "\n".join(lines)
     if command == "forget":
         f = result["forgotten"]
-        return f"forgot {f['subject']} | {f['relation']} -> {f['object']}; {result['facts']} fact(s) left"
+        lines = [f"forgot {f['subject']} | {f['relation']}; {result['facts']} fact(s) left; "
+                 f"{f['unlearning_passes']} unlearning pass(es); {f['redacted_turns']} logged message(s) redacted",
+                 "verified: no probe produces it" if f["verified"] else "NOT verified: a probe still produces it"]
+        lines += [f"  {p['kind']:10s} {p['prompt']!r} -> {p['answer'][:60]!r}" for p in f["probes"]]
+        return "\n".join(lines)
+    if command == "ask":
+        return result["answer"]
     if command == "chat":
         return (f"[chat {result['session_id']}: {len(result['turns'])} turn(s), {len(result['stored'])} fact(s) "
                 f"stored, {len(result['forgotten'])} forgotten]")
     if command in ("nap", "sleep"):
-        from sleepwake.sleep.report import render_markdown
+        from sleepwake.sleep.report import Report, render_markdown
 
-        return render_markdown(result)
+        return render_markdown(Report.model_validate(result))
     if command == "experiment":
         from sleepwake.experiments.summary import render_markdown
 
@@ -270,7 +303,7 @@ def render_text(command: str, result: dict) -> str:
     return "\n".join(f"{k:{width}s}  {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in result.items())
 
 
-COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget,
+COMMANDS = {"inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget, "ask": cmd_ask,
             "nap": cmd_sleep, "sleep": cmd_sleep, "chat": cmd_chat, "experiment": cmd_experiment}
 
 

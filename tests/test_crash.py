@@ -22,7 +22,7 @@ from sleepwake import cli
 from sleepwake.config import load_settings
 from sleepwake.faults import POINTS
 from sleepwake.memory import Memory
-from sleepwake.sleep.gate import facts_fingerprint
+from sleepwake.sleep.journal import facts_fingerprint
 from sleepwake.sleep.health import check_consistency
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
@@ -30,15 +30,20 @@ from conftest import mixed_facts, seed_home, shared_cache
 
 FACTS = mixed_facts()
 NEW = ["Eve Moreau", "The pet of {}", "parrot"]
+# REM kept whatever it does to the random model, so the sleep holds two adapters to fold.
+FOLDING = ["--set", "rem.max_ppl_increase=100.0", "--set", "rem.min_recall=0.0"]
 
 # crash point -> (command, what the home must look like after repair)
 CASES = {
     "inject:after-factor-file": (["inject", *NEW], "without-new"),
     "inject:after-ledger": (["inject", *NEW], "with-new"),
+    "forget:before-ledger": (["forget", "Chen Okafor", "The job of {}"], "unchanged"),
     "forget:after-ledger": (["forget", "Chen Okafor", "The job of {}"], "without-chen"),
     "snapshot:before-manifest": (["sleep"], "pre-sleep"),
     "maintain:after-refresh": (["sleep"], "pre-sleep"),
     "adapter:after-file": (["sleep"], "pre-sleep"),
+    "adapter:after-ledger": (["sleep"], "pre-sleep"),
+    "fold:after-adapter": (["sleep", *FOLDING], "pre-sleep"),
     "sws:after-adapter": (["sleep"], "pre-sleep"),
     "sws:after-stages": (["sleep"], "pre-sleep"),
     "rem:after-adapter": (["sleep"], "pre-sleep"),
@@ -131,8 +136,9 @@ def test_killed_at_crash_point_leaves_a_repairable_home(point, case, env, capsys
     leftovers = [p.name for p in (home / "snapshots").iterdir()] if (home / "snapshots").exists() else []
     assert all(SnapshotStore(home).get(name) for name in leftovers), leftovers  # no half-taken copies
     assert {(r[1], r[2]) for r in facts_fingerprint(memory)} == expected_state(kind, pre_facts, settings)
-    assert sorted(p.name for p in (home / "deltas").iterdir()) == sorted(e.file.split("/")[-1] for e in memory.edits)
-    if kind == "pre-sleep":
+    files = [e.file for e in memory.edits] + [a.file for a in memory.adapters]
+    assert sorted(p.name for p in (home / "deltas").iterdir()) == sorted(f.split("/")[-1] for f in files)
+    if kind in ("pre-sleep", "unchanged"):
         assert memory.weights_digest() == pre_digest and facts_fingerprint(memory) == pre_facts
     fresh = Memory.open(Home.open(home), settings, writable=False)  # a new process composes the same bytes
     assert fresh.weights_digest() == memory.weights_digest()

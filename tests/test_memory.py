@@ -21,6 +21,7 @@ import torch
 from sleepwake.config import load_settings
 from sleepwake.errors import CorruptedStateError, ModelLoadError, NotFoundError, SleepwakeError
 from sleepwake.facts import Fact
+from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory, load_backend
 from sleepwake.models import probes
 from sleepwake.status import collect_status
@@ -99,14 +100,14 @@ def test_inject_recall_forget_round_trip(tmp_path, settings):
     [delta] = delta_files(home)
     assert delta.name == f"edit-{outcome.edit_id:08d}.safetensors"
 
-    removed = memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    removed = forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
     assert removed["removed_edit"] == outcome.edit_id and removed["reinjected"] == []
     assert memory.weights_digest() == base_digest  # bit-exact, not just close
     assert not delta.exists() and delta_files(home) == []
     assert memory.ledger.list_facts() == [] and memory.ledger.list_edits() == []
     assert memory.recall() == []
     with pytest.raises(NotFoundError):
-        memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+        forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
 
 
 def test_lives_in_edit_raises_the_objects_logprob(seeded):

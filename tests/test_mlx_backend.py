@@ -28,6 +28,7 @@ from sleepwake.chat.reply import Replier
 from sleepwake.config import ModelConfig, load_settings
 from sleepwake.errors import ModelLoadError, UnsupportedError
 from sleepwake.facts import Fact
+from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory
 from sleepwake.models import covariance, mlx_blas, mlx_internals
 from sleepwake.models.editor import compute_edit, vstar_rows, vstar_settings
@@ -35,7 +36,7 @@ from sleepwake.models.mlx_backend import MlxBackend
 from sleepwake.models.mlx_loading import rope_overrides
 from sleepwake.models.torch_backend import TorchBackend
 from sleepwake.sleep.audit import audit
-from sleepwake.sleep.run import SleepRun
+from sleepwake.sleep.session import SleepSession
 from sleepwake.sleep.sws import sws
 from sleepwake.storage.home import Home
 from conftest import shared_cache
@@ -189,13 +190,13 @@ def test_memory_inject_recall_forget_with_backend_mlx(tmp_path, tiny_settings_ov
     assert row["raw"] is True, row["raw_text"]
     assert memory.weights_digest() != base
     # Sleep on MLX: the audit runs, SWS (LoRA) skips with its reason instead of failing.
-    run = SleepRun(memory, "full_sleep")
-    assert audit(run).summary["raw_recall"] == 1.0
-    skipped = sws(run).summary
-    assert skipped["skipped"] is True and "cannot train LoRA" in skipped["reason"]
+    run = SleepSession(memory, "full_sleep")
+    assert audit(run).raw_recall == 1.0
+    skipped = sws(run)
+    assert skipped.skipped is True and "cannot train LoRA" in skipped.reason
     # Chat replies go through backend.generate (greedy, not streamed) on MLX.
     assert isinstance(Replier(memory.backend, settings.chat).reply([{"role": "user", "content": "Hi"}]), str)
-    memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
     assert memory.weights_digest() == base  # forget is exact on MLX too
     assert memory.ledger.list_edits() == []
 

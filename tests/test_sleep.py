@@ -9,6 +9,7 @@ degraded ones to refresh.
 from __future__ import annotations
 
 import shutil
+from datetime import timedelta
 
 import pytest
 import torch
@@ -17,12 +18,17 @@ from sleepwake.config import load_settings
 from sleepwake.errors import CorruptedStateError
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
-from sleepwake.sleep import gate
-from sleepwake.sleep.audit import audit, nap_selection
-from sleepwake.sleep.health import curate, health_check
-from sleepwake.sleep.maintain import maintain, stage_snapshot
+from sleepwake.sleep import journal, pipeline
+from sleepwake.sleep.audit import audit
+from sleepwake.sleep.curate import curate
+from sleepwake.sleep.forget import forget
+from sleepwake.sleep.health import health_check
+from sleepwake.sleep.maintain import maintain
 from sleepwake.sleep.report import report
-from sleepwake.sleep.run import SleepRun
+from sleepwake.sleep.results import AuditResult, HealthResult
+from sleepwake.sleep.select import nap_selection, select_facts
+from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.validate import validate
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
 from conftest import seed_home
@@ -52,7 +58,7 @@ def run(seeded_home, tmp_path, settings, monkeypatch):
     target = tmp_path / "home"
     shutil.copytree(seeded_home, target)
     memory = Memory.open(Home.open(target), settings)
-    return SleepRun(memory, "full_sleep")
+    return SleepSession(memory, "full_sleep")
 
 
 def reopen(memory: Memory) -> Memory:
@@ -62,21 +68,20 @@ def reopen(memory: Memory) -> Memory:
     return Memory.open(memory.home, memory.settings, backend=memory.backend)
 
 
-def with_settings(run: SleepRun, **sections) -> SleepRun:
+def with_settings(run: SleepSession, **sections) -> SleepSession:
     run.memory.settings = run.memory.settings.model_copy(update=sections)
     return run
 
 
 def test_audit_finds_healthy_and_degraded_and_records_rows(run):
     result = audit(run)
-    summary = result.summary
     ids = {r.subject: r.fact_id for r in run.ledger.list_facts()}
-    assert {ids["Aria Nakamura"], ids["Chen Okafor"]} <= set(summary["healthy_ids"])
-    assert ids["Bruno Silva"] in summary["degraded_ids"]
-    assert summary["n"] == 4 and summary["degraded"] == len(summary["degraded_ids"])
+    assert {ids["Aria Nakamura"], ids["Chen Okafor"]} <= set(result.healthy_ids)
+    assert ids["Bruno Silva"] in result.degraded_ids
+    assert result.n == 4 and result.degraded == len(result.degraded_ids)
     latest = run.ledger.latest_audits()
     assert set(latest) == set(ids.values()) and all(row["run_id"] == run.run_id for row in latest.values())
-    assert run.ledger.metric_history("raw_recall")[-1]["value"] == summary["raw_recall"]
+    assert run.ledger.metric_history("raw_recall")[-1]["value"] == result.raw_recall
 
 
 def test_health_check_removes_orphan_edits_and_reports_perplexity(run):
@@ -84,10 +89,18 @@ def test_health_check_removes_orphan_edits_and_reports_perplexity(run):
     row = memory.ledger.find_fact("Chen Okafor", "The job of {}")
     memory.ledger.forget_fact(row.fact_id)  # leaves the edit without a fact (an orphan edit)
     assert len(memory.ledger.list_edits()) == 4
-    summary = health_check(run).summary
-    assert summary["orphan_edits_removed"] == 1 and summary["edits"] == 3
-    assert summary["perplexity"] > 0 and summary["perplexity_baseline"] > 0
-    assert summary["weights_digest"] == memory.weights_digest()
+    result = health_check(run)
+    assert result.orphan_edits_removed == 1 and result.edits == 3
+    assert result.perplexity > 0 and result.perplexity_baseline > 0
+    assert result.weights_digest == memory.weights_digest()
+
+
+def test_health_check_of_an_unchanged_home_runs_no_forward_pass(run, monkeypatch):
+    health_check(run)  # measures and caches both perplexities
+    calls = []
+    monkeypatch.setattr(type(run.memory.backend), "perplexity", lambda *a, **k: calls.append(1) or 1.0)
+    again = health_check(run)
+    assert calls == [] and again.perplexity > 1.0  # both from the cache, keyed by the weights digest
 
 
 def test_curate_prunes_only_consolidated_edits_and_keeps_every_fact_auditable(run):
@@ -98,31 +111,63 @@ def test_curate_prunes_only_consolidated_edits_and_keeps_every_fact_auditable(ru
     other = memory.ledger.find_fact("Chen Okafor", "The job of {}")
     memory.ledger.set_scale(other.edit_id, 0.0)  # scale 0 but NOT consolidated: must stay
     memory.reload()
-    summary = curate(run).summary
-    assert summary["pruned"] == 1 and summary["consolidated"] == 1
-    assert row.fact_id in summary["audit_ids"] and len(summary["audit_ids"]) == 4
+    result = curate(run)
+    assert result.pruned == 1 and result.consolidated == 1 and result.facts == 4
     assert memory.ledger.find_fact("Aria Nakamura", "The hometown of {}").edit_id is None
     assert {e.edit_id for e in memory.edits} == {r.edit_id for r in memory.ledger.list_facts() if r.edit_id}
-    assert summary["missing_ids"] == []
+    assert result.missing_ids == []
 
 
 def test_curate_reports_over_cap_without_dropping_facts(run):
     with_settings(run, curate=run.settings.curate.model_copy(update={"max_active_facts": 2}))
     result = curate(run)
-    assert result.summary["over_cap"] == 2 and "cap" in result.markdown
+    assert result.over_cap == 2 and "cap" in result.note
     assert len(run.ledger.list_facts()) == 4 and len(run.memory.edits) == 4
+
+
+def test_select_audits_what_changed_and_rotates_through_the_rest(run):
+    from sleepwake.status import LAST_SLEEP_KEY
+
+    first = select_facts(run, curate(run))
+    assert first.fact_ids == sorted(r.fact_id for r in run.ledger.list_facts())  # never audited: all at risk
+    audit(run, first.fact_ids)
+    run.ledger.set_meta(LAST_SLEEP_KEY, "2999-01-01T00:00:00")  # nothing changed since "the last sleep"
+    with_settings(run, audit=run.settings.audit.model_copy(update={"coverage_nights": 2, "near_facts": 0}))
+    degraded = set(audit(run).degraded_ids)
+    nights = []
+    for _ in range(3):
+        picked = select_facts(run, curate(run))
+        assert picked.coverage_nights == 2 and degraded <= set(picked.fact_ids)
+        nights.append(set(picked.fact_ids) - degraded)
+        audit(run, picked.fact_ids)
+    healthy = {r.fact_id for r in run.ledger.list_facts()} - degraded
+    assert nights[0] | nights[1] == healthy  # every fact within K = 2 nights
+    assert all(len(n) == -(-len(healthy) // 2) for n in nights)
+
+
+def test_select_adds_the_facts_nearest_to_a_changed_fact(run):
+    from sleepwake.status import LAST_SLEEP_KEY
+
+    audit(run)
+    run.ledger.set_meta(LAST_SLEEP_KEY, "2000-01-01T00:00:00")
+    with_settings(run, audit=run.settings.audit.model_copy(update={"coverage_nights": 1000, "near_facts": 2}))
+    run.memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Lisbon")])
+    row = run.ledger.find_fact("Aria Nakamura", "The hometown of {}")
+    run.ledger.set_meta(LAST_SLEEP_KEY, str(row.updated_at - timedelta(microseconds=1)).replace(" ", "T"))
+    picked = select_facts(run, curate(run))
+    assert picked.changed == 1 and picked.near == 2 and row.fact_id in picked.fact_ids
 
 
 def test_maintain_replaces_degraded_edits_in_place_and_protects_healthy_keys(run):
     memory = run.memory
-    before = audit(run).summary
-    healthy_edits = {r.edit_id for r in memory.ledger.list_facts() if r.fact_id in before["healthy_ids"]}
+    before = audit(run)
+    healthy_edits = {r.edit_id for r in memory.ledger.list_facts() if r.fact_id in before.healthy_ids}
     keys = memory.edit_keys(healthy_edits)
     outputs = {layer: memory.backend.get_weight(layer) @ k.T for layer, k in keys.items()}
     edits_before = {e.edit_id for e in memory.edits}
 
-    result = maintain(run, before["healthy_ids"], before["degraded_ids"])
-    assert result.summary["refreshed"] == len(before["degraded_ids"]) >= 1
+    result = maintain(run, before)
+    assert result.refreshed == len(before.degraded_ids) >= 1
     after_edits = {e.edit_id for e in memory.edits}
     assert len(after_edits) == len(edits_before)  # replaced, never duplicated
     refreshed_old = {r["old_edit"] for r in result.rows}
@@ -130,74 +175,89 @@ def test_maintain_replaces_degraded_edits_in_place_and_protects_healthy_keys(run
     for layer, k in keys.items():  # the hard null-space constraint: W k_p is unchanged
         now = memory.backend.get_weight(layer) @ k.T
         assert torch.allclose(now, outputs[layer], atol=1e-4, rtol=1e-4), layer
-    assert audit(run).summary["healthy_ids"] == before["healthy_ids"]
+    assert audit(run).healthy_ids == before.healthy_ids
     assert SnapshotStore(memory.home.root).open_snapshots() == []  # its stage snapshot is closed
 
 
 def test_maintain_respects_max_refresh_and_disabled(run):
-    before = audit(run).summary
+    before = audit(run)
     with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_refresh": 1}))
-    assert maintain(run, before["healthy_ids"], before["degraded_ids"]).summary["refreshed"] == 1
+    assert maintain(run, before).refreshed == 1
     with_settings(run, maintain=run.settings.maintain.model_copy(update={"enabled": False}))
-    summary = maintain(run, before["healthy_ids"], before["degraded_ids"]).summary
-    assert summary["refreshed"] == 0 and summary["skipped"] is True
+    result = maintain(run, before)
+    assert result.refreshed == 0 and result.skipped is True
 
 
-def test_a_retried_stage_first_restores_its_own_snapshot(run):
+def test_maintain_wakes_a_consolidated_fact_the_adapters_lost(run):
+    memory = run.memory
+    row = memory.ledger.find_fact("Bruno Silva", "lives in")
+    memory.ledger.prune_edits([row.edit_id])
+    memory.ledger.set_stage(row.fact_id, 3)
+    memory.reload()
+    before = audit(run)
+    assert row.fact_id in before.degraded_ids
+    result = maintain(run, before)
+    woken = memory.ledger.find_fact("Bruno Silva", "lives in")
+    assert result.rewoken >= 1 and woken.stage == 0 and woken.edit_id is not None
+
+
+def test_a_failing_stage_restores_its_own_snapshot_so_a_retry_starts_clean(run):
     memory = run.memory
     digest = memory.weights_digest()
-    stage_snapshot(run, "maintain")  # attempt 1 starts ...
-    row = memory.ledger.find_fact("Bruno Silva", "lives in")
-    memory.refresh(row, [])  # ... changes weights, then "fails"
-    assert memory.weights_digest() != digest
-    stage_snapshot(run, "maintain")  # attempt 2 starts from the same state as attempt 1
-    assert memory.weights_digest() == digest
+    with pytest.raises(RuntimeError):
+        with journal.stage(run, "maintain"):  # attempt 1 ...
+            memory.refresh(memory.ledger.find_fact("Bruno Silva", "lives in"), [])  # ... changes weights
+            assert memory.weights_digest() != digest
+            raise RuntimeError("transient")  # ... and fails
+    assert memory.weights_digest() == digest  # attempt 2 starts from the same state
+    assert SnapshotStore(memory.home.root).open_snapshots() == []
 
 
 def test_failed_gate_rolls_back_byte_exact(run):
     memory = run.memory
     with_settings(run, validate_=run.settings.validate_.model_copy(update={"max_ppl_increase": 0.0}))
-    health = health_check(run).summary
-    facts_before = gate.facts_fingerprint(memory)
+    health = health_check(run)
     digest = memory.weights_digest()
-    gate.take_snapshot(run)
+    pre = journal.begin(run)
     curate(run)
-    before = audit(run).summary
-    maintain(run, before["healthy_ids"], before["degraded_ids"])
+    before = audit(run)
+    maintain(run, before)
     assert memory.weights_digest() != digest
-    verdict, _ = gate.validate(run, before, health["perplexity"])
-    increase = verdict.summary["perplexity_increase"]
-    assert verdict.summary["passed"] is (increase <= 0.0)
-    gate.rollback(run, facts_before)  # roll back whatever the verdict: the restore itself is under test
-    assert memory.weights_digest() == digest and gate.facts_fingerprint(memory) == facts_before
+    verdict = validate(run, before, health)
+    assert verdict.passed is (verdict.perplexity_increase <= 0.0)
+    journal.rollback(run, pre)  # roll back whatever the verdict: the restore itself is under test
+    assert memory.weights_digest() == digest and journal.facts_fingerprint(memory) == pre.facts
     assert reopen(memory).weights_digest() == digest
-    summary = report(run, "rolled_back").summary
-    assert summary["outcome"] == "rolled_back" and summary["raw_recall_after"] == before["raw_recall"]
+    result = report(run, "rolled_back", health, before, verdict)
+    assert result.outcome == "rolled_back" and result.raw_recall_after == before.raw_recall
 
 
 def test_gate_fails_on_recall_drop(run):
-    before = {"raw_recall": 1.0}
-    verdict, _ = gate.validate(run, before, 1.0e9)  # perplexity far below: only recall can fail
-    assert verdict.summary["passed"] is False and "recall" in verdict.summary["failures"][0]
+    before = AuditResult(raw_recall=1.0)
+    health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)  # far above: only recall can fail
+    verdict = validate(run, before, health)
+    assert verdict.passed is False and "recall" in verdict.failures[0]
 
 
 def test_an_interrupted_sleep_is_undone_by_the_next_writer(run, settings):
     memory = run.memory
-    digest, facts = memory.weights_digest(), gate.facts_fingerprint(memory)
-    gate.take_snapshot(run)
+    digest, facts = memory.weights_digest(), journal.facts_fingerprint(memory)
+    journal.begin(run)
     memory.refresh(memory.ledger.find_fact("Bruno Silva", "lives in"), [])
-    memory.forget("Chen Okafor", "The job of {}")
+    forget(memory, "Chen Okafor", "The job of {}")
     assert memory.weights_digest() != digest
     # The process "dies" here: nobody closes the snapshot. The next writer repairs the home.
     reopened = reopen(memory)
-    assert reopened.recovered == [gate.snapshot_name(run)]
-    assert reopened.weights_digest() == digest and gate.facts_fingerprint(reopened) == facts
+    assert reopened.recovered == [journal.pre_sleep_name(run)]
+    assert reopened.weights_digest() == digest and journal.facts_fingerprint(reopened) == facts
     assert SnapshotStore(memory.home.root).open_snapshots() == []
 
 
 def test_rollback_without_snapshot_is_a_clear_error(run):
+    from sleepwake.sleep.results import SnapshotResult
+
     with pytest.raises(CorruptedStateError, match="snapshot"):
-        gate.rollback(run)
+        journal.rollback(run, SnapshotResult(snapshot="missing-pre-sleep"))
 
 
 def test_nap_selection_takes_recent_and_previously_degraded(run):
@@ -210,35 +270,43 @@ def test_nap_selection_takes_recent_and_previously_degraded(run):
 
 
 def test_a_rolled_back_sleep_keeps_its_history_once(run):
-    health_check(run)
-    gate.take_snapshot(run)
-    before = audit(run).summary
-    maintain(run, before["healthy_ids"], before["degraded_ids"])
-    gate.validate(run, before, 1.0e-9)  # any perplexity is a rise: the gate fails
-    gate.rollback(run)
+    health = health_check(run)
+    pre = journal.begin(run)
+    before = audit(run)
+    maintain(run, before)
+    validate(run, before, health.model_copy(update={"perplexity": 1.0e-9}))  # any perplexity is a rise
+    journal.rollback(run, pre)
     history = {row["name"]: row for row in run.ledger.metric_history("perplexity_before")}
     assert history, "validate's figures survive the rollback"
     runs = [row for row in run.ledger.metric_history("perplexity", limit=1000) if row["run_id"] == run.run_id]
     assert len(runs) == 1  # health's figure was inside the snapshot: not written twice
     latest = run.ledger.latest_audits()
     assert {row["run_id"] for row in latest.values()} == {run.run_id}
-    assert sorted(fid for fid, row in latest.items() if not row["healthy"]) == before["degraded_ids"]
+    assert sorted(fid for fid, row in latest.items() if not row["healthy"]) == before.degraded_ids
 
 
 def test_forgotten_facts_leave_the_audit_verdicts(run):
-    summary = audit(run).summary
-    degraded = run.ledger.list_facts()
-    gone = next(r for r in degraded if r.fact_id in summary["degraded_ids"])
-    run.memory.forget(gone.subject, gone.relation)
+    result = audit(run)
+    gone = next(r for r in run.ledger.list_facts() if r.fact_id in result.degraded_ids)
+    forget(run.memory, gone.subject, gone.relation)
     assert gone.fact_id not in run.ledger.latest_audits()
 
 
 def test_naps_do_not_count_towards_convergence(run, settings):
     from sleepwake.sleep.report import CYCLE_METRIC
 
-    nap = SleepRun(run.memory, "nap")
-    audit(nap)
-    report(nap, "no_change")
+    nap = SleepSession(run.memory, "nap")
+    before = audit(nap)
+    report(nap, "no_change", before)
     assert run.ledger.metric_history(CYCLE_METRIC) == []
-    summary = report(run, "rolled_back").summary
-    assert summary["refreshed"] == 0 and summary["pruned"] == 0
+    result = report(run, "rolled_back")
+    assert result.refreshed == 0 and result.pruned == 0
+
+
+def test_the_plain_pipeline_runs_a_whole_sleep_and_closes_its_journal(run):
+    result = pipeline.full_sleep(pipeline.plain(run))
+    assert result.outcome in ("kept", "rolled_back") and result.audited == 4
+    assert set(result.stage_seconds) >= {"health", "snapshot", "curate", "select", "audit", "maintain", "sws",
+                                         "rem", "fold", "validate", "report"}
+    assert SnapshotStore(run.memory.home.root).open_snapshots() == []
+    assert run.ledger.runs()[0]["outcome"] == result.outcome

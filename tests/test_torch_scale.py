@@ -19,6 +19,7 @@ import torch
 from sleepwake.config import ModelConfig, load_settings
 from sleepwake.errors import ModelLoadError
 from sleepwake.facts import Fact
+from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory
 from sleepwake.models import covariance, torch_internals
 from sleepwake.models.editor import compute_edit
@@ -95,7 +96,7 @@ def test_bf16_composes_in_float32_and_casts_once(tmp_path, tiny_settings_overrid
     stored = memory.backend.down_proj(1).weight
     assert stored.dtype == torch.bfloat16
     assert torch.equal(stored, want.to(torch.bfloat16))  # float32 sum, one rounding
-    memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
     assert memory.weights_digest() == base
 
 
@@ -115,7 +116,7 @@ def test_nf4_quantises_everything_but_the_layers_sleepwake_writes(tmp_path, tiny
     memory.inject([RECALL_FACT])
     assert memory.weights_digest() != base
     assert memory.recall()[0]["raw"] is True  # the mixed 4-bit/dense model recalls it
-    memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
     assert memory.weights_digest() == base  # byte-exact back to the dequantised base
 
 
@@ -160,7 +161,7 @@ def gpu_round_trip(tmp_path, overrides, backend=None) -> Memory:
     base = memory.weights_digest()
     memory.inject([RECALL_FACT])
     assert memory.recall()[0]["raw"] is True
-    memory.forget(RECALL_FACT.subject, RECALL_FACT.relation)
+    forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
     assert memory.weights_digest() == base
     return memory
 

@@ -69,11 +69,14 @@ def cmd_forget(session, arg: str) -> None:
         subject, relation = session.log.stored[-1]["subject"], session.log.stored[-1]["relation"]
     else:
         raise InvalidInputError("nothing stored in this chat yet; use /forget SUBJECT | RELATION")
-    removed = session.memory.forget(subject, relation)
+    from sleepwake.sleep.forget import forget
+
+    removed = forget(session.memory, subject, relation)
     session.log.forgotten.append(removed)
     session.log.stored = [r for r in session.log.stored
                           if (r["subject"], r["relation"]) != (removed["subject"], removed["relation"])]
-    session.note(f"forgot: {subject} | {relation} -> {removed['object']}")
+    verdict = "verified: no probe produces it" if removed["verified"] else "NOT verified: a probe still produces it"
+    session.note(f"forgot: {subject} | {relation} ({verdict})")
 
 
 def cmd_compact(session, arg: str) -> None:

@@ -221,7 +221,7 @@ class ChatSession:
                 records.append(self.inject_stored(moved))
                 if records[-1]["status"] not in IN_LEDGER:
                     continue  # never drop the old fact before its copy is stored
-            self.memory.forget(row.subject, row.relation)
+            self.memory.remove_fact(row.subject, row.relation)
             records.append({**row.fact.model_dump(), "status": "moved"})
         return records
 

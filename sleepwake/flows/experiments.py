@@ -21,7 +21,7 @@ from sleepwake.config import load_settings
 from sleepwake.experiments.runner import run_experiment
 from sleepwake.experiments.settings import ExperimentConfig
 from sleepwake.flows.full_sleep import full_sleep
-from sleepwake.sleep.run import new_run_id
+from sleepwake.sleep.session import new_run_id
 from sleepwake.tasks.experiment import publish_experiment, sweep_point
 
 

@@ -1,18 +1,15 @@
 """The nap: health check, audit of recent (and previously degraded) facts, [reinforce], report.
 
 Without ``nap.reinforce`` a nap changes no weights; with it, a gated LoRA pass strengthens the
-chat pathway of MEMIT-held facts (undone from its own stage snapshot when its gate fails)."""
+chat pathway of MEMIT-held facts (undone from its own journal snapshot when its gate fails)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from sleepwake.flows.session import flow_settings, sleep_session
-from sleepwake.sleep.audit import nap_selection
-from sleepwake.tasks.audit import audit
-from sleepwake.tasks.health import health_check
-from sleepwake.tasks.reinforce import reinforce as reinforce_task
-from sleepwake.tasks.report import report
+from sleepwake.flows.session import flow_settings, sleep_session, task_stages
+from sleepwake.sleep import pipeline
+from sleepwake.sleep.select import nap_selection
 
 
 @flow(name="nap", persist_result=False, log_prints=True)
@@ -20,16 +17,15 @@ def nap(home: str | None = None, config: str | None = None, overrides: list[str]
         reinforce: bool | None = None) -> dict:
     """Audit what changed since the last sleep; optionally reinforce the chat pathway with LoRA.
 
-    home: the sleepwake home (default $SLEEPWAKE_HOME); config: preset or YAML; overrides: key=value;
-    reinforce: run the gated LoRA reinforcement (default: the nap.reinforce setting).
+    Args:
+        home: The sleepwake home folder on the worker (empty: the worker's $SLEEPWAKE_HOME). It must
+            already hold a memory.
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value (one per row).
+        reinforce: Run the gated LoRA reinforcement (empty: the nap.reinforce setting).
     """
     settings = flow_settings(config, overrides)
     if reinforce is not None:
         settings = settings.model_copy(update={"nap": settings.nap.model_copy(update={"reinforce": reinforce})})
-    with sleep_session(home, settings, "nap") as run:
-        health_check(run.run_id)
-        audit(run.run_id, nap_selection(run))
-        if not settings.nap.reinforce:
-            return report(run.run_id, "no_change")
-        result = reinforce_task(run.run_id)
-        return report(run.run_id, "reinforced" if result["accepted"] else "no_change")
+    with sleep_session(home, settings, "nap") as session:
+        return pipeline.nap(task_stages(session), nap_selection(session), settings.nap.reinforce).summary()

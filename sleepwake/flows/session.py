@@ -1,12 +1,15 @@
-"""The part of a flow run that owns the model: settings, the write lock, the memory, the run id."""
+"""The part of a flow run that owns the model: settings, the write lock, the memory, the session."""
 
 from __future__ import annotations
 
 import contextlib
+from functools import partial
+from types import SimpleNamespace
 from typing import Iterator
 
 from sleepwake.config import Settings, load_settings
-from sleepwake.sleep.run import SleepRun, register, release
+from sleepwake.sleep import journal
+from sleepwake.sleep.session import SleepSession, active
 
 
 def flow_settings(config: str | None, overrides: list[str] | None, **sections) -> Settings:
@@ -17,19 +20,41 @@ def flow_settings(config: str | None, overrides: list[str] | None, **sections) -
     return settings.model_copy(update=given) if given else settings
 
 
-@contextlib.contextmanager
-def sleep_session(home: str | None, settings: Settings, kind: str) -> Iterator[SleepRun]:
-    """Hold the home's write lock for the whole flow (inject/forget wait their turn), open the
-    memory, register the run so tasks can find it by id, and release everything at the end."""
-    from sleepwake.memory import Memory
+def existing_home(home: str | None, create: bool = False):
+    """The home a flow works on. A path without a ledger is an error unless ``create``: a mistyped
+    home must never become a new, empty memory that looks healthy forever."""
+    from sleepwake.errors import NotFoundError
     from sleepwake.storage.home import Home
 
-    home_obj = Home.open(home)
+    found = Home.open(home, create=create)
+    if not create and not found.db_path.is_file():
+        raise NotFoundError(f"no sleepwake home at {found.root} (no ledger.duckdb there); check the path, or "
+                            "create it by storing a fact (sleepwake inject, or the wake flow with create=true)")
+    return found
+
+
+@contextlib.contextmanager
+def sleep_session(home: str | None, settings: Settings, kind: str, create: bool = False) -> Iterator[SleepSession]:
+    """Hold the home's write lock for the whole flow (inject/forget wait their turn), open the
+    memory, bind the session for the flow's tasks, and release everything at the end."""
+    from prefect.runtime import flow_run
+
+    from sleepwake.memory import Memory
+
+    home_obj = existing_home(home, create)
     with home_obj.write_lock(settings.sleep.lock_wait_s):
         memory = Memory.open(home_obj, settings)
-        run = SleepRun(memory, kind)
-        register(run)
-        try:
-            yield run
-        finally:
-            release(run.run_id)
+        session = SleepSession(memory, kind, flow_run_id=flow_run.id)
+        memory.ledger.start_run(session.run_id, kind, session.flow_run_id)
+        with active(session):
+            yield session
+
+
+def task_stages(session: SleepSession) -> SimpleNamespace:
+    """The stage tasks bound to the session's run id, for ``sleep.pipeline``."""
+    from sleepwake.tasks import stages
+
+    names = ("health_check", "snapshot", "curate", "select", "audit", "maintain", "sws", "rem", "fold",
+             "validate", "rollback", "report", "reinforce")
+    return SimpleNamespace(**{name: partial(getattr(stages, name), session.run_id) for name in names},
+                           abandon=partial(journal.abandon, session))

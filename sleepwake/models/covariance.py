@@ -60,7 +60,7 @@ def stats_dir(cache_dir: Path, fingerprint: str) -> Path:
     return cache_dir / "stats" / fingerprint
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -76,7 +76,7 @@ def load_or_sample_sequences(backend, cfg: MemitConfig, cache_dir: Path, seed: i
             log.warning("sample cache %s unreadable; resampling", path)
     log.info("sampling %d tokens of the model's own text for key statistics", cfg.covariance_tokens)
     sequences = backend.sample_sequences(cfg.covariance_tokens, cfg.covariance_sample_length, seed)
-    _atomic_write_bytes(path, json.dumps(sequences).encode())
+    atomic_write_bytes(path, json.dumps(sequences).encode())
     return sequences
 
 
@@ -127,5 +127,5 @@ def load_or_make_contexts(backend, cfg: MemitConfig, cache_dir: Path, seed: int)
             # MEMIT's trick: braces are stripped so the text can never act as a template.
             text = backend.decode(ids).replace("{", " ").replace("}", " ").replace("\n", " ").strip()
             contexts.append(f"{text}. " if text else "")
-    _atomic_write_bytes(path, json.dumps(contexts).encode())
+    atomic_write_bytes(path, json.dumps(contexts).encode())
     return contexts

@@ -16,7 +16,7 @@ Nothing here writes to disk or the ledger: compute deltas apart from applying th
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
@@ -133,6 +133,44 @@ def contrast_keys(backend, contrast, layer: int, batch_size: int) -> torch.Tenso
     return backend.layer_states(contrast, layer, layer, batch_size)[0]
 
 
+def optimize_targets(backend, rows: Sequence[VStarRow], n_groups: int, layer: int, cfg: MemitConfig):
+    """v* for every key group, ``cfg.vstar_facts`` groups per optimisation.
+
+    Each group's delta only moves its own rows, so chunks are independent problems; a chunk of
+    ~16 facts keeps the batched forward/backward efficient on a CPU without holding the
+    activations of hundreds of rows at once. Returns deltas (n, d_model), anchors (n, d_model)
+    and the merged stats."""
+    settings = vstar_settings(cfg)
+    deltas, anchors, steps, nll = [], [], [], []
+    for start in range(0, n_groups, cfg.vstar_facts):
+        chunk = range(start, min(n_groups, start + cfg.vstar_facts))
+        picked = [replace(row, fact=row.fact - start) for row in rows if row.fact in chunk]
+        delta, anchor, stats = backend.optimize_target(picked, len(chunk), layer, settings)
+        deltas.append(delta)
+        anchors.append(anchor)
+        steps.append(stats.get("steps", 0))
+        nll += stats.get("nll", [])
+    return torch.cat(deltas), torch.cat(anchors), {"steps": max(steps, default=0), "nll": nll}
+
+
+def split_groups(updates: Sequence[LayerUpdate], n_groups: int) -> list[list[LayerUpdate]]:
+    """One list of layer updates per key group, exactly summing to ``updates``.
+
+    MEMIT's update is a sum over key rows, dW = sum_i u_i v_i^T (column i of U and V belong to
+    key row i), and the rows are [context-averaged keys of groups 0..n-1, bare keys of groups
+    0..n-1] (or one row per group with a single context). So a batched solve splits into one
+    exact edit per group: forget and refresh keep working per fact, while the v* optimisation
+    and the covariance solve ran once for the whole batch."""
+    per_group: list[list[LayerUpdate]] = [[] for _ in range(n_groups)]
+    for update in updates:
+        rows_per_group = update.keys.shape[0] // n_groups
+        for group in range(n_groups):
+            cols = [group + k * n_groups for k in range(rows_per_group)]
+            per_group[group].append(LayerUpdate(layer=update.layer, u=update.u[:, cols].contiguous(),
+                                                v=update.v[:, cols].contiguous(), keys=update.keys[cols].contiguous()))
+    return per_group
+
+
 def vstar_settings(cfg: MemitConfig) -> VStarSettings:
     return VStarSettings(
         steps=cfg.v_steps, lr=cfg.v_lr, clamp_norm=cfg.v_clamp_norm, kl_factor=cfg.v_kl_factor,
@@ -160,7 +198,7 @@ def compute_edit(
     top = layers[-1]
     reps, owner = key_groups(facts)
     rows = vstar_rows(backend, facts, contexts, owner)
-    deltas, anchor, vstats = backend.optimize_target(rows, len(reps), top, vstar_settings(cfg))
+    deltas, anchor, vstats = optimize_targets(backend, rows, len(reps), top, cfg)
     z_star = anchor + deltas  # (n, d_model)
     # With a zero weight the contrast keys would be computed (a forward per layer) and ignored.
     contrast = contrast_rows(backend, facts, cfg.contrast_subjects) if cfg.contrast_weight > 0 else []

@@ -27,6 +27,7 @@ from typing import Sequence
 import torch
 
 from sleepwake.errors import SleepwakeError
+from sleepwake.models.lowrank import refactor
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,8 @@ def merge_factors(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], tol: float
     A refresh stores ``old + D`` as ONE edit (in place: the edit count never grows); the QR/SVD
     recompression keeps its rank from growing by the old rank at every refresh.
     """
-    u = torch.cat([p[0].double() for p in parts], dim=1)  # (d_model, r)
-    v = torch.cat([p[1].double() for p in parts], dim=1)  # (d_ff, r)
-    qu, ru = torch.linalg.qr(u)  # (d_model, r), (r, r)
-    qv, rv = torch.linalg.qr(v)  # (d_ff, r), (r, r)
-    a, s, bt = torch.linalg.svd(ru @ rv.T)  # core (r, r) = A diag(s) B^T
-    keep = s > tol * s.max().clamp_min(1e-300)
-    return (qu @ (a[:, keep] * s[keep])).float(), (qv @ bt[keep].T).float()  # (d_model, k), (d_ff, k)
+    u, v, _ = refactor(parts, energy=1.0, tol=tol)
+    return u, v
 
 
 def merge_updates(updates: Sequence[LayerUpdate], old: dict[str, torch.Tensor], old_scale: float) -> list[LayerUpdate]:

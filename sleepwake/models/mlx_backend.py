@@ -108,6 +108,10 @@ class MlxBackend:
     def chat(self, questions: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.chat_messages_ids([{"role": "user", "content": q}]) for q in questions], max_new_tokens)
 
+    def argmax_tokens(self, sequences: Sequence[list[int]], starts: Sequence[int], batch_size: int = 16) -> list[list[int]]:
+        """Teacher-forced greedy tokens from ``start - 1`` on (see the torch backend)."""
+        return mlx_internals.argmax_tokens(self.net, sequences, starts, self.pad_id, batch_size)
+
     def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float:
         ids: list[int] = []
         for text in texts:

@@ -160,6 +160,18 @@ def perplexity(model, chunks: Sequence[list[int]], pad_id: int, batch_size: int 
     return math.exp(total_nll / max(total_tokens, 1))
 
 
+def argmax_tokens(model, sequences: Sequence[list[int]], starts: Sequence[int], pad_id: int, batch_size: int) -> list[list[int]]:
+    """Teacher-forced argmax next tokens from each row's ``start - 1`` on (the torch backend's)."""
+    out: list[list[int]] = []
+    for first in range(0, len(sequences), batch_size):
+        chunk = sequences[first:first + batch_size]
+        ids, valid = right_pad(chunk, pad_id)
+        best = to_torch(logits_all(model, ids, valid, 0)).argmax(-1)
+        for row, seq, start in zip(best, chunk, starts[first:first + batch_size]):
+            out.append(row[start - 1:len(seq) - 1].tolist())
+    return out
+
+
 def decode_loop(model, batch, max_new_tokens: int, pad_id: int, eos_ids, pick) -> list[list[int]]:
     """Token-by-token decoding with a KV cache; ``pick(logits (B, V), step) -> (B,) ids``.
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -103,19 +104,22 @@ def raw_recall(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[tuple[b
 
 
 def probe_facts(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[FactProbe]:
-    """Raw, paraphrase and chat recall of every fact (batched generation)."""
+    """Raw, paraphrase and chat recall of every fact: raw prompts and paraphrases in ONE batched
+    greedy generation (same short budget), chat questions in another (a reply needs more tokens)."""
     if not facts:
         return []
-    probes = [FactProbe(raw=ok, raw_text=text) for ok, text in raw_recall(backend, facts, cfg)]
+    prompts, owners = [f.prompt() for f in facts], list(range(len(facts)))
     if cfg.paraphrases:
-        prompts, owners = [], []
         for index, fact in enumerate(facts):
             for prompt in paraphrase_prompts(fact):
                 prompts.append(prompt)
                 owners.append(index)
-        budget = max(answer_budget(backend, f.object, cfg.extra_new_tokens) for f in facts)
+    budget = max(answer_budget(backend, f.object, cfg.extra_new_tokens) for f in facts)
+    texts = backend.generate(prompts, budget)
+    probes = [FactProbe(raw=answer_matches(text, f.object), raw_text=text) for text, f in zip(texts, facts)]
+    if cfg.paraphrases:
         hits: dict[int, list[bool]] = {}
-        for owner, text in zip(owners, backend.generate(prompts, budget)):
+        for owner, text in zip(owners[len(facts):], texts[len(facts):]):
             hits.setdefault(owner, []).append(answer_matches(text, facts[owner].object))
         for index, probe in enumerate(probes):
             probe.paraphrase = sum(hits[index]) / len(hits[index])
@@ -126,9 +130,17 @@ def probe_facts(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[FactPr
     return probes
 
 
+def _reference_text() -> str:
+    return resources.files("sleepwake").joinpath("data/reference.txt").read_text(encoding="utf-8")
+
+
 def reference_texts() -> list[str]:
-    text = resources.files("sleepwake").joinpath("data/reference.txt").read_text(encoding="utf-8")
-    return [p.strip() for p in text.split("\n\n") if p.strip()]
+    return [p.strip() for p in _reference_text().split("\n\n") if p.strip()]
+
+
+def reference_digest() -> str:
+    """Short sha256 of the perplexity corpus (part of the perplexity cache key)."""
+    return hashlib.sha256(_reference_text().encode("utf-8")).hexdigest()[:12]
 
 
 def perplexity(backend, cfg: ProbeConfig) -> float:

@@ -129,8 +129,10 @@ class TorchBackend:
 
     # ---- generation and probes -------------------------------------------------------------
     @torch.no_grad()
-    def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding of token prompts (left-padded batch); returns the new tokens only."""
+    def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int,
+                     banned: Sequence[list[int]] | None = None) -> list[list[int]]:
+        """Greedy decoding of token prompts (left-padded batch); returns the new tokens only.
+        ``banned``: token sequences never to produce (forget's base answers ban the object)."""
         input_ids, attention = torch_internals.left_pad(batch, self.tokenizer.pad_token_id, self.input_device)
         out = self.model.generate(
             input_ids=input_ids,
@@ -141,15 +143,34 @@ class TorchBackend:
             top_p=None,
             top_k=None,
             pad_token_id=self.tokenizer.pad_token_id,
+            bad_words_ids=[list(b) for b in banned if b] or None if banned else None,
         )
         return [row[input_ids.shape[1]:].tolist() for row in out]
 
-    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-        """Greedy continuations of token prompts, in batches, decoded."""
-        results: list[str] = []
-        for start in range(0, len(prompts), batch_size):
-            results += [self.decode(row) for row in self.generate_ids(prompts[start : start + batch_size], max_new_tokens)]
+    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32,
+                       banned: Sequence[list[int]] | None = None) -> list[str]:
+        """Greedy continuations of token prompts, decoded, in batches of similar length (less
+        padding per batch); results come back in the order of ``prompts``."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[str] = [""] * len(prompts)
+        for start in range(0, len(order), batch_size):
+            picked = order[start : start + batch_size]
+            for index, row in zip(picked, self.generate_ids([prompts[i] for i in picked], max_new_tokens, banned)):
+                results[index] = self.decode(row)
         return results
+
+    @torch.no_grad()
+    def argmax_tokens(self, sequences: Sequence[list[int]], starts: Sequence[int], batch_size: int = 16) -> list[list[int]]:
+        """Teacher-forced greedy tokens: for each sequence, the argmax next token at every
+        position from ``start - 1`` on, i.e. the model's own choice for tokens ``start..end``."""
+        out: list[list[int]] = []
+        for first in range(0, len(sequences), batch_size):
+            chunk = sequences[first:first + batch_size]
+            ids, mask = torch_internals.right_pad(chunk, self.tokenizer.pad_token_id, self.input_device)
+            best = self.model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()  # (b, t)
+            for row, seq, start in zip(best, chunk, starts[first:first + batch_size]):
+                out.append(row[start - 1:len(seq) - 1].tolist())
+        return out
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)

@@ -13,6 +13,19 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from sleepwake.progress import GenerationBar, bar
+
+
+def bar_range(total: int, step: int, desc: str, unit: str):
+    """``range(0, total, step)`` with a progress bar counting ``unit``s."""
+    progress = bar(total, desc, unit)
+    try:
+        for start in range(0, total, step):
+            yield start
+            progress.update(min(step, total - start))
+    finally:
+        progress.close()
+
 
 
 def left_pad(batch: Sequence[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,18 +159,24 @@ def sample_sequences(backend, n_tokens: int, length: int, seed: int, batch_size:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     sequences: list[list[int]] = []
+    progress = bar(n_tokens, "sampling the model's own text", "token")
     try:
         while sum(len(s) for s in sequences) < n_tokens:
-            batch = [backend.encode(starts[(len(sequences) + i) % len(starts)]) for i in range(batch_size)]
+            # The last batch only as large as the remaining tokens need (a small request,
+            # e.g. 5 contexts of 10 tokens, must not generate a whole batch of 128).
+            rows = min(batch_size, -(-(n_tokens - sum(len(s) for s in sequences)) // length))
+            batch = [backend.encode(starts[(len(sequences) + i) % len(starts)]) for i in range(rows)]
             ids, mask = left_pad(batch, backend.tokenizer.pad_token_id, backend.input_device)
             out = backend.model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, top_k=50, top_p=None,
                 temperature=1.0, max_new_tokens=length, pad_token_id=backend.tokenizer.pad_token_id,
+                streamer=GenerationBar(progress, rows),
             )
             for row, row_mask in zip(out, mask):
                 tokens = row[int((row_mask == 0).sum()):].tolist()  # drop left padding
                 sequences.append(tokens)
     finally:
+        progress.close()
         torch.random.set_rng_state(generator_state)
     return sequences
 
@@ -216,7 +235,7 @@ def key_second_moments(backend, sequences, layers, batch_size):
     modules = {layer: backend.down_proj(layer) for layer in layers}
     sums = {layer: torch.zeros(backend.d_ff, backend.d_ff, dtype=torch.float64) for layer in layers}
     count = 0
-    for start in range(0, len(sequences), batch_size):
+    for start in bar_range(len(sequences), batch_size, "key statistics", "sequence"):
         ids, mask = right_pad(sequences[start : start + batch_size], backend.tokenizer.pad_token_id, backend.input_device)
         with capture_inputs(modules) as seen, stop_after(backend.block(max(layers))):
             backend.model(input_ids=ids, attention_mask=mask)

@@ -10,6 +10,7 @@ part recomputed at each optimisation step. On the bundled model that cuts the to
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Sequence
 
 import torch
@@ -37,7 +38,8 @@ def prefix_states(backend, rows: Sequence[VStarRow]):
     for b, row in enumerate(rows):
         if row.lookup == 0:
             mask[b] = 0
-    cache = backend.model.base_model(input_ids=ids, attention_mask=_nonempty(mask), use_cache=True).past_key_values
+    out = backend.model.base_model(input_ids=ids, attention_mask=_nonempty(mask), use_cache=True)
+    cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
     keys = [layer.keys[:, :, :width] for layer in cache.layers]
     values = [layer.values[:, :, :width] for layer in cache.layers]
     return keys, values, mask[:, :width]
@@ -49,6 +51,12 @@ def _nonempty(mask: torch.Tensor) -> torch.Tensor:
     fixed = mask.clone()
     fixed[fixed.sum(dim=1) == 0, 0] = 1
     return fixed
+
+
+def cache_argument(model) -> str:
+    """The keyword a decoder takes its KV cache by: ``cache`` from transformers 5.2x on (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def fresh_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache | None:
@@ -132,7 +140,7 @@ class SuffixModel:
     def forward(self):
         return self.backend.model.base_model(
             input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-            past_key_values=fresh_cache(self.keys, self.values), use_cache=True,
+            **{cache_argument(self.backend.model.base_model): fresh_cache(self.keys, self.values)}, use_cache=True,
         ).last_hidden_state
 
     @torch.no_grad()

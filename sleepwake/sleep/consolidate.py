@@ -1,15 +1,14 @@
-"""What SWS, REM and the reinforcing nap share: the LoRA recipe, anchor text, training with
-progress logs, and the byte-exact undo of a rejected pass (its stage snapshot is restored)."""
+"""What SWS, REM and the reinforcing nap share: the LoRA recipe, anchor text, and training with
+progress in the logs (a line every tenth of the way) and the run's metrics."""
 
 from __future__ import annotations
 
 import logging
 
-from sleepwake.errors import CorruptedStateError
 from sleepwake.models import covariance, probes
 from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
-from sleepwake.sleep.run import SleepRun
-from sleepwake.storage.snapshots import SnapshotStore
+from sleepwake.progress import bar
+from sleepwake.sleep.session import SleepSession
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +20,11 @@ def cannot_train(memory) -> str | None:
     return f"backend {memory.settings.backend!r} cannot train LoRA; consolidation skipped"
 
 
-def raw_share(run: SleepRun, facts) -> float:
+def raw_share(session: SleepSession, facts) -> float:
     """Share of ``facts`` whose raw prompt completes to the object on the current weights."""
-    hits = probes.raw_recall(run.memory.backend, facts, run.settings.probes)
+    if not facts:
+        return 1.0
+    hits = probes.raw_recall(session.memory.backend, facts, session.settings.probes)
     return round(sum(ok for ok, _ in hits) / len(hits), 4)
 
 
@@ -44,26 +45,23 @@ def anchor_sequences(memory) -> list[list[int]]:
     return covariance.load_or_sample_sequences(memory.backend, memory.settings.memit, memory.cache_dir, memory.settings.seed)
 
 
-def train(run: SleepRun, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str) -> TrainOutcome:
-    """Train one pass over the memory's current weights, logging progress every tenth of the way."""
-    memory = run.memory
+def train(session: SleepSession, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str) -> TrainOutcome:
+    """Train one pass over the memory's current weights; progress goes to the log and a bar."""
+    memory = session.memory
     anchors = anchor_sequences(memory)
+    shown = bar(None, f"{label}: LoRA", "step")
 
     def progress(step: int, total: int, loss: float) -> None:
+        shown.total = total
+        shown.update(1)
+        shown.set_postfix_str(f"loss {loss:.3f}")
         if step == 1 or step == total or step % max(1, total // 10) == 0:
             log.info("%s: step %d/%d, loss %.3f", label, step, total, loss)
 
-    outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchors, progress=progress)
-    run.record(label, {"train_steps": outcome.steps, "train_loss_first": outcome.first_loss,
-                       "train_loss_last": outcome.last_loss, "train_examples": len(examples)})
+    try:
+        outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchors, progress=progress)
+    finally:
+        shown.close()
+    session.record(label, {"train_steps": outcome.steps, "train_loss_first": outcome.first_loss,
+                           "train_loss_last": outcome.last_loss, "train_examples": len(examples)})
     return outcome
-
-
-def undo_pass(run: SleepRun, snapshot) -> None:
-    """Put the home back exactly as the stage snapshot recorded it, and prove it by digest."""
-    store = SnapshotStore(run.memory.home.root)
-    store.restore(snapshot)
-    run.memory.reload()
-    run.replay_history_since(snapshot.manifest.get("history_mark"))
-    if run.memory.weights_digest() != snapshot.manifest["weights_digest"]:
-        raise CorruptedStateError(f"undo of {snapshot.name} did not restore the weights byte for byte")

@@ -1,8 +1,8 @@
-"""Health check and curation: the first two stages of every sleep.
+"""Health check: the first stage of every sleep.
 
-health_check: perplexity (and its base-model baseline), ledger/weights consistency, and the
-reconciliation of an interrupted run (done when the memory was opened for writing; reported here).
-curate: which facts the sleep looks after, what needs work, and pruning that cannot spiral.
+Perplexity (and its base-model baseline), ledger/weights consistency, and the reconciliation of
+an interrupted run (done when the memory was opened for writing; reported here). Perplexity is
+cached by (model, composed-weights digest, corpus), so an unchanged home costs no forward pass.
 """
 
 from __future__ import annotations
@@ -10,14 +10,19 @@ from __future__ import annotations
 import time
 
 from sleepwake.errors import CorruptedStateError
-from sleepwake.sleep.run import SleepRun, StageResult
+from sleepwake.sleep.results import HealthResult
+from sleepwake.sleep.session import SleepSession
 
 
 def check_consistency(memory) -> dict:
-    """Every edit's factor file verifies against the ledger, recomposition is deterministic,
-    and no edit is left without a fact. Orphan edits (no fact) are removed: nothing needs them."""
-    for entry in [*memory.edits, *memory.adapters]:
-        memory.deltas.load(entry.file, entry.checksum)  # raises CorruptedStateError with the file named
+    """Every factor file verifies against the ledger, recomposition is deterministic, and no edit
+    is left without a fact (orphan edits are removed: nothing needs them)."""
+    # Factor files are verified against their checksums once per open, when first composed;
+    # only those the composition skipped (edits at scale 0) are read here.
+    for edit in memory.edits:
+        memory.factors(edit)  # raises CorruptedStateError with the file named
+    for adapter in memory.adapters:
+        memory.adapter_factors(adapter)
     held = {row.edit_id for row in memory.ledger.list_facts() if row.edit_id is not None}
     orphan_edits = [e.edit_id for e in memory.edits if e.edit_id not in held]
     if orphan_edits:
@@ -30,56 +35,29 @@ def check_consistency(memory) -> dict:
     return {"orphan_edits_removed": len(orphan_edits), "weights_digest": digest}
 
 
-def health_check(run: SleepRun) -> StageResult:
+def health_check(session: SleepSession) -> HealthResult:
     started = time.perf_counter()
-    memory = run.memory
+    memory = session.memory
     consistency = check_consistency(memory)
     baseline = memory.perplexity(base=True)
     current = memory.perplexity()
     counts = memory.ledger.counts()
-    summary = {
-        "facts": counts["facts"], "edits": counts["edits"],
-        "perplexity": current, "perplexity_baseline": baseline,  # unrounded: the gate compares with it
-        "perplexity_drift": round(current / baseline - 1.0, 6),
-        "recovered_snapshots": len(memory.recovered), "orphan_files_removed": len(memory.orphans_removed),
-        **consistency,
-    }
-    rows = [{"check": k, "value": str(v)} for k, v in summary.items()]
+    result = HealthResult(
+        facts=counts["facts"], edits=counts["edits"], adapters=len(memory.adapters),
+        perplexity=current, perplexity_baseline=baseline,  # unrounded: the gates compare with them
+        perplexity_drift=round(current / baseline - 1.0, 6),
+        recovered_snapshots=len(memory.recovered), orphan_files_removed=len(memory.orphans_removed),
+        **consistency)
+    result.rows = [{"check": k, "value": str(v)} for k, v in result.summary().items() if k not in ("stage", "seconds")]
     if memory.recovered:
-        rows.append({"check": "recovered_from", "value": ", ".join(memory.recovered)})
-    return run.finish(StageResult("health", summary, rows), started)
+        result.rows.append({"check": "recovered_from", "value": ", ".join(memory.recovered)})
+        result.note = (f"An interrupted sleep was undone before this one began (snapshot {memory.recovered[0]}): "
+                       "the home is exactly as it was before that sleep.")
+    return finish(session, result, started)
 
 
-def curate(run: SleepRun) -> StageResult:
-    """Select the facts to audit (all of them: no fact ever leaves the audit), list those whose
-    MEMIT edit is missing, and prune only consolidated edits (scale 0, LoRA carries the fact)."""
-    started = time.perf_counter()
-    memory, cfg = run.memory, run.settings.curate
-    edits = {e.edit_id: e for e in memory.edits}
-    pruned = []
-    if cfg.prune_consolidated:
-        facts_by_edit: dict[int, list] = {}
-        for row in memory.ledger.list_facts():
-            if row.edit_id is not None:
-                facts_by_edit.setdefault(row.edit_id, []).append(row)
-        pruned = [eid for eid, e in edits.items()
-                  if e.scale == 0.0 and all(r.stage == 3 for r in facts_by_edit.get(eid, []))]
-        if pruned:
-            memory.ledger.prune_edits(pruned)
-            memory.apply_ledger_change(removed=pruned)
-    rows = memory.ledger.list_facts()
-    live = {e.edit_id for e in memory.edits}
-    missing = [r.fact_id for r in rows if r.stage < 3 and r.edit_id not in live]
-    active = [r.fact_id for r in rows if r.stage < 3]
-    over_cap = max(0, len(active) - cfg.max_active_facts)
-    summary = {"facts": len(rows), "active": len(active), "consolidated": len(rows) - len(active),
-               "missing_edit": len(missing), "pruned": len(pruned), "over_cap": over_cap,
-               "audit_ids": [r.fact_id for r in rows], "missing_ids": missing}
-    markdown = None
-    if over_cap:
-        markdown = (f"**Over the cap**: {len(active)} facts are held by MEMIT, cap {cfg.max_active_facts}. "
-                    "No healthy fact is dropped; consolidate (SWS) or raise `curate.max_active_facts`.")
-    table = [{"fact_id": r.fact_id, "subject": r.subject, "relation": r.relation, "object": r.object,
-              "stage": r.stage, "edit_id": r.edit_id, "needs": "re-inject" if r.fact_id in missing else ""}
-             for r in rows]
-    return run.finish(StageResult("curate", summary, table, markdown), started)
+def finish(session: SleepSession, result, started: float):
+    """Time a stage and record its figures under the run id (every stage ends with this)."""
+    result.seconds = round(time.perf_counter() - started, 3)
+    session.record(result.stage, {**result.figures(), "seconds": result.seconds})
+    return result

@@ -1,78 +1,53 @@
-"""Maintain: refresh degraded edits in place under null-space constraints (paper 5, lines 6-10).
+"""Maintain: refresh degraded facts under null-space constraints (paper 5, lines 6-10).
 
-For each degraded fact (at most ``maintain.max_refresh`` per cycle, facts whose edit is missing
-first, then oldest first): revert its edit, re-solve MEMIT on the weights without it with a HARD
-constraint that the outputs at every healthy fact's stored keys stay unchanged, and replace the
-old edit with the new one in one ledger transaction. With ``protect_refreshed`` the facts refreshed
-earlier in the cycle are protected too, so refreshes cannot undo each other within a cycle.
-
-The stage guards itself with a snapshot: a retry (Prefect, after a transient error) first puts the
-home back as it was when the stage began, so a half-done attempt is never built upon.
+The degraded facts of the audit (at most ``maintain.max_refresh``; facts whose edit is missing
+first, then the oldest) are re-solved as ONE MEMIT batch on the current weights with a HARD
+constraint that the outputs at every other stored edit's keys stay unchanged, and each one's new
+edit replaces its old one in one ledger transaction (``Memory.refresh_many``). A consolidated fact
+the LoRA lost (stage 3, no edit) is woken again: it gets a fresh edit at stage 0 and SWS will
+consolidate it anew. Facts the audit did not look at tonight are protected like the healthy ones.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep.run import SleepRun, StageResult
-from sleepwake.storage.snapshots import SnapshotStore
+from sleepwake.sleep import journal
+from sleepwake.sleep.health import finish
+from sleepwake.sleep.results import AuditResult, MaintainResult
+from sleepwake.sleep.session import SleepSession
 
 
-def stage_snapshot(run: SleepRun, stage: str):
-    """Take this stage's snapshot, or, when an earlier attempt left one open, restore it first."""
-    store = SnapshotStore(run.memory.home.root)
-    name = f"{run.run_id}-{stage}"
-    earlier = store.get(name)
-    if earlier is not None:
-        store.restore(earlier)
-        run.memory.reload()
-        return earlier
-    run.ledger.checkpoint()
-    return store.take(name, {"run_id": run.run_id, "stage": stage, "weights_digest": run.memory.weights_digest(),
-                             "history_mark": [len(run.metric_log), len(run.audit_log)]})
-
-
-def choose_targets(run: SleepRun, degraded_ids, missing_ids) -> list:
-    rows = {r.fact_id: r for r in run.memory.ledger.list_facts()}
+def choose_targets(session: SleepSession, degraded_ids: Sequence[int], missing_ids: Sequence[int]) -> list:
+    rows = {r.fact_id: r for r in session.ledger.list_facts()}
     ordered = [fid for fid in missing_ids if fid in rows]
-    ordered += sorted(fid for fid in degraded_ids if fid in rows and fid not in ordered and rows[fid].stage < 3)
-    return [rows[fid] for fid in ordered[: run.settings.maintain.max_refresh]]
+    ordered += sorted(fid for fid in degraded_ids if fid in rows and fid not in ordered)
+    return [rows[fid] for fid in ordered[: session.settings.maintain.max_refresh]]
 
 
-def maintain(run: SleepRun, healthy_ids, degraded_ids, missing_ids=()) -> StageResult:
+def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[int] = ()) -> MaintainResult:
     started = time.perf_counter()
-    memory, cfg = run.memory, run.settings.maintain
-    snapshot = stage_snapshot(run, "maintain")  # first, so a retry starts from the same state
-    targets = choose_targets(run, degraded_ids, missing_ids)
-    if not cfg.enabled or not targets:
-        summary = {"refreshed": 0, "recovered": 0, "still_degraded": 0, "skipped": not cfg.enabled,
-                   "pending": len(set(degraded_ids) | set(missing_ids))}
-        return close_after(run, snapshot, run.finish(StageResult("maintain", summary), started))
-    facts = {r.fact_id: r for r in memory.ledger.list_facts()}
-    protected = {facts[fid].edit_id for fid in healthy_ids if fid in facts and facts[fid].edit_id is not None}
-    table = []
-    for row in targets:
-        begin = time.perf_counter()
-        new_edit = memory.refresh(row, protected)
-        if cfg.protect_refreshed:
-            protected.add(new_edit)
-        ok = probes.raw_recall(memory.backend, [row.fact], run.settings.probes)[0][0]
-        table.append({"fact_id": row.fact_id, "fact": f"{row.fact.prompt()} -> {row.object}",
-                      "old_edit": row.edit_id, "new_edit": new_edit, "recalled_after": ok,
-                      "protected_edits": len(protected), "seconds": round(time.perf_counter() - begin, 2)})
-        run.record("maintain", {"refresh_recalled": ok}, fact_id=row.fact_id)
+    memory, cfg = session.memory, session.settings.maintain
+    with journal.stage(session, "maintain"):
+        targets = choose_targets(session, before.degraded_ids, missing_ids)
+        pending = len(set(before.degraded_ids) | set(missing_ids))
+        if not cfg.enabled or not targets:
+            return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending), started)
+        refreshed = {r.fact_id for r in targets}
+        protected = {e.edit_id for e in memory.edits} - {r.edit_id for r in targets}
+        new_edits = memory.refresh_many(targets, protected)
         crash_point("maintain:after-refresh")
-    recovered = sum(1 for r in table if r["recalled_after"])
-    pending = len(set(degraded_ids) | set(missing_ids)) - len(targets)
-    summary = {"refreshed": len(table), "recovered": recovered, "still_degraded": len(table) - recovered,
-               "pending": pending, "skipped": False}
-    return close_after(run, snapshot, run.finish(StageResult("maintain", summary, table), started))
-
-
-def close_after(run: SleepRun, snapshot, result: StageResult) -> StageResult:
-    """Close the stage snapshot only once everything the stage writes is written (a retry after
-    a failure anywhere before this point restores it and starts over)."""
-    SnapshotStore(run.memory.home.root).close(snapshot, outcome="done")
-    return result
+        hits = probes.raw_recall(memory.backend, [r.fact for r in targets], session.settings.probes)
+        table = [{"fact_id": r.fact_id, "fact": f"{r.fact.prompt()} -> {r.object}", "stage_before": r.stage,
+                  "old_edit": r.edit_id, "new_edit": new_edits[r.fact_id], "recalled_after": ok}
+                 for r, (ok, _) in zip(targets, hits)]
+        for row in table:
+            session.record("maintain", {"refresh_recalled": row["recalled_after"]}, fact_id=row["fact_id"])
+        recovered = sum(1 for row in table if row["recalled_after"])
+        result = MaintainResult(refreshed=len(refreshed), recovered=recovered, still_degraded=len(table) - recovered,
+                                rewoken=sum(1 for r in targets if r.stage == 3), pending=pending - len(refreshed),
+                                rows=table)
+        return finish(session, result, started)

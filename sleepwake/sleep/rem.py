@@ -16,9 +16,10 @@ import time
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep import consolidate, curriculum
-from sleepwake.sleep.maintain import close_after, stage_snapshot
-from sleepwake.sleep.run import SleepRun, StageResult
+from sleepwake.sleep import consolidate, curriculum, journal
+from sleepwake.sleep.health import finish
+from sleepwake.sleep.results import RemResult
+from sleepwake.sleep.session import SleepSession
 
 ASKS = ("{}", "Tell me: {}", "Quick question. {}", "And {}", "One more thing: {}")
 
@@ -68,48 +69,59 @@ def dream_examples(backend, conversation: list[dict]) -> list:
     return examples
 
 
-def rem(run: SleepRun) -> StageResult:
+def rem(session: SleepSession) -> RemResult:
     started = time.perf_counter()
-    memory, cfg = run.memory, run.settings.rem
-    snapshot = stage_snapshot(run, "rem")
-    facts = [r.fact for r in memory.ledger.list_facts()]
-    sizes = (cfg.facts_per_dream[0], cfg.facts_per_dream[-1])
-    if not cfg.enabled or consolidate.cannot_train(memory) or len(facts) < 2:
-        summary = {"skipped": True, "accepted": cfg.enabled, "dreams": 0, "reason": consolidate.cannot_train(memory)}
-        return close_after(run, snapshot, run.finish(StageResult("rem", summary), started))
-    ppl_before = memory.perplexity()
-    raw_before = consolidate.raw_share(run, facts)
-    plans = plan_dreams(facts, min(cfg.dreams, max(1, len(facts) // 2)), sizes, run.settings.seed)
-    conversations = [dream(memory.backend, group, run.settings.seed + i, run.settings.probes.chat_max_new_tokens)
-                     for i, group in enumerate(plans)]
-    examples = [ex for conv in conversations for ex in dream_examples(memory.backend, conv)]
-    outcome = consolidate.train(run, examples, consolidate.recipe(run.settings, cfg.learning_rate, cfg.epochs), "rem")
-    adapter_id = memory.store_adapter("rem", run.run_id, outcome.factors)
-    crash_point("rem:after-adapter")
-    ppl_after = memory.perplexity()
-    recall = sampled_chat_recall(run, cfg.recall_sample)
-    raw_after = consolidate.raw_share(run, facts)
-    increase = ppl_after / ppl_before - 1.0
-    # Paper 4's gate (eq. 3), plus: REM may not cost raw recall (the validate gate would then
-    # roll back the whole sleep, SWS included).
-    accepted = (increase <= cfg.max_ppl_increase + 1e-9 and (recall is None or recall >= cfg.min_recall - 1e-9)
-                and raw_after >= raw_before - 1e-9)
-    if not accepted:
-        consolidate.undo_pass(run, snapshot)
-    summary = {"skipped": False, "accepted": accepted, "dreams": len(conversations), "examples": len(examples),
-               "adapter_id": adapter_id if accepted else None, "perplexity_post_sws": round(ppl_before, 4),
-               "perplexity_post_rem": round(ppl_after, 4), "perplexity_increase": round(increase, 6),
-               "sampled_chat_recall": recall, "raw_recall_post_sws": raw_before, "raw_recall_post_rem": raw_after}
-    rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}
-            for i, (plan, conv) in enumerate(zip(plans, conversations))]
-    return close_after(run, snapshot, run.finish(StageResult("rem", summary, rows), started))
+    memory, cfg = session.memory, session.settings.rem
+    with journal.stage(session, "rem") as snap:
+        facts = dream_facts(session)
+        sizes = (cfg.facts_per_dream[0], cfg.facts_per_dream[-1])
+        why_not = consolidate.cannot_train(memory)
+        if not cfg.enabled or why_not or len(facts) < 2:
+            return finish(session, RemResult(skipped=True, accepted=cfg.enabled, reason=why_not), started)
+        ppl_before = memory.perplexity()
+        raw_before = consolidate.raw_share(session, facts)
+        plans = plan_dreams(facts, min(cfg.dreams, max(1, len(facts) // 2)), sizes, session.settings.seed)
+        conversations = [dream(memory.backend, group, session.settings.seed + i, session.settings.probes.chat_max_new_tokens)
+                         for i, group in enumerate(plans)]
+        examples = [ex for conv in conversations for ex in dream_examples(memory.backend, conv)]
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, cfg.learning_rate, cfg.epochs), "rem")
+        adapter_id = memory.store_adapter("rem", session.run_id, outcome.factors)
+        crash_point("rem:after-adapter")
+        ppl_after = memory.perplexity()
+        recall = sampled_chat_recall(session, cfg.recall_sample)
+        raw_after = consolidate.raw_share(session, facts)
+        increase = ppl_after / ppl_before - 1.0
+        # Paper 4's gate (eq. 3), plus: REM may not cost raw recall (the validate gate would then
+        # roll back the whole sleep, SWS included).
+        accepted = (increase <= cfg.max_ppl_increase + 1e-9 and (recall is None or recall >= cfg.min_recall - 1e-9)
+                    and raw_after >= raw_before - 1e-9)
+        if not accepted:
+            journal.undo(session, snap)
+        result = RemResult(accepted=accepted, dreams=len(conversations), examples=len(examples),
+                           adapter_id=adapter_id if accepted else None, perplexity_post_sws=round(ppl_before, 4),
+                           perplexity_post_rem=round(ppl_after, 4), perplexity_increase=round(increase, 6),
+                           sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
+                           train_steps=outcome.steps, reason=None if accepted else "gate failed")
+        result.rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}
+                       for i, (plan, conv) in enumerate(zip(plans, conversations))]
+        return finish(session, result, started)
 
 
-def sampled_chat_recall(run: SleepRun, k: int) -> float | None:
+def dream_facts(session: SleepSession) -> list:
+    """What REM dreams about: every fact not yet consolidated, plus as many older facts, sampled
+    (a night's dreams stay the same size however large the memory grows)."""
+    rows = session.ledger.list_facts()
+    fresh = [r.fact for r in rows if r.stage < 3]
+    older = [r.fact for r in rows if r.stage >= 3]
+    rng = random.Random(session.settings.seed)
+    return fresh + rng.sample(older, min(len(older), max(len(fresh), 2)))
+
+
+def sampled_chat_recall(session: SleepSession, k: int) -> float | None:
     """Chat recall of up to ``k`` consolidated facts (stage >= 1), sampled with the run's seed."""
-    rows = [r for r in run.memory.ledger.list_facts() if r.stage >= 1]
+    rows = [r for r in session.ledger.list_facts() if r.stage >= 1]
     if not rows:
         return None
-    sample = random.Random(run.settings.seed).sample(rows, min(k, len(rows)))
-    replies = run.memory.backend.chat([probes.chat_question(r.fact) for r in sample], run.settings.probes.chat_max_new_tokens)
+    sample = random.Random(session.settings.seed).sample(rows, min(k, len(rows)))
+    replies = session.memory.backend.chat([probes.chat_question(r.fact) for r in sample], session.settings.probes.chat_max_new_tokens)
     return sum(probes.answer_matches(t, r.object) for t, r in zip(replies, sample)) / len(sample)

@@ -1,95 +1,153 @@
-"""Report: what one sleep did, as a dict (CLI ``--json``), a markdown artifact and metric rows."""
+"""Report: what one sleep did, from the results of its stages (passed in as arguments).
+
+The report is a typed value (``--json`` prints it), a markdown artifact in words and tables, and
+metric rows; it saves the post-sleep audit verdicts when the sleep is kept and records the run in
+the ledger's ``sleep_runs`` table beside the Prefect flow run that drove it.
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
 
-from sleepwake.sleep.run import SleepRun, StageResult
+from pydantic import Field
+
+from sleepwake.sleep.reinforce import ReinforceResult
+from sleepwake.sleep.results import (
+    AuditResult, CurateResult, FoldResult, HealthResult, MaintainResult, RemResult, SelectionResult,
+    StageResult, SwsResult, ValidateResult,
+)
+from sleepwake.sleep.session import SleepSession
 from sleepwake.status import LAST_SLEEP_KEY, current_drowsiness
 
-
 CYCLE_METRIC = "sleep_degraded_after"  # written by full sleeps only (naps change nothing)
+STAGE_NAMES = {0: "0 new (MEMIT 1.0)", 1: "1 consolidating", 2: "2 consolidating", 3: "3 consolidated (LoRA only)"}
 
 
-def convergence(run: SleepRun, degraded_after: int) -> str:
+class Report(StageResult):
+    stage: str = "report"
+    run_id: str = ""
+    flow_run_id: str | None = None
+    kind: str = ""
+    outcome: str = ""
+    facts: int = 0
+    edits: int = 0
+    adapters: int = 0
+    adapter_bytes: int = 0
+    delta_bytes: int = 0
+    audited: int | None = None
+    coverage_nights: int | None = None
+    raw_recall_before: float | None = None
+    raw_recall_after: float | None = None
+    chat_recall_before: float | None = None
+    chat_recall_after: float | None = None
+    facts_per_stage: dict[str, int] = Field(default_factory=dict)
+    sws_accepted: bool | None = None
+    sws_advanced: int = 0
+    rem_accepted: bool | None = None
+    reinforce_accepted: bool | None = None
+    folded: bool | None = None
+    degraded_before: int | None = None
+    degraded_after: int | None = None
+    refreshed: int = 0
+    pruned: int = 0
+    refreshed_undone: int = 0
+    perplexity_before: float | None = None
+    perplexity_after: float | None = None
+    locality: float | None = None
+    leak: float | None = None
+    failures: list[str] = Field(default_factory=list)
+    convergence: str = ""
+    drowsiness: float = 0.0
+    stage_seconds: dict[str, float] = Field(default_factory=dict)
+
+
+def convergence(session: SleepSession, degraded_after: int) -> str:
     """Paper 5's criterion: zero degraded facts for two consecutive sleeps."""
-    history = run.ledger.metric_history(CYCLE_METRIC, limit=2)
-    previous = [row["value"] for row in history if row["run_id"] != run.run_id]
+    history = session.ledger.metric_history(CYCLE_METRIC, limit=2)
+    previous = [row["value"] for row in history if row["run_id"] != session.run_id]
     if degraded_after == 0 and previous and previous[-1] == 0:
         return "converged"
     return "clean" if degraded_after == 0 else "recovering"
 
 
-def report(run: SleepRun, outcome: str) -> StageResult:
-    """``outcome``: "kept", "rolled_back" or "no_change" (a nap)."""
+def report(session: SleepSession, outcome: str, *results: StageResult | None) -> Report:
+    """``outcome``: "kept", "rolled_back", "no_change" (a nap) or "reinforced"."""
     started = time.perf_counter()
-    results = run.results
-    audit = results.get("audit")
-    validate = results.get("validate")
-    maintain = results.get("maintain")
-    before = audit.summary if audit else {}
+    got = {type(r): r for r in results if r is not None}
+    health, audit, validate = got.get(HealthResult), got.get(AuditResult), got.get(ValidateResult)
+    maintain, curate, selection = got.get(MaintainResult), got.get(CurateResult), got.get(SelectionResult)
+    sws, rem, fold = got.get(SwsResult), got.get(RemResult), got.get(FoldResult)
+    reinforced = got.get(ReinforceResult)
     kept = outcome != "rolled_back"
-    after_recall = validate.summary.get("raw_recall_after") if validate and kept else before.get("raw_recall")
-    degraded_after = validate.summary["degraded_after"] if validate and kept else before.get("degraded", 0)
-    if outcome == "kept" and run.pending_audits:
-        run.save_audits(run.pending_audits)
-    if run.kind == "full_sleep":  # facts changed before now count as slept on (kept or rolled back)
-        run.ledger.set_meta(LAST_SLEEP_KEY, datetime.now(timezone.utc).replace(tzinfo=None).isoformat())
-    counts = run.ledger.counts()
-    summary = {
-        "run_id": run.run_id, "kind": run.kind, "outcome": outcome,
-        "facts": counts["facts"], "edits": counts["edits"],
-        "raw_recall_before": before.get("raw_recall"), "raw_recall_after": after_recall,
-        "chat_recall_before": before.get("chat_recall"),
-        "chat_recall_after": validate.summary.get("chat_recall_after") if validate and kept else before.get("chat_recall"),
-        "facts_per_stage": {str(k): v for k, v in counts["facts_per_stage"].items()},
-        **consolidation_summary(results, kept),
-        "degraded_before": before.get("degraded"), "degraded_after": degraded_after,
-        "refreshed": maintain.summary.get("refreshed", 0) if maintain and kept else 0,
-        "pruned": results["curate"].summary.get("pruned", 0) if "curate" in results and kept else 0,
-        "refreshed_undone": maintain.summary.get("refreshed", 0) if maintain and not kept else 0,
-        "perplexity_before": results["health"].summary.get("perplexity") if "health" in results else None,
-        "perplexity_after": validate.summary.get("perplexity_after") if validate and kept else
-        (results["health"].summary.get("perplexity") if "health" in results else None),
-        "convergence": convergence(run, degraded_after),
-        "drowsiness": current_drowsiness(run.ledger, run.settings.health)["level"],
-        "stage_seconds": {name: round(r.seconds, 2) for name, r in results.items()},
-        "seconds": round(time.perf_counter() - run.started, 2),
-    }
-    if run.kind == "full_sleep":
-        run.record("report", {CYCLE_METRIC: degraded_after})
-    result = StageResult("report", summary, markdown=render_markdown(summary))
-    return run.finish(result, started)
+    after = validate if validate and kept else None
+    if outcome == "kept" and validate:
+        session.save_audits(validate.audit.verdicts)
+    if session.kind == "full_sleep":  # facts changed before now count as slept on (kept or rolled back)
+        session.ledger.set_meta(LAST_SLEEP_KEY, datetime.now(timezone.utc).replace(tzinfo=None).isoformat())
+    counts = session.ledger.counts()
+    memory = session.memory
+    degraded_after = after.degraded_after if after else (audit.degraded if audit else 0)
+    result = Report(
+        run_id=session.run_id, flow_run_id=session.flow_run_id, kind=session.kind, outcome=outcome,
+        facts=counts["facts"], edits=counts["edits"], adapters=len(memory.adapters),
+        adapter_bytes=sum(a.nbytes for a in memory.adapters), delta_bytes=sum(e.nbytes for e in memory.edits),
+        audited=audit.n if audit else None, coverage_nights=selection.coverage_nights if selection else None,
+        raw_recall_before=audit.raw_recall if audit else None,
+        raw_recall_after=after.raw_recall_after if after else (audit.raw_recall if audit else None),
+        chat_recall_before=audit.chat_recall if audit else None,
+        chat_recall_after=after.chat_recall_after if after else (audit.chat_recall if audit else None),
+        facts_per_stage={str(k): v for k, v in counts["facts_per_stage"].items()},
+        sws_accepted=None if not sws or sws.skipped else sws.accepted, sws_advanced=sws.advanced if sws and kept else 0,
+        rem_accepted=None if not rem or rem.skipped else rem.accepted,
+        reinforce_accepted=None if not reinforced or reinforced.skipped else reinforced.accepted,
+        folded=None if not fold else (not fold.skipped and kept),
+        degraded_before=audit.degraded if audit else None, degraded_after=degraded_after,
+        refreshed=maintain.refreshed if maintain and kept else 0, pruned=curate.pruned if curate and kept else 0,
+        refreshed_undone=maintain.refreshed if maintain and not kept else 0,
+        perplexity_before=health.perplexity if health else None,
+        perplexity_after=after.perplexity_after if after else (health.perplexity if health else None),
+        locality=validate.locality if validate else None, leak=validate.leak if validate else None,
+        failures=validate.failures if validate else [],
+        convergence=convergence(session, degraded_after),
+        drowsiness=current_drowsiness(session.ledger, session.settings.health)["level"],
+        stage_seconds={r.stage: round(r.seconds, 2) for r in results if r is not None},
+    )
+    if session.kind == "full_sleep":
+        session.record("report", {CYCLE_METRIC: degraded_after})
+    session.ledger.finish_run(session.run_id, session.kind, session.flow_run_id, outcome)
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.stage_seconds["report"] = result.seconds
+    result.stage_seconds["total"] = round(session.elapsed(), 2)
+    result.note = render_markdown(result)
+    return result
 
 
-def consolidation_summary(results: dict, kept: bool) -> dict:
-    """What SWS, REM and a reinforcing nap did (None where the stage did not run)."""
-    sws, rem, reinforce = results.get("sws"), results.get("rem"), results.get("reinforce")
-    return {
-        "sws_accepted": sws.summary.get("accepted") if sws and not sws.summary.get("skipped") else None,
-        "sws_advanced": sws.summary.get("advanced", 0) if sws and kept else 0,
-        "rem_accepted": rem.summary.get("accepted") if rem and not rem.summary.get("skipped") else None,
-        "reinforce_accepted": reinforce.summary.get("accepted") if reinforce and not reinforce.summary.get("skipped") else None,
-    }
-
-
-def render_markdown(summary: dict) -> str:
+def render_markdown(r: Report) -> str:
     def fmt(value):
         return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
-    lines = [f"# {summary['kind'].replace('_', ' ')} {summary['run_id']}: {summary['outcome']}", "",
-             "| figure | before | after |", "|---|---|---|",
-             f"| raw recall | {fmt(summary['raw_recall_before'])} | {fmt(summary['raw_recall_after'])} |",
-             f"| chat recall | {fmt(summary['chat_recall_before'])} | {fmt(summary['chat_recall_after'])} |",
-             f"| degraded facts | {fmt(summary['degraded_before'])} | {fmt(summary['degraded_after'])} |",
-             f"| perplexity | {fmt(summary['perplexity_before'])} | {fmt(summary['perplexity_after'])} |", "",
-             f"Refreshed {summary['refreshed']}, pruned {summary['pruned']}; {summary['facts']} facts in "
-             f"{summary['edits']} edits; convergence: **{summary['convergence']}**; drowsiness "
-             f"{summary['drowsiness']:.2f}; {summary['seconds']:.1f} s.", "",
-             f"Facts per stage (0 active ... 3 consolidated): {summary['facts_per_stage']}; SWS accepted "
-             f"{fmt(summary['sws_accepted'])}, advanced {summary['sws_advanced']}; REM accepted "
-             f"{fmt(summary['rem_accepted'])}.", "",
-             "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {secs:.2f} |" for name, secs in summary["stage_seconds"].items()]
+    title = r.kind.replace("_", " ")
+    lines = [f"# {title} {r.run_id}: {r.outcome.replace('_', ' ')}", ""]
+    if r.flow_run_id:
+        lines += [f"Prefect flow run `{r.flow_run_id}`; ledger run `{r.run_id}` (`SELECT * FROM metrics WHERE run_id = '{r.run_id}'`).", ""]
+    lines += ["| figure | before | after |", "|---|---|---|",
+              f"| raw recall (audited facts) | {fmt(r.raw_recall_before)} | {fmt(r.raw_recall_after)} |",
+              f"| chat recall (audited facts) | {fmt(r.chat_recall_before)} | {fmt(r.chat_recall_after)} |",
+              f"| degraded facts | {fmt(r.degraded_before)} | {fmt(r.degraded_after)} |",
+              f"| perplexity | {fmt(r.perplexity_before)} | {fmt(r.perplexity_after)} |", ""]
+    if r.audited is not None:
+        lines += [f"Audited {r.audited} of {r.facts} facts (every fact at least every {r.coverage_nights} nights).", ""]
+    lines += [f"Refreshed {r.refreshed}, pruned {r.pruned}; {r.facts} facts, {r.edits} MEMIT edits, {r.adapters} "
+              f"adapter(s) ({r.adapter_bytes / 1e6:.1f} MB); convergence: **{r.convergence}**; drowsiness {r.drowsiness:.2f}.", ""]
+    if r.locality is not None:
+        lines += [f"Locality on unrelated prompts {fmt(r.locality)}, leak {fmt(r.leak)}.", ""]
+    if r.failures:
+        lines += ["Gates that failed (the sleep was rolled back):", *[f"- {f}" for f in r.failures], ""]
+    lines += ["| consolidation stage | facts |", "|---|---|"]
+    lines += [f"| {STAGE_NAMES[int(k)]} | {v} |" for k, v in sorted(r.facts_per_stage.items())]
+    verdict = {None: "did not run", True: "kept", False: "undone"}
+    lines += ["", f"SWS {verdict[r.sws_accepted]} ({r.sws_advanced} facts moved a stage on); REM {verdict[r.rem_accepted]}; "
+              f"adapters {'folded into one' if r.folded else 'not folded'}.", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {name} | {secs:.2f} |" for name, secs in r.stage_seconds.items()]
     return "\n".join(lines)

@@ -34,6 +34,13 @@ class AuditConfig(BaseModel):
     recent_facts: int = Field(
         20, ge=0, description="A nap audits this many most recently stored facts, plus every fact "
         "that was degraded at the last audit.")
+    coverage_nights: int = Field(
+        5, ge=1, description="A full sleep audits what is at risk (changed, near a change, degraded) "
+        "plus the longest-unaudited ceil(rest / K) of the other facts: every fact is audited at least "
+        "once every K nights, and a night's audit stays small as the memory grows.")
+    near_facts: int = Field(
+        3, ge=0, description="For each fact changed since the last sleep, also audit this many stored "
+        "facts whose subject keys are closest to its own (where a new edit spills over).")
 
 
 class MaintainConfig(BaseModel):
@@ -67,9 +74,22 @@ class ValidateConfig(BaseModel):
     )
     max_recall_drop: float = Field(
         0.0, ge=0, le=1,
-        description="Largest drop of raw recall (share of all audited facts) from before to after "
+        description="Largest drop of raw recall (share of the audited facts) from before to after "
         "the sleep; above it the sleep is rolled back.",
     )
+    min_locality: float = Field(
+        9.0e-1, ge=0, le=1,
+        description="Smallest teacher-forced locality on the unrelated probe sample: the share of the "
+        "base model's answer tokens that are still its argmax. Below it the sleep is rolled back.",
+    )
+    max_leak: float = Field(
+        2.0e-2, ge=0, le=1,
+        description="Largest share of unrelated probe answers that now contain a stored fact's object "
+        "their base answer did not; above it the sleep is rolled back.",
+    )
+    locality_sample: int = Field(
+        64, ge=0, description="Unrelated probe prompts (a fixed, evenly spread sample of the 256) measured "
+        "by every validate; 0 switches the locality and leak gates off.")
 
 
 class SleepConfig(BaseModel):
@@ -113,6 +133,13 @@ class LoraConfig(BaseModel):
         "what keeps perplexity flat.")
     anchor_batch: int = Field(4, gt=0, description="Anchor sequences per step.")
     anchor_tokens: int = Field(64, gt=1, description="Tokens per anchor sequence.")
+    fold_energy: float = Field(
+        9.99e-1, gt=0, le=1, description="A full sleep folds every adapter into one consolidated adapter "
+        "per module, keeping the smallest rank that holds this share of the sum's squared singular "
+        "values (1.0 = exact up to fold_max_rank).")
+    fold_max_rank: int = Field(
+        256, gt=0, description="Rank budget of the consolidated adapter per module: bounds the home's "
+        "bytes and compose time however many nights have been folded into it.")
 
 
 class SwsConfig(BaseModel):
@@ -170,3 +197,20 @@ class NapConfig(BaseModel):
     reinforce: bool = Field(
         False, description="Train a LoRA on the MEMIT-held facts' chat Q&A without touching MEMIT, "
         "kept only if perplexity and raw recall pass the validate gates.")
+
+
+class ForgetConfig(BaseModel):
+    """Forgetting: remove the knowledge, verified by probes (``sleepwake forget``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_passes: int = Field(3, ge=1, description="Unlearning LoRA passes at most, until no probe (raw prompt, "
+                            "paraphrases, chat question) produces the forgotten object.")
+    steps: int = Field(24, gt=0, description="Optimisation steps per unlearning pass.")
+    weight: float = Field(2.0, gt=0, description="Loss weight of the base model's answers (the unlearning "
+                          "targets) against the retain examples of other facts.")
+    retain_facts: int = Field(12, ge=0, description="Other facts (besides the same subject's) trained beside "
+                              "the unlearning targets so they keep their recall.")
+    sleep_passes: int = Field(3, ge=0, description="Full sleeps that keep training a forgotten fact's base "
+                              "answers (like a fact's consolidation stages) once the adapters alone no "
+                              "longer produce the object; validate checks every forgotten fact after every sleep.")

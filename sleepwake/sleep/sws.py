@@ -1,100 +1,121 @@
-"""SWS: per-fact staged consolidation into the chat pathway (paper 4, Algorithm 1).
+"""SWS: staged consolidation into the chat pathway (paper 4, Algorithm 1), sized by what changed.
 
-1. Snapshot (the stage snapshot: a rejected pass is undone byte for byte).
-2. Train one LoRA on every active fact (stage < 3): chat Q&A, raw completions, identity, replay
-   (``curriculum``), with those facts' MEMIT edits switched off (``sws.train_without_memit``).
+1. Under its own journal snapshot (a rejected pass is undone byte for byte).
+2. Train one LoRA on the facts not yet consolidated once (stage 0: new, replaced or re-woken
+   facts): chat Q&A, raw completions, identity, plus a bounded replay of older facts and logged
+   conversation turns (``curriculum``), with those facts' MEMIT edits switched off
+   (``sws.train_without_memit``). Facts at stages 1-2 are carried by the consolidated adapter and
+   only replayed, so a night's training does not grow with the memory.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
-4. Switch every trained fact's edit to scale 0 and run the benchmark gate (a fixed question
+4. Switch every stage < 3 fact's edit to scale 0 and run the benchmark gate (a fixed question
    set); a drop beyond ``sws.benchmark_max_drop`` rejects the whole pass (undo).
-5. Per fact, through the LoRA alone: chat recall (and raw recall with ``sws.gate_raw``). A pass
+5. Per fact, through the adapters alone: chat recall (and raw recall with ``sws.gate_raw``). A pass
    moves the fact one stage on and its edit to that stage's scale in ``sws.schedule``
    (1.0 -> 0.5 -> 0.1 -> 0.0); a fail keeps its stage and scale.
 6. Settle: with the new scales composed, a fact that advanced but lost its raw recall goes back;
    if raw recall is still below its pre-SWS level (the LoRA disturbed a fact MEMIT holds), the
-   pass is rejected (undo) rather than leaving the whole sleep to fail its validate gate.
+   pass is rejected rather than leaving the whole sleep to fail its validate gate.
    All stage and scale changes commit in one ledger transaction.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from datetime import datetime
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep import consolidate, curriculum
-from sleepwake.sleep.maintain import close_after, stage_snapshot
-from sleepwake.sleep.run import SleepRun, StageResult
+from sleepwake.sleep import consolidate, curriculum, forgetting, journal
+from sleepwake.sleep.health import finish
+from sleepwake.sleep.results import SwsResult
+from sleepwake.sleep.session import SleepSession
 from sleepwake.storage import adapters as adapter_rows, conversations
 
 
-def sws(run: SleepRun) -> StageResult:
+def sws(session: SleepSession) -> SwsResult:
     started = time.perf_counter()
-    memory, cfg = run.memory, run.settings.sws
-    snapshot = stage_snapshot(run, "sws")
-    rows = [r for r in memory.ledger.list_facts() if r.stage < 3]
-    if not cfg.enabled or consolidate.cannot_train(memory) or not rows:
-        summary = {"skipped": True, "trained": 0, "advanced": 0, "accepted": cfg.enabled,
-                   "reason": consolidate.cannot_train(memory)}
-        return close_after(run, snapshot, run.finish(StageResult("sws", summary), started))
-    edit_ids = {r.edit_id for r in rows if r.edit_id is not None}
-    bench_before, _ = probes.benchmark(memory.backend, run.settings.probes)
-    raw_before = raw_hits(run, rows)
-    examples = training_examples(run, rows)
-    memory.compose(skip=edit_ids if cfg.train_without_memit else ())
+    memory, cfg = session.memory, session.settings.sws
+    with journal.stage(session, "sws") as snap:
+        gated = [r for r in memory.ledger.list_facts() if r.stage < 3]
+        trained = [r for r in gated if r.stage == 0]
+        forgets = forgetting.unsettled(session)
+        why_not = consolidate.cannot_train(memory)
+        if not cfg.enabled or why_not or not (gated or forgets):
+            result = SwsResult(skipped=True, accepted=cfg.enabled, reason=why_not)
+            return finish(session, result, started)
+        edit_ids = {r.edit_id for r in gated if r.edit_id is not None}
+        bench_before, _ = probes.benchmark(memory.backend, session.settings.probes)
+        raw_before = raw_hits(session, gated)
+        result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4))
+        if trained or forgets:
+            train_pass(session, trained, forgets, edit_ids if cfg.train_without_memit else set(), result)
+        memory.compose(skip=edit_ids)  # isolate the adapters: every gated fact's MEMIT at 0
+        bench_after, _ = probes.benchmark(memory.backend, session.settings.probes)
+        result.benchmark_after = round(bench_after, 4)
+        if bench_before - bench_after > cfg.benchmark_max_drop + 1e-9:
+            return reject(session, snap, result, f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}", started)
+        table, stages = gate_facts(session, gated)
+        forget_stages = forgetting.advance(session, forgets)
+        stages, raw_after = settle(session, gated, stages)
+        if sum(raw_after) < sum(raw_before):
+            return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts",
+                          started)
+        scales = edit_scales(session, gated, stages)
+        adapter_rows.commit_consolidation(memory.ledger, stages, scales, forget_stages)
+        crash_point("sws:after-stages")
+        memory.reload()
+        for entry in table:
+            entry["stage_after"] = stages[entry["fact_id"]]
+            entry["scale"] = scales.get(entry.pop("edit_id"))
+        result.accepted = True
+        result.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
+        result.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
+        if table:
+            result.lora_chat_recall = round(sum(r["chat"] for r in table) / len(table), 4)
+            result.lora_raw_recall = round(sum(r["raw"] for r in table) / len(table), 4)
+        result.forgotten_settled = sum(1 for stage in forget_stages.values() if stage > 0)
+        result.rows = table
+        return finish(session, result, started)
+
+
+def train_pass(session: SleepSession, trained, forgets, switched_off: set[int], result: SwsResult) -> None:
+    """Train tonight's LoRA with ``switched_off`` edits out of the weights and store it."""
+    memory = session.memory
+    examples, replay = training_examples(session, trained)
+    examples += forgetting.training_examples(session, forgets)
+    memory.compose(skip=switched_off)
     try:
-        outcome = consolidate.train(run, examples, consolidate.recipe(run.settings), "sws")
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws")
     finally:
         memory.compose()
-    adapter_id = memory.store_adapter("sws", run.run_id, outcome.factors)
+    result.adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)
     crash_point("sws:after-adapter")
-    memory.compose(skip=edit_ids)  # isolate the LoRA: every trained fact's MEMIT at 0
-    bench_after, _ = probes.benchmark(memory.backend, run.settings.probes)
-    figures = {"trained": len(rows), "examples": len(examples), "adapter_id": adapter_id,
-               "benchmark_before": round(bench_before, 4), "benchmark_after": round(bench_after, 4)}
-    reason = None
-    if bench_before - bench_after > cfg.benchmark_max_drop + 1e-9:
-        reason = f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}"
-    else:
-        table, stages = gate_facts(run, rows)
-        stages, raw_after = settle(run, rows, stages)
-        if sum(raw_after) < sum(raw_before):
-            reason = f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(rows)} facts"
-    if reason is not None:
-        memory.compose()
-        consolidate.undo_pass(run, snapshot)
-        summary = {**figures, "skipped": False, "accepted": False, "advanced": 0, "reason": reason}
-        return close_after(run, snapshot, run.finish(StageResult("sws", summary), started))
-    scales = edit_scales(run, rows, stages)
-    adapter_rows.commit_consolidation(memory.ledger, stages, scales)
-    crash_point("sws:after-stages")
-    memory.reload()
-    for entry in table:
-        entry["stage_after"] = stages[entry["fact_id"]]
-        entry["scale"] = scales.get(entry.pop("edit_id"))
-    advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
-    summary = {**figures, "skipped": False, "accepted": True, "advanced": advanced,
-               "reverted_at_settle": sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"]),
-               "lora_chat_recall": round(sum(r["chat"] for r in table) / len(table), 4),
-               "lora_raw_recall": round(sum(r["raw"] for r in table) / len(table), 4)}
-    return close_after(run, snapshot, run.finish(StageResult("sws", summary, table), started))
+    result.examples, result.replay, result.train_steps = len(examples), replay, outcome.steps
+    result.train_loss_first, result.train_loss_last = round(outcome.first_loss, 4), round(outcome.last_loss, 4)
 
 
-def raw_hits(run: SleepRun, rows) -> list[bool]:
-    return [ok for ok, _ in probes.raw_recall(run.memory.backend, [r.fact for r in rows], run.settings.probes)]
+def reject(session: SleepSession, snap, result: SwsResult, reason: str, started: float) -> SwsResult:
+    session.memory.compose()
+    journal.undo(session, snap)
+    result.accepted, result.advanced, result.reason, result.adapter_id = False, 0, reason, None
+    return finish(session, result, started)
 
 
-def training_examples(run: SleepRun, rows) -> list:
-    """Active facts, identity pairs and the replay buffer, as token examples."""
-    memory, cfg = run.memory, run.settings.sws
+def raw_hits(session: SleepSession, rows) -> list[bool]:
+    return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
+
+
+def training_examples(session: SleepSession, trained) -> tuple[list, int]:
+    """Tonight's facts, identity pairs and the bounded replay buffer, as token examples; returns
+    (examples, replay items)."""
+    memory, cfg = session.memory, session.settings.sws
     backend = memory.backend
-    examples = curriculum.fact_examples(backend, [r.fact for r in rows], cfg.train_raw)
+    examples = curriculum.fact_examples(backend, [r.fact for r in trained], cfg.train_raw) if trained else []
     examples += curriculum.identity_examples(backend, cfg.identity_weight)
-    consolidated = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 3]
+    older = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 1]
     turns = conversation_turns(memory.ledger)
-    examples += curriculum.replay_examples(backend, consolidated, turns, cfg.replay_size, cfg.replay_decay, run.settings.seed)
-    return examples
+    replay = curriculum.replay_examples(backend, older, turns, cfg.replay_size, cfg.replay_decay, session.settings.seed)
+    return examples + replay, len(replay)
 
 
 def conversation_turns(ledger, limit: int = 200) -> list[dict]:
@@ -108,11 +129,11 @@ def conversation_turns(ledger, limit: int = 200) -> list[dict]:
     return turns[-limit:]
 
 
-def gate_facts(run: SleepRun, rows) -> tuple[list[dict], dict[int, int]]:
-    """Per-fact recall through the LoRA alone (trained edits at 0) -> (table, proposed stages)."""
-    cfg = run.settings.sws
-    probe_cfg = run.settings.probes.model_copy(update={"paraphrases": False, "chat": True})
-    results = probes.probe_facts(run.memory.backend, [r.fact for r in rows], probe_cfg)
+def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:
+    """Per-fact recall through the adapters alone (gated edits at 0) -> (table, proposed stages)."""
+    cfg = session.settings.sws
+    probe_cfg = session.settings.probes.model_copy(update={"paraphrases": False, "chat": True})
+    results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], probe_cfg)
     table, stages = [], {}
     for row, probe in zip(rows, results):
         passed = bool(probe.chat) and (probe.raw or not cfg.gate_raw)
@@ -123,31 +144,27 @@ def gate_facts(run: SleepRun, rows) -> tuple[list[dict], dict[int, int]]:
     return table, stages
 
 
-def edit_scales(run: SleepRun, rows, stages: dict[int, int]) -> dict[int, float]:
-    """Each trained edit's scale from its facts' stages. An edit may hold several facts (a refresh
-    re-solves companions): it dissolves only as far as its least consolidated fact allows."""
+def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int, float]:
+    """Each gated edit's scale from its facts' stages. An edit may hold several facts (one subject
+    key): it dissolves only as far as its least consolidated fact allows."""
     lowest: dict[int, int] = {}
-    for row in run.memory.ledger.list_facts():
+    for row in session.ledger.list_facts():
         if row.edit_id is not None:
             lowest[row.edit_id] = min(lowest.get(row.edit_id, 3), stages.get(row.fact_id, row.stage))
-    trained = {r.edit_id for r in rows}
-    return {edit_id: run.settings.sws.schedule[stage] for edit_id, stage in lowest.items() if edit_id in trained}
+    gated = {r.edit_id for r in rows}
+    return {edit_id: session.settings.sws.schedule[stage] for edit_id, stage in lowest.items() if edit_id in gated}
 
 
-def settle(run: SleepRun, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:
-    """Compose with the proposed scales (LoRA + partly dissolved MEMIT together) and re-check
-    every trained fact's raw recall; a fact that advanced but fails there goes back to its old
-    stage (its edit regains scale). Returns the settled stages and the final raw hits."""
-    memory = run.memory
+def settle(session: SleepSession, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:
+    """Compose with the proposed scales (adapters + partly dissolved MEMIT together) and re-check
+    every gated fact's raw recall; a fact that advanced but fails there goes back to its old stage
+    (its edit regains scale). Returns the settled stages and the final raw hits."""
+    memory = session.memory
     for _ in range(2):  # reverting only raises scales, so one more check confirms it
-        scales = edit_scales(run, rows, stages)
-        saved = memory.edits
-        memory.edits = [replace(e, scale=scales.get(e.edit_id, e.scale)) for e in saved]
         try:
-            memory.compose()
-            hits = raw_hits(run, rows)
+            memory.compose(scales=edit_scales(session, rows, stages))
+            hits = raw_hits(session, rows)
         finally:
-            memory.edits = saved
             memory.compose()
         reverted = [r.fact_id for r, ok in zip(rows, hits) if not ok and stages[r.fact_id] != r.stage]
         if not reverted:

@@ -18,7 +18,7 @@ from sleepwake.storage.ledger import Ledger
 from sleepwake.storage.schema import STAGES
 
 ADAPTER_COLS = "adapter_id, kind, run_id, modules, rank, file, checksum, nbytes, model_fingerprint, created_at"
-KINDS = ("sws", "rem", "nap")
+KINDS = ("sws", "rem", "nap", "consolidated", "forget")
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,25 @@ def next_adapter_id(ledger: Ledger) -> int:
         return int(con.execute("SELECT nextval('adapter_id_seq')").fetchone()[0])
 
 
-def commit_adapter(ledger: Ledger, row: AdapterRow) -> None:
+def commit_adapter(ledger: Ledger, row: AdapterRow, replaces: Iterable[int] = ()) -> None:
+    """Record an adapter and drop the ``replaces`` adapters it stands for, in ONE transaction
+    (a fold replaces every adapter by their consolidated sum, all or nothing)."""
     if row.kind not in KINDS:
         raise InvalidInputError(f"adapter kind {row.kind!r} is not one of {list(KINDS)}")
+    ids = [int(i) for i in replaces]
     with ledger._transaction() as con:
-        con.execute(f"INSERT INTO adapters ({ADAPTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [row.adapter_id, row.kind, row.run_id, json.dumps(row.modules), row.rank, row.file,
-                     row.checksum, row.nbytes, row.model_fingerprint, _now()])
+        if ids:
+            con.execute("DELETE FROM adapters WHERE adapter_id IN (SELECT unnest(?::BIGINT[]))", [ids])
+        insert_adapter(con, row)
+
+
+def insert_adapter(con, row: AdapterRow) -> None:
+    """Inside the caller's transaction."""
+    if row.kind not in KINDS:
+        raise InvalidInputError(f"adapter kind {row.kind!r} is not one of {list(KINDS)}")
+    con.execute(f"INSERT INTO adapters ({ADAPTER_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [row.adapter_id, row.kind, row.run_id, json.dumps(row.modules), row.rank, row.file,
+                 row.checksum, row.nbytes, row.model_fingerprint, _now()])
 
 
 def list_adapters(ledger: Ledger) -> list[AdapterRow]:
@@ -69,8 +81,10 @@ def remove_adapters(ledger: Ledger, adapter_ids: Iterable[int]) -> None:
             con.execute("DELETE FROM adapters WHERE adapter_id IN (SELECT unnest(?::BIGINT[]))", [ids])
 
 
-def commit_consolidation(ledger: Ledger, stages: Mapping[int, int], scales: Mapping[int, float]) -> None:
-    """New fact stages and edit scales of one SWS pass, in ONE transaction (all or nothing)."""
+def commit_consolidation(ledger: Ledger, stages: Mapping[int, int], scales: Mapping[int, float],
+                         forget_stages: Mapping[int, int] | None = None) -> None:
+    """New fact stages, edit scales and forgotten facts' stages of one SWS pass, in ONE
+    transaction (all or nothing)."""
     bad = {fid: s for fid, s in stages.items() if s not in STAGES}
     if bad:
         raise InvalidInputError(f"stages {bad} are not in {list(STAGES)}")
@@ -80,3 +94,5 @@ def commit_consolidation(ledger: Ledger, stages: Mapping[int, int], scales: Mapp
             con.execute("UPDATE facts SET stage = ?, updated_at = ? WHERE fact_id = ?", [int(stage), now, int(fact_id)])
         for edit_id, scale in scales.items():
             con.execute("UPDATE edits SET scale = ? WHERE edit_id = ?", [float(scale), int(edit_id)])
+        for forget_id, stage in (forget_stages or {}).items():
+            con.execute("UPDATE forgotten SET stage = ?, updated_at = ? WHERE forget_id = ?", [int(stage), now, int(forget_id)])

@@ -9,6 +9,7 @@ each call is one short connection, so a sleep flow can open the same file betwee
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 
 from sleepwake.storage.ledger import Ledger
@@ -51,3 +52,19 @@ def _row(row: tuple) -> dict:
     turn_id, session_id, ts, role, content, facts = row
     return {"turn_id": int(turn_id), "session_id": session_id, "ts": ts.isoformat() if ts else None,
             "role": role, "content": content, "facts": json.loads(facts) if facts else None}
+
+
+def redact(con, text: str, replacement: str = "[forgotten]") -> int:
+    """Inside the caller's transaction: replace ``text`` (whole words, any case) in every logged
+    message and its extracted facts. Returns how many messages changed."""
+    # RE2 (DuckDB's regex engine) escapes only its metacharacters; Python's re.escape does more.
+    literal = re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text.strip())
+    pattern = r"(?i)\b" + literal + r"\b"
+    changed = con.execute("SELECT count(*) FROM conversations WHERE regexp_matches(content, ?) "
+                          "OR regexp_matches(coalesce(facts, ''), ?)", [pattern, pattern]).fetchone()[0]
+    if changed:
+        con.execute("UPDATE conversations SET content = regexp_replace(content, ?, ?, 'g'), "
+                    "facts = regexp_replace(facts, ?, ?, 'g') WHERE regexp_matches(content, ?) "
+                    "OR regexp_matches(coalesce(facts, ''), ?)",
+                    [pattern, replacement, pattern, replacement, pattern, pattern])
+    return int(changed)

@@ -189,25 +189,27 @@ class Ledger:
 
     def next_edit_id(self) -> int:
         """Reserve an edit id (before the delta file is written under that id)."""
+        return self.next_edit_ids(1)[0]
+
+    def next_edit_ids(self, n: int) -> list[int]:
+        """Reserve ``n`` edit ids in one transaction (a batch writes its factor files first)."""
         # An autocommit SELECT nextval is not persisted by DuckDB 1.x; an explicit transaction is.
         with self._transaction() as con:
-            return int(con.execute("SELECT nextval('edit_id_seq')").fetchone()[0])
+            return [int(row[0]) for row in con.execute("SELECT nextval('edit_id_seq') FROM range(?)", [int(n)]).fetchall()]
 
     def commit_edit(
         self, edit: EditRow, facts: Sequence[Fact], remove_edit_ids: Iterable[int] = (), source: str = "cli"
     ) -> list[int]:
         """Record an edit, upsert its facts and drop replaced edits in one transaction."""
-        now = _now()
+        return self.commit_edits([(edit, facts)], remove_edit_ids, source)
+
+    def commit_edits(
+        self, edits: Sequence[tuple[EditRow, Sequence[Fact]]], remove_edit_ids: Iterable[int] = (), source: str = "cli"
+    ) -> list[int]:
+        """Record several edits, upsert each one's facts and drop replaced edits, all in ONE
+        transaction (a batched inject is stored whole or not at all). Returns the fact ids."""
         with self._transaction() as con:
-            con.execute(
-                f"INSERT INTO edits ({EDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [edit.edit_id, edit.kind, float(edit.scale), json.dumps([int(x) for x in edit.layers]),
-                 edit.rank, edit.file, edit.checksum, edit.nbytes, edit.model_fingerprint,
-                 edit.created_at or now],
-            )
-            fact_ids = [_upsert_fact(con, fact, edit.edit_id, source, now) for fact in facts]
-            _delete_edits(con, remove_edit_ids)
-        return fact_ids
+            return insert_edits(con, edits, remove_edit_ids, source)
 
     def find_fact(self, subject: str, relation: str) -> FactRow | None:
         with self._connect() as con:
@@ -334,6 +336,25 @@ class Ledger:
                 [key, str(value)],
             )
 
+    def start_run(self, run_id: str, kind: str, flow_run_id: str | None) -> None:
+        """Record a sleep run beside the Prefect flow run that drives it (one id links both)."""
+        with self._connect(write=True) as con:
+            con.execute("INSERT INTO sleep_runs (run_id, kind, flow_run_id, started_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (run_id) DO NOTHING", [run_id, kind, flow_run_id, _now()])
+
+    def finish_run(self, run_id: str, kind: str, flow_run_id: str | None, outcome: str) -> None:
+        """Record how a run ended (inserting it when nothing started it, as in plain calls)."""
+        now = _now()
+        with self._connect(write=True) as con:
+            con.execute("INSERT INTO sleep_runs (run_id, kind, flow_run_id, started_at, finished_at, outcome) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET finished_at = excluded.finished_at, "
+                        "outcome = excluded.outcome", [run_id, kind, flow_run_id, now, now, outcome])
+
+    def runs(self, limit: int = 20) -> list[dict]:
+        """The newest sleep runs, newest first (run id, kind, Prefect flow run id, outcome)."""
+        with self._connect() as con:
+            return _dicts(con.execute("SELECT * FROM sleep_runs ORDER BY started_at DESC LIMIT ?", [int(limit)]))
+
     def counts(self) -> dict:
         """{'facts': n, 'edits': n, 'facts_per_stage': {0: n, 1: n, 2: n, 3: n}}."""
         with self._connect() as con:
@@ -344,12 +365,31 @@ class Ledger:
         return {"facts": int(n_facts), "edits": int(n_edits), "facts_per_stage": stages}
 
 
+def insert_edits(con: duckdb.DuckDBPyConnection, edits: Sequence[tuple[EditRow, Sequence[Fact]]],
+                 remove_edit_ids: Iterable[int], source: str) -> list[int]:
+    """Inside a transaction: drop replaced edits, insert new ones and upsert their facts."""
+    now = _now()
+    fact_ids = []
+    _delete_edits(con, remove_edit_ids)
+    for edit, facts in edits:
+        con.execute(
+            f"INSERT INTO edits ({EDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [edit.edit_id, edit.kind, float(edit.scale), json.dumps([int(x) for x in edit.layers]),
+             edit.rank, edit.file, edit.checksum, edit.nbytes, edit.model_fingerprint, edit.created_at or now],
+        )
+        fact_ids += [_upsert_fact(con, fact, edit.edit_id, source, now) for fact in facts]
+    return fact_ids
+
+
 def _upsert_fact(con: duckdb.DuckDBPyConnection, fact: Fact, edit_id: int, source: str, now: datetime) -> int:
     """Update the row with the same normalised (subject, relation), or insert a new one."""
+    from sleepwake.storage.forgotten import on_store  # forgotten builds on this module
+
     subject_key, relation_key = normalize_key(fact.subject), normalize_key(fact.relation)
     row = con.execute(
-        "SELECT fact_id FROM facts WHERE subject_key = ? AND relation_key = ?", [subject_key, relation_key]
+        "SELECT fact_id, object, stage FROM facts WHERE subject_key = ? AND relation_key = ?", [subject_key, relation_key]
     ).fetchone()
+    on_store(con, fact.subject, fact.relation, fact.object, (row[1], row[2]) if row else None)
     if row is not None:
         # Only non-key columns change, so DuckDB updates in place (no unique-index churn).
         con.execute(

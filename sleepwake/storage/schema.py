@@ -48,7 +48,20 @@ _SCHEMA_V2 = [
         turn_id BIGINT PRIMARY KEY, session_id VARCHAR NOT NULL, ts TIMESTAMP, role VARCHAR NOT NULL,
         content VARCHAR NOT NULL, facts VARCHAR)""",
 ]
-MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
+# Migration 3: what forgetting keeps (never the forgotten object itself: a salted-free sha256 of
+# its normalised words, so later sleeps can verify it stays gone), and the link between a sleep's
+# ledger run id and the Prefect flow run that drove it.
+_SCHEMA_V3 = [
+    "CREATE SEQUENCE forget_id_seq START 1",
+    """CREATE TABLE forgotten (
+        forget_id BIGINT PRIMARY KEY, subject VARCHAR NOT NULL, relation VARCHAR NOT NULL,
+        object_sha VARCHAR NOT NULL, object_words INTEGER NOT NULL, reason VARCHAR NOT NULL,
+        targets VARCHAR, stage INTEGER NOT NULL DEFAULT 0, created_at TIMESTAMP, updated_at TIMESTAMP)""",
+    """CREATE TABLE sleep_runs (
+        run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, flow_run_id VARCHAR, started_at TIMESTAMP,
+        finished_at TIMESTAMP, outcome VARCHAR)""",
+]
+MIGRATIONS: list[tuple[int, list[str]]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3)]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
 FACT_COLS = "fact_id, subject, relation, object, stage, edit_id, source, created_at, updated_at"

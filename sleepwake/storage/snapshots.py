@@ -72,7 +72,10 @@ class SnapshotStore:
                 shutil.copy2(source, tmp / source.name)
         deltas = self.root / DELTAS_DIR
         if deltas.exists():
-            shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"))
+            # Factor files are immutable (a change writes a new file under a new id and renames
+            # it into place), so a hard link is as good as a copy and costs nothing.
+            shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"),
+                            copy_function=_link_or_copy)
         crash_point("snapshot:before-manifest")
         _fsync_files(tmp)
         manifest = {"name": name, "state": "open", "created_at": _now(), "files": _file_hashes(tmp), **info}
@@ -131,7 +134,7 @@ class SnapshotStore:
         for path in sorted(source.iterdir()) if source.exists() else []:
             names.add(path.name)
             target = live / path.name
-            if target.exists() and target.read_bytes() == path.read_bytes():
+            if target.exists() and (os.path.samefile(target, path) or target.read_bytes() == path.read_bytes()):
                 continue
             staged = live / f".tmp-restore-{path.name}"
             shutil.copy2(path, staged)
@@ -190,6 +193,13 @@ class SnapshotStore:
         for snapshot in doomed:
             shutil.rmtree(snapshot.path, ignore_errors=True)
         return [s.name for s in doomed]
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: a real copy
+        shutil.copy2(source, target)
 
 
 def _now() -> str:

@@ -9,8 +9,9 @@ and factor files give the same bytes in any process. ``Memory`` inherits this; i
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -21,6 +22,7 @@ from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.ledger import EditRow
 
 log = logging.getLogger(__name__)
+TRIAL = -1  # id of an adapter composed for a trial, never stored
 
 
 class Composition:
@@ -62,22 +64,26 @@ class Composition:
             self.corrupted.add(edit.edit_id)
             return None
 
-    def compose(self, skip: Sequence[int] = (), with_adapters: bool = True) -> None:
+    def compose(self, skip: Sequence[int] = (), with_adapters: bool = True,
+                scales: Mapping[int, float] | None = None) -> None:
         """Set every editable weight to base + every adapter + the scaled edits (without ``skip``;
-        ``with_adapters=False`` leaves the adapters out too, for base-model measurements).
+        ``with_adapters=False`` leaves the adapters out too, for base-model measurements;
+        ``scales`` composes some edits at other scales than the ledger's, to try them out).
 
         Adapters come first and in id order, edits after them in id order: a fixed order, so the
         same ledger gives the same bytes. With no adapters this is exactly base + edits.
         """
+        scales = scales or {}
         for layer in self.layers:
             name = self.backend.down_proj_template.format(layer)
             weight = self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0)
             for edit in self.edits:
-                if layer in edit.layers and edit.scale != 0.0 and edit.edit_id not in skip:
+                scale = scales.get(edit.edit_id, edit.scale)
+                if layer in edit.layers and scale != 0.0 and edit.edit_id not in skip:
                     tensors = self._factors_or_none(edit)
                     if tensors is None:
                         continue
-                    apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], edit.scale)
+                    apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], scale)
             self.backend.set_weight(layer, weight)
         for name in self.adapted_modules:
             self.backend.set_module_weight(name, self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0))
@@ -93,12 +99,19 @@ class Composition:
         return self.backend.pristine_weight(name)
 
     def _adapter_sum(self, name: str) -> torch.Tensor | float:
+        """Sum of every adapter's U V^T for module ``name`` (out, in), cached per set of adapters:
+        a sleep recomposes many times while its adapters stay the same."""
+        ids = tuple(a.adapter_id for a in self.adapters if name in a.modules)
+        cached = self._adapter_sums.get(name)
+        if cached is not None and cached[0] == ids:
+            return cached[1]
         total: torch.Tensor | float = 0.0
         for adapter in self.adapters:
             if name in adapter.modules:
                 tensors = self.adapter_factors(adapter)
                 part = tensors[f"{name}.u"] @ tensors[f"{name}.v"].T  # (out, in)
                 total = part if isinstance(total, float) else total.add_(part)
+        self._adapter_sums[name] = (ids, total)
         return total
 
     def adapter_factors(self, adapter) -> dict[str, torch.Tensor]:
@@ -106,11 +119,51 @@ class Composition:
             self._adapter_factors[adapter.adapter_id] = self.deltas.load(adapter.file, adapter.checksum)
         return self._adapter_factors[adapter.adapter_id]
 
+    @contextlib.contextmanager
+    def trial_adapter(self, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[None]:
+        """Compose as if ``parts`` (module -> factor pairs) were one more stored adapter."""
+        if not parts:
+            yield
+            return
+        saved = self.adapters
+        tensors = {}
+        for name, pairs in parts.items():
+            tensors[f"{name}.u"] = torch.cat([u for u, _ in pairs], dim=1)
+            tensors[f"{name}.v"] = torch.cat([v for _, v in pairs], dim=1)
+        self._adapter_factors[TRIAL] = tensors
+        self._adapter_sums.clear()
+        self.adapters = [*saved, adapter_rows.AdapterRow(TRIAL, "trial", None, sorted(parts), 0, "", "", 0, "")]
+        try:
+            yield
+        finally:
+            self.adapters = saved
+            self._adapter_factors.pop(TRIAL, None)
+            self._adapter_sums.clear()
+            self.compose()
+
+
     def weights_digest(self) -> str:
         return self.backend.weights_digest(self.layers, self.adapted_modules)
 
-    def store_adapter(self, kind: str, run_id: str | None, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> int:
-        """Persist a trained LoRA as factors, then its ledger row, then recompose. Returns its id."""
+    def store_adapter(self, kind: str, run_id: str | None, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      replaces: Sequence[int] = ()) -> int:
+        """Persist an adapter as factors, then its ledger row (dropping the ``replaces`` adapters in
+        the same transaction), then recompose. Returns its id."""
+        row = self.write_adapter_file(kind, run_id, factors)
+        try:
+            adapter_rows.commit_adapter(self.ledger, row, replaces)
+        except BaseException:
+            self.deltas.delete(row.file)
+            raise
+        crash_point("adapter:after-ledger")
+        for old in self.adapters:
+            if old.adapter_id in set(replaces):
+                self.deltas.delete(old.file)
+        self.reload()
+        return row.adapter_id
+
+    def write_adapter_file(self, kind: str, run_id: str | None, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        """Write an adapter's factor file under a fresh id; returns the ledger row to commit."""
         adapter_id = adapter_rows.next_adapter_id(self.ledger)
         tensors = {}
         for name, (u, v) in sorted(factors.items()):
@@ -119,13 +172,5 @@ class Composition:
         relpath, checksum, nbytes = self.deltas.save(adapter_id, tensors, meta, kind="adapter")
         crash_point("adapter:after-file")
         rank = max((u.shape[1] for u, _ in factors.values()), default=0)
-        row = adapter_rows.AdapterRow(adapter_id, kind, run_id, sorted(factors), rank, relpath, checksum, nbytes,
-                                      self.backend.fingerprint)
-        try:
-            adapter_rows.commit_adapter(self.ledger, row)
-        except BaseException:
-            self.deltas.delete(relpath)
-            raise
-        self._adapter_factors[adapter_id] = tensors
-        self.reload()
-        return adapter_id
+        return adapter_rows.AdapterRow(adapter_id, kind, run_id, sorted(factors), rank, relpath, checksum, nbytes,
+                                       self.backend.fingerprint)

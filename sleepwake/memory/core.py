@@ -1,0 +1,205 @@
+"""Memory: a loaded model plus the edits and adapters recorded in a home, composed exactly.
+
+Effective weights are always recomposed from scratch, never patched in place (see
+``sleepwake.composition``):
+
+    W_l = W_base_l + sum_{adapters} U V^T + sum_{edits e, by id} scale_e * U_e,l V_e,l^T   (float32)
+
+so the same ledger and factor files give the same bytes in any process (a restart is exact, a
+forget of the only edit restores the base bit for bit), and no rounding residue accumulates.
+
+Order of effects for every change (so a crash at any point leaves a consistent home):
+compute the update (no state touched) -> write the factor file atomically -> commit the ledger
+transaction -> recompose weights. Factor files the ledger does not know are orphans of an
+interrupted write and are removed when a writer opens the home.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from sleepwake.memory.wake import InjectOutcome, Wake  # noqa: F401  (re-exported)
+from sleepwake.memory.weights import Composition
+from sleepwake.config import Settings
+from sleepwake.errors import ModelLoadError, SleepwakeError
+from sleepwake.facts import Fact
+from sleepwake.models import covariance, locality, probes
+from sleepwake.models.bundled import default_cache_dir
+from sleepwake.storage import adapters as adapter_rows
+from sleepwake.storage.deltas import DeltaStore
+from sleepwake.storage.home import Home
+from sleepwake.storage.ledger import Ledger
+from sleepwake.storage.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+# Backends lent to every Memory.open in this process that asks for the same model (an experiment
+# runs many sleeps: each would otherwise load a second copy of the model).
+_LENT: dict[str, object] = {}
+
+
+def backend_key(settings: Settings) -> str:
+    return f"{settings.backend}|{settings.memit.down_proj}|{settings.model.model_dump_json()}"
+
+
+@contextlib.contextmanager
+def lending(settings: Settings, backend) -> Iterator[None]:
+    """While inside, :func:`load_backend` for the same model returns ``backend``. Safe because a
+    Memory composes its home's weights onto the backend when it opens; only one Memory may use it
+    at a time (the callers are sequential)."""
+    key = backend_key(settings)
+    _LENT[key] = backend
+    try:
+        yield
+    finally:
+        _LENT.pop(key, None)
+
+
+def load_backend(settings: Settings):
+    """The configured runtime (MLX is imported only in its own module)."""
+    lent = _LENT.get(backend_key(settings))
+    if lent is not None:
+        return lent
+    if settings.backend == "mlx":
+        try:
+            from sleepwake.models.mlx_backend import MlxBackend
+        except ImportError as exc:
+            raise ModelLoadError(f"backend=mlx is not available here: {exc}") from None
+        return MlxBackend.load(settings.model, settings.memit.down_proj)
+    from sleepwake.models.torch_backend import TorchBackend
+
+    return TorchBackend.load(settings.model, settings.memit.down_proj)
+
+
+class Memory(Wake, Composition):
+    """The model and its edit ledger. Open with :meth:`open`; one writer per home."""
+
+    def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path,
+                 tolerate_corrupt: bool = False):
+        self.home, self.settings, self.backend, self.ledger = home, settings, backend, ledger
+        self.deltas = DeltaStore(home.root)
+        self.cache_dir = cache_dir
+        self._factors: dict[int, dict[str, torch.Tensor]] = {}
+        self._adapter_factors: dict[int, dict[str, torch.Tensor]] = {}
+        self._adapter_sums: dict[str, tuple[tuple[int, ...], torch.Tensor | float]] = {}
+        self._stats: dict | None = None
+        self._contexts: list[str] | None = None
+        self.tolerate_corrupt = tolerate_corrupt
+        self.corrupted: set[int] = set()  # edits left out of the weights (only when tolerated)
+        self.recovered: list[str] = []  # snapshots of an interrupted sleep restored by open()
+        self.orphans_removed: list[str] = []  # factor files of interrupted writes removed by open()
+        self.edits = ledger.list_edits()
+        self.adapters = adapter_rows.list_adapters(ledger)
+        self._check_model()
+        self.compose()
+
+    @classmethod
+    def open(cls, home: Home, settings: Settings, writable: bool = True, backend=None,
+             tolerate_corrupt: bool = False) -> "Memory":
+        """``tolerate_corrupt``: leave edits whose factor file fails its checksum out of the weights
+        instead of refusing to open (only ``forget`` uses it, to remove such an edit)."""
+        # An open snapshot is the journal of a sleep that died mid-change: undo it before anything
+        # reads the ledger, so the home is exactly as it was before that sleep began.
+        recovered = SnapshotStore(home.root).recover() if writable else []
+        ledger = Ledger(home.db_path, read_only=not writable)
+        memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
+        memory.recovered = recovered
+        if writable:
+            known = {e.file for e in memory.edits} | {a.file for a in memory.adapters}
+            memory.orphans_removed = memory.deltas.remove_orphans(known)
+            if memory.orphans_removed:
+                log.info("removed %d factor file(s) left by an interrupted write", len(memory.orphans_removed))
+        if recovered:
+            log.warning("an interrupted sleep was undone from snapshot %s", recovered[0])
+        return memory
+
+    def reload(self) -> None:
+        """Re-read the ledger and factor files (after a snapshot restore) and recompose."""
+        self.edits = self.ledger.list_edits()
+        self.adapters = adapter_rows.list_adapters(self.ledger)
+        self._factors.clear()
+        self._adapter_factors.clear()
+        self._adapter_sums.clear()
+        self.corrupted.clear()
+        self.compose()
+
+    # ---- MEMIT statistics (lazy: status and recall never need them) ---------------------------
+    def stats(self):
+        if self._stats is None:
+            self._stats = covariance.load_or_estimate(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+        return self._stats
+
+    def contexts(self) -> list[str]:
+        if self._contexts is None:
+            self._contexts = covariance.load_or_make_contexts(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+        return self._contexts
+
+    def locality_base(self) -> list[list[int]]:
+        """The base model's greedy answers to the locality probe set (recorded once per model,
+        cached beside the covariance statistics)."""
+        tokens = self.settings.probes.locality_tokens
+        path = locality.cache_path(self.cache_dir, self.backend.fingerprint, tokens)
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except (OSError, ValueError):
+                log.warning("locality cache %s unreadable; recording it again", path)
+        log.info("recording the base model's answers to %d locality prompts (once per model)", len(locality.load_prompts()))
+        self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
+        try:
+            answers = locality.record_base(self.backend, locality.load_prompts(), tokens)
+        finally:
+            self.compose()
+        covariance.atomic_write_bytes(path, json.dumps(answers).encode())
+        return answers
+
+    # ---- read-only views ----------------------------------------------------------------------
+    def facts(self) -> list[Fact]:
+        return [row.fact for row in self.ledger.list_facts()]
+
+    def recall(self) -> list[dict]:
+        rows = self.ledger.list_facts()
+        results = probes.probe_facts(self.backend, [r.fact for r in rows], self.settings.probes)
+        return [{"fact_id": r.fact_id, **r.fact.model_dump(), "stage": r.stage, **p.as_dict()}
+                for r, p in zip(rows, results)]
+
+    def _cache_meta(self, key: str, value: str) -> None:
+        """Best effort even for readers: a cache miss costs seconds, a busy home costs nothing."""
+        try:
+            if not self.ledger.read_only:
+                self.ledger.set_meta(key, value)
+                return
+            # A reader writes only while holding the write lock, so it can never touch the file
+            # while a writer copies it into a snapshot or restores one.
+            with self.home.write_lock():
+                Ledger(self.ledger.path, busy_timeout_s=0.2).set_meta(key, value)
+        except (SleepwakeError, OSError):
+            pass
+
+    def perplexity(self, base: bool = False) -> float:
+        """Perplexity of the composed (or base) weights, cached in the ledger by weights digest."""
+        if base:
+            self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
+        try:
+            cfg = self.settings.probes
+            # Keyed by what determines the value: model, composed weights, corpus and chunking, so
+            # an unchanged home (the nightly health check) costs no forward pass at all.
+            key = (f"perplexity:{self.backend.fingerprint}:{self.weights_digest()}:{probes.reference_digest()}:"
+                   f"{cfg.perplexity_chunk_tokens}x{cfg.perplexity_max_chunks}")
+            cached = self.ledger.get_meta(key)
+            if cached is not None:
+                return float(cached)
+            value = probes.perplexity(self.backend, self.settings.probes)
+            self._cache_meta(key, repr(value))
+            return value
+        finally:
+            if base:
+                self.compose()
+

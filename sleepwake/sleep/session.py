@@ -1,0 +1,111 @@
+"""One sleep (or nap) in progress: the open memory, its run id, and the history it has written.
+
+Stage functions take a :class:`SleepSession` plus typed inputs and return typed results
+(``sleep.results``). Prefect tasks receive the run id instead of the session (a loaded model
+never travels through task arguments or results) and find the session through :func:`current`,
+which the flow binds for exactly the span of the run with :func:`active` (a context variable,
+so a task thread sees the session of the flow that called it, and nothing else).
+
+Every figure a stage reports also goes to the ledger's ``metrics`` table under the run id, so
+sleep history is queryable by SQL; ``history`` keeps what was written so that a restored
+snapshot (which rewinds the ledger file) can write it back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterator
+
+from sleepwake.errors import SleepwakeError
+
+_CURRENT: ContextVar["SleepSession | None"] = ContextVar("sleepwake_sleep_session", default=None)
+
+
+@dataclass
+class History:
+    """Metric and audit rows this run wrote, in order (replayed after a snapshot restore)."""
+
+    metrics: list[dict] = field(default_factory=list)
+    audits: list[dict] = field(default_factory=list)
+
+    def mark(self) -> tuple[int, int]:
+        return len(self.metrics), len(self.audits)
+
+
+@dataclass
+class SleepSession:
+    memory: object  # sleepwake.memory.Memory (not imported: keeps this module light)
+    kind: str  # "nap" | "full_sleep" | "forget" ...
+    run_id: str = field(default_factory=lambda: new_run_id())
+    flow_run_id: str | None = None  # the Prefect flow run, when a flow drives this session
+    started: float = field(default_factory=time.perf_counter)
+    history: History = field(default_factory=History)
+
+    @property
+    def settings(self):
+        return self.memory.settings
+
+    @property
+    def ledger(self):
+        return self.memory.ledger
+
+    def record(self, stage: str, figures: dict, fact_id: int | None = None, detail=None) -> None:
+        """Write numeric figures of a stage to the metrics table (non-numbers are skipped)."""
+        now = _now()
+        rows = [{"ts": now, "run_id": self.run_id, "stage": stage, "name": name, "value": float(value),
+                 "fact_id": fact_id, "detail": detail}
+                for name, value in figures.items()
+                if isinstance(value, (int, float))]  # bools count as 0/1
+        self.ledger.record_metrics(rows)
+        self.history.metrics += rows
+
+    def save_audits(self, rows: list[dict]) -> None:
+        """Record per-fact audit verdicts (the latest one per fact drives drowsiness and the
+        audit selection of later sleeps)."""
+        now = _now()
+        rows = [{"ts": now, **row} for row in rows]
+        self.ledger.record_audits(rows)
+        self.history.audits += rows
+
+    def replay_since(self, mark: tuple[int, int] | list[int] | None) -> None:
+        """After restoring a snapshot taken at history ``mark``: write back what was recorded
+        since, so an undone pass (or a rolled-back sleep) keeps its figures."""
+        if mark is None:
+            return
+        self.ledger.record_audits(self.history.audits[mark[1]:])
+        self.ledger.record_metrics(self.history.metrics[mark[0]:])
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+@contextlib.contextmanager
+def active(session: SleepSession) -> Iterator[SleepSession]:
+    """Bind ``session`` as the current one for the code (and the task threads) inside."""
+    token = _CURRENT.set(session)
+    try:
+        yield session
+    finally:
+        _CURRENT.reset(token)
+
+
+def current(run_id: str) -> SleepSession:
+    """The session the calling flow bound, checked against the run id the task was given."""
+    session = _CURRENT.get()
+    if session is None or session.run_id != run_id:
+        raise SleepwakeError(f"sleep run {run_id} is not active here (a stage task must be called from its flow)")
+    return session
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{uuid.uuid4().hex[:6]}"

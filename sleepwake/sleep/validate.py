@@ -1,0 +1,61 @@
+"""Validate: re-audit what this sleep audited, measure perplexity, locality and leak, and gate.
+
+The sleep is rolled back byte-exactly (``journal.rollback``) when any gate fails:
+perplexity rose over ``validate.max_ppl_increase`` (relative to before the sleep) or drifted over
+``validate.max_drift`` from the base model; raw recall of the audited facts dropped more than
+``validate.max_recall_drop``; teacher-forced locality on the unrelated probe sample fell under
+``validate.min_locality`` or its leak rose over ``validate.max_leak``; or a forgotten object came
+back. The post-change audit is handed to the report, which saves its verdicts if the sleep is kept.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sleepwake.faults import crash_point
+from sleepwake.sleep import audit as audit_stage, forgetting, locality as locality_stage
+from sleepwake.sleep.health import finish
+from sleepwake.sleep.results import AuditResult, HealthResult, ValidateResult
+from sleepwake.sleep.session import SleepSession
+
+
+def validate(session: SleepSession, before: AuditResult, health: HealthResult) -> ValidateResult:
+    started = time.perf_counter()
+    cfg = session.settings.validate_
+    after = audit_stage.audit(session, [v["fact_id"] for v in before.verdicts], label="validate-audit")
+    ppl = session.memory.perplexity()
+    local = locality_stage.measure_sample(session)
+    resurfaced = forgetting.resurfaced(session)
+    crash_point("validate:before-verdict")
+    increase = ppl / health.perplexity - 1.0
+    drift = ppl / health.perplexity_baseline - 1.0 if health.perplexity_baseline else None
+    recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
+    checks = [
+        ("perplexity", health.perplexity, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
+         f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
+        ("drift from base", health.perplexity_baseline, ppl, f"+{cfg.max_drift:.2%}",
+         drift is None or drift <= cfg.max_drift + 1e-9, f"perplexity drifted {(drift or 0):+.2%} from the base model (limit {cfg.max_drift:+.2%})"),
+        ("raw recall", recall_before, recall_after, f"-{cfg.max_recall_drop:.3f}",
+         recall_after >= recall_before - cfg.max_recall_drop - 1e-9, f"raw recall fell {recall_before:.3f} -> {recall_after:.3f} (limit -{cfg.max_recall_drop:.3f})"),
+        ("locality", 1.0, local.get("locality"), f">= {cfg.min_locality:.3f}",
+         local.get("locality") is None or local["locality"] >= cfg.min_locality - 1e-9,
+         f"locality fell to {local.get('locality')} (limit {cfg.min_locality:.3f})"),
+        ("leak", 0.0, local.get("leak"), f"<= {cfg.max_leak:.3f}", local.get("leak") is None or local["leak"] <= cfg.max_leak + 1e-9,
+         f"stored objects leaked into {local.get('leak')} of unrelated answers (limit {cfg.max_leak:.3f})"),
+        ("forgotten stay forgotten", 0, resurfaced, "0", resurfaced == 0, f"{resurfaced} forgotten object(s) came back"),
+    ]
+    failures = [message for *_, ok, message in checks if cfg.enabled and not ok]
+    result = ValidateResult(
+        passed=not failures, gated=cfg.enabled, failures=failures, perplexity_before=round(health.perplexity, 4),
+        perplexity_after=round(ppl, 4), perplexity_increase=round(increase, 6),
+        perplexity_drift=None if drift is None else round(drift, 6), raw_recall_before=recall_before,
+        raw_recall_after=recall_after, chat_recall_after=after.chat_recall, degraded_after=after.degraded,
+        locality=local.get("locality"), greedy_unchanged=local.get("greedy_unchanged"), leak=local.get("leak"),
+        forgotten_resurfaced=resurfaced, audit=after)
+    result.rows = [{"gate": gate, "before": _round(b), "after": _round(a), "limit": limit, "passed": ok}
+                   for gate, b, a, limit, ok, _ in checks]
+    return finish(session, result, started)
+
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
