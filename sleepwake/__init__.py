@@ -7,3 +7,10 @@ import os
 # 2.2 s with passive ones). It must be set before torch loads its OpenMP runtime; users can
 # still override it from the environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("sleepwake")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"

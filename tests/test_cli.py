@@ -224,3 +224,40 @@ def test_help_in_a_subprocess():
     assert sub.returncode == 0, sub.stderr
     for flag in ("--home", "--config", "--set", "--json", "--facts"):
         assert flag in sub.stdout, flag
+
+
+# ---- options before or after the command, version, presets ----------------------------------------
+
+
+def test_common_options_work_before_and_after_the_command(tmp_path, capsys, tiny_settings_overrides):
+    home = tmp_path / "home"
+    run_json(capsys, ["inject", SUBJECT, RELATION, OBJECT, *options(home, tiny_settings_overrides)])
+    sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
+    before = run_json(capsys, ["--home", str(home), "-q", *sets[:4], "status", "--no-perplexity", *sets[4:]])
+    after = run_json(capsys, ["status", "--no-perplexity", "--home", str(home), "-q", *sets])
+    assert before == after and before["facts"] == 1
+    # after the command wins over before it
+    elsewhere = run_json(capsys, ["--home", str(home), "status", "--home", str(tmp_path / "other"), "--no-perplexity", "-q", *sets])
+    assert elsewhere["facts"] == 0
+
+
+def test_version_and_config_commands(capsys, tiny_settings_overrides):
+    import sleepwake
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"sleepwake {sleepwake.__version__}"
+    listed = run_json(capsys, ["config", "list"])
+    assert "default" in listed["presets"] and "llama-3.1-8b" in listed["presets"]
+    shown = run_json(capsys, ["config", "show", "--set", "memit.v_steps=7"])["settings"]
+    assert shown["memit"]["v_steps"] == {"value": 7, "description": shown["memit"]["v_steps"]["description"]}
+    assert shown["validate"]["min_locality"]["description"]
+    code, out, _ = run(capsys, ["config", "show"])
+    assert code == 0 and "lora.fold_max_rank = 256" in out
+
+
+def test_sleep_on_a_missing_home_is_one_line_and_creates_nothing(tmp_path, capsys, tiny_settings_overrides):
+    missing = tmp_path / "memries"
+    code, out, err = run(capsys, ["nap", *options(missing, tiny_settings_overrides)])
+    assert code != 0 and err.count("\n") == 1 and "no sleepwake home" in err
+    assert not (missing / "ledger.duckdb").exists()

@@ -79,8 +79,12 @@ def test_train_lora_learns_and_leaves_the_model_unwrapped(run):
 def test_anchor_term_keeps_the_adapted_model_closer_to_the_frozen_one_on_ordinary_text(run):
     backend = run.memory.backend
     examples = curriculum.fact_examples(backend, FACTS, train_raw=True)
-    anchors = [backend.encode("The weather was mild and the streets were quiet that morning.")] * 4
-    ids = torch.tensor([anchors[0]])
+    from sleepwake.models.anchors import teacher
+
+    text = backend.encode("The weather was mild and the streets were quiet that morning.")
+    vocab = backend.model.config.vocab_size  # the whole distribution: the tiny vocabulary allows it
+    anchors = teacher(backend, [(text, 1)], k=vocab) * 4  # the frozen model is the teacher
+    ids = torch.tensor([text])
     with torch.no_grad():
         frozen = backend.model(input_ids=ids).logits.log_softmax(-1)
 
@@ -272,3 +276,20 @@ def test_replay_pairs_logged_user_turns_with_their_replies(run):
     turns = sws_stage.conversation_turns(run.ledger)
     assert [(t["user"], t["assistant"]) for t in turns] == [("Hi, I live in Graz.", "Nice to meet you!")]
     assert turns[0]["ts"] is not None and curriculum.replay_examples(run.memory.backend, [], turns, 4, 0.5, 0)
+
+
+def test_anchors_of_the_base_model_leave_the_training_composition_in_place(run):
+    """Training with some edits switched off must stay so while the anchors are made (the base
+    model's teacher is computed on base weights, then the composition in force comes back)."""
+    from sleepwake.sleep.consolidate import anchor_set
+
+    memory = run.memory
+    skipped = [memory.edits[0].edit_id]
+    memory.compose(skip=skipped)
+    digest = memory.weights_digest()
+    anchored = anchor_set(memory, FACTS)
+    assert memory.weights_digest() == digest
+    kinds = {a.ids[0] == anchored[0].ids[0] for a in anchored}
+    assert anchored and kinds and all(a.top_ids.shape == a.top_logp.shape for a in anchored)
+    contrast = [a for a in anchored if a.start > 1]  # look-alike prompts, anchored on their answers
+    assert len(contrast) == 2 * 2 * len(FACTS)  # 2 look-alikes x (raw prompt, chat question) per fact

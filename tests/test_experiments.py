@@ -242,9 +242,41 @@ def test_consolidation_sweep_and_longevity_tables(harness, tmp_path, tiny_settin
     assert [(r["facts"], r["cycle"]) for r in rows] == [(2, 0), (2, 1)] and "stage_seconds" in rows[1]
     out = tmp_path / "longevity"
     report = longevity(out=str(out), overrides=tiny_settings_overrides + ["experiment.days=2", "experiment.facts_per_day=2"])
-    days = json.loads((out / "results.json").read_text())["tables"]["days"]
-    assert [(d["day"], d["facts"], d["edits"]) for d in days] == [(1, 2, 2), (2, 4, 4)]
-    assert report["summary"]["edits_per_fact"] == 1.0 and (out / "cycles.png").exists()
+    nights = json.loads((out / "results.json").read_text())["tables"]["nights"]
+    assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]
+    assert all(n["peak_rss_gb"] > 0 and n["home_bytes"] > 0 and "sws" in n["stage_seconds"] for n in nights)
+    assert report["summary"]["nights"] == 2 and (out / "longevity-nights.png").exists()
+
+
+def test_longevity_resumes_after_its_last_finished_night(tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    """No Prefect here: the plain runner, with a sleeper that dies in night 2 and then works."""
+    from sleepwake.experiments.runner import run_experiment
+    from sleepwake.memory import Memory
+    from sleepwake.sleep import pipeline
+    from sleepwake.sleep.session import SleepSession
+    from sleepwake.storage.home import Home
+
+    overrides = tiny_settings_overrides + ["experiment.days=2", "experiment.facts_per_day=2"]
+    calls = []
+
+    def sleeper(home, extra, fail_on=None):
+        calls.append(home)
+        if len(calls) == fail_on:
+            raise RuntimeError("killed")
+        from sleepwake.config import load_settings
+
+        memory = Memory.open(Home.open(home), load_settings(None, list(extra)))
+        return pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep"))).summary()
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_experiment("longevity", tmp_path, None, overrides, lambda h, e: sleeper(h, e, fail_on=2), "run-1")
+    partial = json.loads((tmp_path / "results.partial.json").read_text())
+    assert [n["night"] for n in partial["tables"]["nights"]] == [1]
+    result = run_experiment("longevity", tmp_path, None, overrides, sleeper, "run-2", resume=True)
+    nights = result.tables["nights"]
+    assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]
+    assert nights[0] == partial["tables"]["nights"][0]  # night 1 was not run again
+    assert len(calls) == 3  # night 1, the killed night 2, night 2 again
 
 
 def test_a_failed_experiment_keeps_the_rows_measured_so_far(tmp_path, tiny_settings_overrides, cache_env, one_thread):

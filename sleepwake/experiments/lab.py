@@ -43,6 +43,7 @@ class Lab:
     # Runs a sweep's independent points concurrently (set by the flow for experiment.devices).
     fan_out: Callable | None = None
     backends: dict = field(default_factory=dict)  # one model per device (fanned-out sweeps)
+    earlier: dict = field(default_factory=dict)  # rows of an interrupted run being resumed, by table
     _pools: dict = field(default_factory=dict)
 
     @cached_property
@@ -53,11 +54,17 @@ class Lab:
     def cfg(self):
         return self.settings.experiment
 
-    def home_dir(self, label: str) -> str:
+    def home_dir(self, label: str, keep: bool = False) -> str:
+        """A fresh home (a rerun into the same folder starts empty), or with ``keep`` the one an
+        interrupted run left (resuming it)."""
         path = self.out / "homes" / label
-        if path.exists():
-            shutil.rmtree(path)  # a rerun into the same folder starts from an empty home
+        if path.exists() and not keep:
+            shutil.rmtree(path)
         return str(path)
+
+    def resumed(self, table: str) -> list[dict]:
+        """Rows of ``table`` an interrupted run measured (empty unless resuming)."""
+        return list(self.earlier.get(table, []))
 
     def open(self, home_dir: str, extra: Sequence[str] = ()):
         """A writable Memory on ``home_dir`` with the experiment's settings plus ``extra``."""
@@ -160,5 +167,26 @@ def sleep_row(report: dict) -> dict:
     """The figures of one sleep report the experiments tabulate (and the hypnogram draws)."""
     keys = ("outcome", "raw_recall_before", "raw_recall_after", "degraded_before", "degraded_after",
             "refreshed", "pruned", "edits", "perplexity_before", "perplexity_after", "convergence",
-            "sws_accepted", "sws_advanced", "rem_accepted", "seconds", "stage_seconds")
-    return {key: report.get(key) for key in keys}
+            "sws_accepted", "sws_advanced", "rem_accepted", "audited", "locality", "leak", "stage_seconds")
+    row = {key: report.get(key) for key in keys}
+    row["seconds"] = (report.get("stage_seconds") or {}).get("total")
+    return row
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory measurement (Linux: VmHWM restarts from the current size)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_gb() -> float | None:
+    """Peak resident memory of this process since :func:`reset_peak_rss` (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1e6, 3)
+    except OSError:
+        pass
+    return None

@@ -1,30 +1,52 @@
-"""longevity: many days of wake and sleep. Each day ``facts_per_day`` new facts are injected one at
-a time (unconstrained), then one sleep runs; raw recall of everything stored is measured before
-and after it. Paper 5's reference system entered a death spiral at 35 facts (pruning to an edit
-cap deleted working facts faster than sleep repaired them): here the edit count must stay equal to
-the fact count and recall must not decline day over day."""
+"""longevity: many nights of wake and the real full sleep (SWS, REM, fold: the defaults).
+
+Each night ``facts_per_day`` new facts are injected in one batch, then one full sleep runs, then
+every fact stored so far is measured (raw and chat recall, perplexity drift, locality and leak on
+the 256 unrelated prompts) with what the night cost: sleep seconds per stage, peak resident
+memory, home bytes, adapters and edits. Paper 5's MEMIT-only system spiralled at 35 facts; a
+lifetime memory must hold recall while its state and its nights stay bounded.
+
+Resumable: every finished night is in ``results.partial.json`` at once; ``--resume`` continues
+after the last finished night on the same home (a night killed mid-sleep is undone by the
+journal when the home is next opened, then run again).
+"""
 
 from __future__ import annotations
 
-from sleepwake.experiments.capacity import wake_overrides
-from sleepwake.experiments.lab import Lab, inject_one_by_one, measure, sleep_row, stage_counts
+import time
+from pathlib import Path
+
+from sleepwake.experiments.lab import Lab, measure, peak_rss_gb, reset_peak_rss, sleep_row, stage_counts
 from sleepwake.experiments.result import ExperimentResult
+from sleepwake.sleep.locality import measure_memory
 
 
-def run_day(lab: Lab, home_dir: str, day: int, base: float) -> dict:
+def home_bytes(home_dir: str) -> int:
+    return sum(p.stat().st_size for p in Path(home_dir).rglob("*") if p.is_file())
+
+
+def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
     cfg = lab.cfg
-    memory = lab.open(home_dir, wake_overrides(lab))
     pool = lab.pool(cfg.days * cfg.facts_per_day)
-    inject_one_by_one(memory, pool[(day - 1) * cfg.facts_per_day:day * cfg.facts_per_day])
-    stored = pool[:day * cfg.facts_per_day]
-    before = measure(memory, stored, chat=False)
-    report = sleep_row(lab.sleep(home_dir, cfg.maintenance_sleep))
-    after = measure(lab.open(home_dir), stored, base, chat=False)
-    return {"day": day, "facts": len(stored), "recall_before": before["raw"], "degraded_before": before["degraded"],
-            "recall_after": after["raw"], "degraded_after": after["degraded"], "perplexity": after["perplexity"],
-            "drift": after["drift"], **stage_counts(lab.open(home_dir)), "refreshed": report["refreshed"],
-            "pruned": report["pruned"], "outcome": report["outcome"], "seconds": report["seconds"],
-            "stage_seconds": report["stage_seconds"]}
+    new = pool[(night - 1) * cfg.facts_per_day:night * cfg.facts_per_day]
+    memory = lab.open(home_dir)
+    started = time.perf_counter()
+    memory.inject([p.fact for p in new], source="experiment")
+    inject_s = time.perf_counter() - started
+    reset_peak_rss()
+    report = sleep_row(lab.sleep(home_dir, cfg.longevity_sleep))
+    peak = peak_rss_gb()
+    memory = lab.open(home_dir)
+    stored = pool[:night * cfg.facts_per_day]
+    after = measure(memory, stored, base)
+    local = measure_memory(memory)
+    return {"night": night, "facts": len(stored), "raw": after["raw"], "chat": after["chat"],
+            "chat_held_out": after["chat_held_out"], "degraded": after["degraded"], "perplexity": after["perplexity"],
+            "drift": after["drift"], "locality": local["locality"], "greedy_unchanged": local["greedy_unchanged"],
+            "leak": local["leak"], "inject_seconds": round(inject_s, 1), "sleep_seconds": report["seconds"],
+            "peak_rss_gb": peak, "home_bytes": home_bytes(home_dir), "adapters": len(memory.adapters),
+            **stage_counts(memory), "outcome": report["outcome"], "refreshed": report["refreshed"],
+            "pruned": report["pruned"], "audited": report.get("audited"), "stage_seconds": report["stage_seconds"]}
 
 
 def declining(values: list[float], run: int = 3) -> bool:
@@ -34,18 +56,20 @@ def declining(values: list[float], run: int = 3) -> bool:
 
 
 def run_longevity(lab: Lab) -> ExperimentResult:
-    home_dir = lab.home_dir("longevity")
+    nights = list(lab.resumed("nights"))
+    home_dir = lab.home_dir("longevity", keep=bool(nights))
     base = lab.open(home_dir).perplexity(base=True)
-    days = []
-    for day in range(1, lab.cfg.days + 1):
-        days.append(run_day(lab, home_dir, day, base))
-        lab.progress("days", days[-1])
-    recall = [d["recall_after"] for d in days]
-    last = days[-1]
-    summary = {"days": lab.cfg.days, "facts": last["facts"], "final_recall": last["recall_after"],
-               "min_recall_after_sleep": min(recall), "edits": last["edits"],
-               "edits_per_fact": round(last["edits"] / last["facts"], 4), "pruned": sum(d["pruned"] or 0 for d in days),
-               "max_drift": max(d["drift"] for d in days), "recall_declining": declining(recall),
-               "death_spiral": declining(recall) or last["edits"] < last["facts"] * lab.cfg.recall_threshold,
-               "base_perplexity": round(base, 4)}
-    return ExperimentResult("longevity", summary, {"days": days})
+    for night in range(len(nights) + 1, lab.cfg.days + 1):
+        nights.append(run_night(lab, home_dir, night, base))
+        lab.progress("nights", nights[-1])
+    first, last = nights[0], nights[-1]
+    summary = {"nights": len(nights), "facts": last["facts"], "final_raw": last["raw"], "final_chat": last["chat"],
+               "min_raw_after_sleep": min(n["raw"] for n in nights), "min_chat_after_sleep": min(n["chat"] for n in nights),
+               "final_drift": last["drift"], "max_drift": max(n["drift"] for n in nights),
+               "final_locality": last["locality"], "max_leak": max(n["leak"] for n in nights),
+               "last_over_first_sleep_seconds": round(last["sleep_seconds"] / max(first["sleep_seconds"], 1e-9), 3),
+               "adapters_night_2": nights[1]["adapters"] if len(nights) > 1 else None, "adapters_last": last["adapters"],
+               "max_peak_rss_gb": max(n["peak_rss_gb"] for n in nights), "home_bytes_last": last["home_bytes"],
+               "rolled_back": sum(n["outcome"] == "rolled_back" for n in nights),
+               "recall_declining": declining([n["raw"] for n in nights]), "base_perplexity": round(base, 4)}
+    return ExperimentResult("longevity", summary, {"nights": nights})

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 # A hypnogram's depth levels, lightest at the top: the stages in the order a full sleep runs them.
-STAGE_LEVELS = ["wake", "health", "snapshot", "curate", "audit", "maintain", "sws", "rem", "validate",
-                "rollback", "report", "reinforce"]
+STAGE_LEVELS = ["wake", "health", "snapshot", "curate", "select", "audit", "maintain", "sws", "rem", "fold",
+                "validate", "rollback", "report", "reinforce"]
 
 
 def _pyplot():
@@ -132,6 +132,8 @@ def plot_hypnogram(sleeps: list[dict], out: Path) -> str | None:
         ax.axvline(clock, color="grey", ls=":", lw=1)
         ax.text(clock, -0.6, f" {index}", color="grey", fontsize=8)
         for stage, seconds in sleep["stage_seconds"].items():
+            if stage == "total":
+                continue
             family = stage.split("-")[0]  # "validate-audit" is part of validate
             level = STAGE_LEVELS.index(family) if family in STAGE_LEVELS else len(STAGE_LEVELS) - 1
             xs += [clock, clock + seconds]
@@ -144,3 +146,43 @@ def plot_hypnogram(sleeps: list[dict], out: Path) -> str | None:
     ax.invert_yaxis()
     ax.set(xlabel="seconds (sleeps one after another)", title="Hypnogram: stages of each sleep and their durations")
     return _save(fig, out, "hypnogram.png")
+
+
+def plot_nights(rows: list[dict], out: Path) -> str:
+    """Longevity per night: recall over all facts so far, drift and locality, sleep seconds per
+    stage (stacked), and the home's size and adapter count."""
+    plt = _pyplot()
+    nights = [r["night"] for r in rows]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0][0]
+    ax.plot(nights, [r["raw"] for r in rows], marker="o", label="raw recall")
+    ax.plot(nights, [r["chat"] for r in rows], marker="s", label="chat recall")
+    ax.set(xlabel="night", ylabel="share of all facts so far", ylim=(0, 1.05), title="Recall after each sleep")
+    ax.legend()
+    ax = axes[0][1]
+    ax.plot(nights, [100 * r["drift"] for r in rows], marker="o", label="perplexity drift (%)")
+    ax.plot(nights, [100 * (1 - r["locality"]) for r in rows], marker="s", label="unrelated tokens changed (%)")
+    ax.plot(nights, [100 * r["leak"] for r in rows], marker="^", label="leak (%)")
+    ax.set(xlabel="night", ylabel="%", title="Drift, locality and leak")
+    ax.legend()
+    ax = axes[1][0]
+    stages = [s for s in STAGE_LEVELS if any(s in (r.get("stage_seconds") or {}) for r in rows)]
+    bottom = [0.0] * len(rows)
+    for stage in stages:
+        heights = [(r.get("stage_seconds") or {}).get(stage, 0.0) for r in rows]
+        ax.bar(nights, heights, bottom=bottom, label=stage)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set(xlabel="night", ylabel="seconds", title="Sleep seconds per stage")
+    ax.legend(fontsize=7, ncol=2)
+    ax = axes[1][1]
+    ax.plot(nights, [r["home_bytes"] / 1e6 for r in rows], marker="o", color="tab:purple", label="home MB")
+    ax.set(xlabel="night", ylabel="MB", title="Home size and adapters")
+    twin = ax.twinx()
+    twin.plot(nights, [r["adapters"] for r in rows], marker="s", color="tab:green", label="adapters")
+    twin.plot(nights, [r["edits"] for r in rows], marker="^", color="tab:orange", label="MEMIT edits")
+    twin.set_ylabel("count")
+    ax.legend(loc="upper left")
+    twin.legend(loc="upper right")
+    for a in axes.flat:
+        a.xaxis.set_major_locator(_integer_ticks())
+    return _save(fig, out, "longevity-nights.png")

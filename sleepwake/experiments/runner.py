@@ -46,9 +46,11 @@ def prepare_out(out: str | Path) -> Path:
 
 
 def run_experiment(name: str, out: str | Path, config: str | None, overrides: Sequence[str], sleeper: Sleeper,
-                   run_id: str, progress: Progress | None = None, fan_out: Callable | None = None) -> ExperimentResult:
+                   run_id: str, progress: Progress | None = None, fan_out: Callable | None = None,
+                   resume: bool = False) -> ExperimentResult:
     """The whole experiment; ``sleeper`` runs one sleep of a home (the Prefect flow passes the
-    full-sleep flow). Nothing is written to ``out`` but its homes until the experiment finished."""
+    full-sleep flow). Rows go to ``results.partial.json`` as they are measured; ``resume`` starts
+    from an interrupted run's partial results (experiments that support it continue after them)."""
     from sleepwake.config import load_settings
     from sleepwake.memory import lending, load_backend
 
@@ -57,19 +59,22 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
     settings = load_settings(config, list(overrides))
     started = time.perf_counter()
     backend = load_backend(settings)
-    measured: dict[str, list[dict]] = {}
+    earlier = load_partial(out, name) if resume else {}
+    measured: dict[str, list[dict]] = {table: list(rows) for table, rows in earlier.items()}
 
     def track(table: str, row: dict) -> None:
         measured.setdefault(table, []).append(row)
+        save_partial(ExperimentResult(name, {"status": "running"}, measured), out)  # a kill keeps every row
         if progress is not None:
             progress(table, row)
 
-    lab = Lab(out, config, list(overrides), sleeper, track, backend, fan_out)
+    lab = Lab(out, config, list(overrides), sleeper, track, backend, fan_out, earlier=earlier)
     try:
         with lending(settings, backend):
             result = EXPERIMENTS[name](lab)
     except BaseException as exc:  # keep what was measured: hours of work are not thrown away
         save_partial(ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured), out)
+        log.error("experiment %s failed; the rows measured so far are in %s", name, out / "results.partial.json")
         raise
     result.run_id = run_id
     result.seconds = round(time.perf_counter() - started, 1)
@@ -86,8 +91,8 @@ def draw_plots(result: ExperimentResult, out: Path) -> dict[str, str]:
         drawn["recall trajectory"] = plots.plot_trajectory(tables["trajectory"], out, threshold)
     if "cycles" in tables:
         drawn["per cycle"] = plots.plot_cycles(tables["cycles"], out, "cycle", "raw_recall_after", "degraded_after", "drift_after")
-    if "days" in tables:
-        drawn["per day"] = plots.plot_cycles(tables["days"], out, "day", "recall_after", "degraded_after", "drift")
+    if "nights" in tables:
+        drawn["per night"] = plots.plot_nights(tables["nights"], out)
     if "points" in tables:
         drawn["lambda sweep"] = plots.plot_lambda(tables["points"], out)
     if "counts" in tables:
@@ -102,12 +107,27 @@ def draw_plots(result: ExperimentResult, out: Path) -> dict[str, str]:
 
 
 def save_partial(result: ExperimentResult, out: Path) -> None:
-    """``results.partial.json``: the rows measured before a failure (results.json is left alone)."""
+    """``results.partial.json``: the rows measured so far (results.json is left alone), written
+    atomically after every row."""
+    path = out / "results.partial.json"
     try:
-        (out / "results.partial.json").write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n", encoding="utf-8")
-        log.error("experiment %s failed; the rows measured so far are in %s", result.name, out / "results.partial.json")
+        staged = path.with_name(path.name + ".tmp")
+        staged.write_text(json.dumps(result.as_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+        staged.replace(path)
     except OSError as exc:
         log.error("could not write the partial results (%s)", exc)
+
+
+def load_partial(out: Path, name: str) -> dict[str, list[dict]]:
+    """The tables of an interrupted run of ``name`` in ``out`` (nothing to resume: an error)."""
+    path = out / "results.partial.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise InvalidInputError(f"--resume: no readable {path} from an interrupted run") from None
+    if data.get("name") != name:
+        raise InvalidInputError(f"--resume: {path} belongs to experiment {data.get('name')!r}, not {name!r}")
+    return data.get("tables", {})
 
 
 def save(result: ExperimentResult, out: Path) -> None:

@@ -34,12 +34,14 @@ class ExperimentConfig(BaseModel):
     fact_counts: list[int] = Field(default_factory=lambda: [5, 10, 15, 20], description=(
         "consolidation-sweep: fact counts, one fresh home each."))
     cycles: int = Field(3, ge=1, description="consolidation-sweep: full sleeps per fact count.")
-    days: int = Field(6, ge=1, description="longevity: wake/sleep cycles (days).")
-    facts_per_day: int = Field(10, ge=1, description="longevity: new facts injected each day.")
+    days: int = Field(10, ge=1, description="longevity: nights (each: a batch of new facts, then one full sleep).")
+    facts_per_day: int = Field(50, ge=1, description="longevity: new facts injected before each night's sleep.")
     ablation_facts: int = Field(10, ge=1, description="ablation: facts injected before the one sleep compared.")
     maintenance_sleep: list[str] = Field(default_factory=lambda: ["sws.enabled=false", "rem.enabled=false"], description=(
-        "convergence/longevity: settings for their sleeps. The default is paper 5's sleep (audit and "
-        "null-space maintenance, no consolidation); [] runs the whole full sleep."))
+        "convergence: settings for its sleeps. The default is paper 5's sleep (audit and null-space "
+        "maintenance, no consolidation); [] runs the whole full sleep."))
+    longevity_sleep: list[str] = Field(default_factory=list, description=(
+        "longevity: settings for its sleeps; the default [] is the real full sleep (SWS, REM, fold)."))
     devices: list[str] = Field(default_factory=list, description=(
         "lambda-sweep/consolidation-sweep: with two or more devices (e.g. [cuda:0, cuda:1]) the "
         "independent points fan out, one model per device, through Prefect's thread-pool task runner; "

@@ -64,12 +64,13 @@ def _fan_out(devices: list[str]):
     return fan_out
 
 
-def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: ExperimentConfig | None) -> dict:
+def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: ExperimentConfig | None,
+        resume: bool = False) -> dict:
     overrides = [*(overrides or []), *section_overrides(experiment)]
     devices = load_settings(config, overrides).experiment.devices
     run_id = str(flow_run.id or new_run_id())
     result = run_experiment(name, out, config, overrides, _sleeper(config), run_id, _progress,
-                            _fan_out(devices) if len(devices) > 1 else None)
+                            _fan_out(devices) if len(devices) > 1 else None, resume=resume)
     publish_experiment(str(Path(out).expanduser() / "results.json"))
     return {"experiment": name, "out": str(out), "seconds": result.seconds, "summary": result.summary,
             "plots": result.plots}
@@ -108,9 +109,17 @@ def consolidation_sweep(out: str, config: str | None = None, overrides: list[str
 
 @flow(name="experiment-longevity", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def longevity(out: str, config: str | None = None, overrides: list[str] | None = None,
-              experiment: ExperimentConfig | None = None) -> dict:
-    """Many days of wake and sleep with new facts each day: no death spiral."""
-    return run("longevity", out, config, overrides, experiment)
+              experiment: ExperimentConfig | None = None, resume: bool = False) -> dict:
+    """Many nights of wake and the real full sleep: recall, drift, locality and cost per night.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value (one per row).
+        experiment: The experiment settings (days = nights, facts_per_day).
+        resume: Continue an interrupted run in the same folder after its last finished night.
+    """
+    return run("longevity", out, config, overrides, experiment, resume)
 
 
 @flow(name="experiment-ablation", persist_result=False, log_prints=True, task_runner=_RUNNER)

@@ -20,19 +20,6 @@ def flow_settings(config: str | None, overrides: list[str] | None, **sections) -
     return settings.model_copy(update=given) if given else settings
 
 
-def existing_home(home: str | None, create: bool = False):
-    """The home a flow works on. A path without a ledger is an error unless ``create``: a mistyped
-    home must never become a new, empty memory that looks healthy forever."""
-    from sleepwake.errors import NotFoundError
-    from sleepwake.storage.home import Home
-
-    found = Home.open(home, create=create)
-    if not create and not found.db_path.is_file():
-        raise NotFoundError(f"no sleepwake home at {found.root} (no ledger.duckdb there); check the path, or "
-                            "create it by storing a fact (sleepwake inject, or the wake flow with create=true)")
-    return found
-
-
 @contextlib.contextmanager
 def sleep_session(home: str | None, settings: Settings, kind: str, create: bool = False) -> Iterator[SleepSession]:
     """Hold the home's write lock for the whole flow (inject/forget wait their turn), open the
@@ -41,7 +28,9 @@ def sleep_session(home: str | None, settings: Settings, kind: str, create: bool 
 
     from sleepwake.memory import Memory
 
-    home_obj = existing_home(home, create)
+    from sleepwake.storage.home import Home
+
+    home_obj = Home.existing(home, create)
     with home_obj.write_lock(settings.sleep.lock_wait_s):
         memory = Memory.open(home_obj, settings)
         session = SleepSession(memory, kind, flow_run_id=flow_run.id)

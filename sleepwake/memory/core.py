@@ -29,7 +29,7 @@ from sleepwake.memory.weights import Composition
 from sleepwake.config import Settings
 from sleepwake.errors import ModelLoadError, SleepwakeError
 from sleepwake.facts import Fact
-from sleepwake.models import covariance, locality, probes
+from sleepwake.models import anchors, covariance, locality, probes
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.deltas import DeltaStore
@@ -102,13 +102,14 @@ class Memory(Wake, Composition):
 
     @classmethod
     def open(cls, home: Home, settings: Settings, writable: bool = True, backend=None,
-             tolerate_corrupt: bool = False) -> "Memory":
+             tolerate_corrupt: bool = False, hold_ledger: bool = False) -> "Memory":
         """``tolerate_corrupt``: leave edits whose factor file fails its checksum out of the weights
-        instead of refusing to open (only ``forget`` uses it, to remove such an edit)."""
+        instead of refusing to open (only ``forget`` uses it, to remove such an edit).
+        ``hold_ledger``: keep one ledger connection open (``Ledger(hold=True)``)."""
         # An open snapshot is the journal of a sleep that died mid-change: undo it before anything
         # reads the ledger, so the home is exactly as it was before that sleep began.
         recovered = SnapshotStore(home.root).recover() if writable else []
-        ledger = Ledger(home.db_path, read_only=not writable)
+        ledger = Ledger(home.db_path, read_only=not writable, hold=hold_ledger)
         memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
         memory.recovered = recovered
         if writable:
@@ -152,13 +153,28 @@ class Memory(Wake, Composition):
             except (OSError, ValueError):
                 log.warning("locality cache %s unreadable; recording it again", path)
         log.info("recording the base model's answers to %d locality prompts (once per model)", len(locality.load_prompts()))
-        self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
-        try:
+        with self.base_weights():
             answers = locality.record_base(self.backend, locality.load_prompts(), tokens)
-        finally:
-            self.compose()
         covariance.atomic_write_bytes(path, json.dumps(answers).encode())
         return answers
+
+    def base_anchors(self) -> list[anchors.Anchor]:
+        """The KL anchors (``models.anchors``): the base model's own text in the configured formats
+        with the base model's next-token distributions, made once per model and settings, cached."""
+        cfg = self.settings.lora
+        tag = f"{'-'.join(cfg.anchor_formats)}-{cfg.anchor_count}-{cfg.anchor_tokens}-{cfg.anchor_topk}-{self.settings.seed}"
+        path = covariance.stats_dir(self.cache_dir, self.backend.fingerprint) / f"anchors-{tag}.json"
+        if path.is_file():
+            try:
+                return [anchors.Anchor.from_json(a) for a in json.loads(path.read_text())]
+            except (OSError, ValueError, KeyError):
+                log.warning("anchor cache %s unreadable; making it again", path)
+        log.info("writing %d anchor texts in the model's own words (once per model)", cfg.anchor_count * len(cfg.anchor_formats))
+        with self.base_weights():
+            texts = anchors.anchor_texts(self.backend, cfg.anchor_formats, cfg.anchor_count, cfg.anchor_tokens, self.settings.seed)
+            made = anchors.teacher(self.backend, texts, cfg.anchor_topk)
+        covariance.atomic_write_bytes(path, json.dumps([a.as_json() for a in made]).encode())
+        return made
 
     # ---- read-only views ----------------------------------------------------------------------
     def facts(self) -> list[Fact]:

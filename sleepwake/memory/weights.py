@@ -74,6 +74,7 @@ class Composition:
         same ledger gives the same bytes. With no adapters this is exactly base + edits.
         """
         scales = scales or {}
+        self.composed_as = (tuple(skip), with_adapters, dict(scales))  # what a temporary change restores
         for layer in self.layers:
             name = self.backend.down_proj_template.format(layer)
             weight = self._base(name) + (self._adapter_sum(name) if with_adapters else 0.0)
@@ -118,6 +119,17 @@ class Composition:
         if adapter.adapter_id not in self._adapter_factors:
             self._adapter_factors[adapter.adapter_id] = self.deltas.load(adapter.file, adapter.checksum)
         return self._adapter_factors[adapter.adapter_id]
+
+    @contextlib.contextmanager
+    def base_weights(self) -> Iterator[None]:
+        """Inside: the base model's weights (no edits, no adapters); on the way out the composition
+        that was in place before (a pass training with some edits switched off keeps them off)."""
+        before = getattr(self, "composed_as", ((), True, {}))
+        self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
+        try:
+            yield
+        finally:
+            self.compose(*before)
 
     @contextlib.contextmanager
     def trial_adapter(self, parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> Iterator[None]:

@@ -141,7 +141,7 @@ def optimize_targets(backend, rows: Sequence[VStarRow], n_groups: int, layer: in
     activations of hundreds of rows at once. Returns deltas (n, d_model), anchors (n, d_model)
     and the merged stats."""
     settings = vstar_settings(cfg)
-    deltas, anchors, steps, nll = [], [], [], []
+    deltas, anchors, steps, nll, mean_steps = [], [], [], [], []
     for start in range(0, n_groups, cfg.vstar_facts):
         chunk = range(start, min(n_groups, start + cfg.vstar_facts))
         picked = [replace(row, fact=row.fact - start) for row in rows if row.fact in chunk]
@@ -149,8 +149,10 @@ def optimize_targets(backend, rows: Sequence[VStarRow], n_groups: int, layer: in
         deltas.append(delta)
         anchors.append(anchor)
         steps.append(stats.get("steps", 0))
+        mean_steps.append(stats.get("mean_steps", stats.get("steps", 0)) * len(chunk))
         nll += stats.get("nll", [])
-    return torch.cat(deltas), torch.cat(anchors), {"steps": max(steps, default=0), "nll": nll}
+    return torch.cat(deltas), torch.cat(anchors), {"steps": max(steps, default=0), "nll": nll,
+                                                   "mean_steps": round(sum(mean_steps) / max(n_groups, 1), 1)}
 
 
 def split_groups(updates: Sequence[LayerUpdate], n_groups: int) -> list[list[LayerUpdate]]:

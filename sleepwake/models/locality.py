@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from sleepwake.models import probes
 from sleepwake.models.probes import answer_matches
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def cache_path(cache_dir: Path, fingerprint: str, answer_tokens: int) -> Path:
 def record_base(backend, prompts: Sequence[LocalityPrompt], answer_tokens: int) -> list[list[int]]:
     """The greedy answer ids of the weights as composed now (the caller composes the base model)."""
     ids = [prompt_ids(backend, p) for p in prompts]
-    return [trim(row, backend) for row in generate_ids(backend, ids, answer_tokens)]
+    return [trim(row, backend) for row in probes.greedy_ids(backend, ids, answer_tokens)]
 
 
 def trim(row: list[int], backend) -> list[int]:
@@ -72,23 +73,13 @@ def trim(row: list[int], backend) -> list[int]:
     return row[: row.index(eos) + 1] if eos in row else row
 
 
-def generate_ids(backend, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        picked = order[start:start + batch_size]
-        for index, row in zip(picked, backend.generate_ids([prompts[i] for i in picked], max_new_tokens)):
-            out[index] = list(row)
-    return out
-
-
 def measure(backend, prompts: Sequence[LocalityPrompt], base: Sequence[list[int]], objects: Sequence[str]) -> dict:
     """The three metrics of the module doc on the weights as composed now."""
     ids = [prompt_ids(backend, p) for p in prompts]
     argmax = backend.argmax_tokens([i + b for i, b in zip(ids, base)], [len(i) for i in ids])
     same = sum(sum(int(a == t) for a, t in zip(got, want)) for got, want in zip(argmax, base))
     total = sum(len(b) for b in base)
-    answers = [trim(row, backend) for row in generate_ids(backend, ids, max((len(b) for b in base), default=1))]
+    answers = [trim(row, backend) for row in probes.greedy_ids(backend, ids, max((len(b) for b in base), default=1))]
     greedy = sum(1 for a, b in zip(answers, base) if a == b)
     leaked = [i for i, (a, b) in enumerate(zip(answers, base)) if leaks(backend.decode(a), backend.decode(b), objects)]
     return {"locality": round(same / max(total, 1), 4), "greedy_unchanged": round(greedy / max(len(base), 1), 4),

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from sleepwake.models import torch_internals
+from sleepwake.models.anchors import Anchor, kl_to_teacher
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ class LoraRecipe:
     anchor_weight: float = 0.0  # beta of the KL term on the model's own text (0 = off)
     anchor_batch: int = 4
     anchor_tokens: int = 64
+    checkpointing: bool = False  # gradient checkpointing: less memory, about a quarter more compute
+    max_tokens: int = 0  # 0 = no limit; else the prompt is cut from the left to fit with its target
 
 
 @dataclass
@@ -94,20 +97,22 @@ def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device) -> t
     return (per_example * weights).sum() / weights.sum()
 
 
-def anchor_kl(peft_model, anchors: Sequence[list[int]], pad_id: int, device) -> torch.Tensor:
-    """KL(frozen model || adapted model) over next-token distributions on the model's own text.
+def anchor_loss(model, batch: Sequence[Anchor], pad_id: int, device) -> torch.Tensor:
+    """Mean KL(teacher || adapted) over the anchored positions of ``batch`` (``models.anchors``).
 
-    The frozen model is the same network with the adapter switched off, so the term pulls the
-    adapter back toward "change nothing" everywhere except where the facts need it: that is
-    what keeps perplexity on unrelated prose flat (training on Q&A alone raised it by 40-70 %).
+    The teacher distributions were computed before training (the base model's, for the default
+    ``lora.anchor_teacher``), so one forward of the adapted model is all a step adds; logits are
+    computed at anchored positions only.
     """
-    input_ids, attention = torch_internals.right_pad(list(anchors), pad_id, device)
-    with torch.no_grad(), peft_model.disable_adapter():
-        teacher = peft_model(input_ids=input_ids, attention_mask=attention).logits.float().log_softmax(-1)
-    student = peft_model(input_ids=input_ids, attention_mask=attention).logits.float().log_softmax(-1)
-    kl = (teacher.exp() * (teacher - student)).sum(-1)  # (b, t)
-    mask = attention.float()
-    return (kl * mask).sum() / mask.sum()
+    input_ids, attention = torch_internals.right_pad([a.ids for a in batch], pad_id, device)
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (b, t, d)
+    rows = torch.cat([torch.full((len(a.ids) - a.start,), i, dtype=torch.long) for i, a in enumerate(batch)])
+    cols = torch.cat([torch.arange(a.start - 1, len(a.ids) - 1) for a in batch])
+    logits = model.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
+    student = logits.log_softmax(-1)  # (n, vocab)
+    top_ids = torch.cat([a.top_ids for a in batch]).to(student.device)
+    top_logp = torch.cat([a.top_logp for a in batch]).to(student.device)
+    return kl_to_teacher(student, top_ids, top_logp).mean()
 
 
 @contextmanager
@@ -138,19 +143,36 @@ def lora_factors(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return factors
 
 
+def fit(example: TrainExample, max_tokens: int) -> TrainExample:
+    """Cut the prompt from the left so prompt + target fit in ``max_tokens`` (a long dreamed
+    conversation keeps its latest turns: activations grow with the length, attention with its square)."""
+    room = max(1, max_tokens - len(example.target))
+    if len(example.prompt) <= room:
+        return example
+    return TrainExample(example.prompt[-room:], example.target, example.weight)
+
+
+def backward(loss: torch.Tensor, step: int) -> float:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"LoRA loss became {loss.item()} at step {step}")
+    loss.backward()
+    return loss.item()
+
+
 def plan_steps(n_examples: int, recipe: LoraRecipe) -> int:
     """Iterations scale with the data (paper 4): ``epochs`` passes, capped at ``max_steps``."""
     return max(1, min(recipe.max_steps, recipe.epochs * math.ceil(n_examples / recipe.batch_size)))
 
 
 def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
-               anchors: Sequence[list[int]] = (), progress: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
+               anchors: Sequence[Anchor] = (), progress: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
     """Train one LoRA on ``examples`` over the backend's current (composed) weights; with
-    ``anchors`` (token sequences of ordinary text) and ``recipe.anchor_weight`` > 0 the loss adds
-    the KL anchor of :func:`anchor_kl`."""
+    ``anchors`` and ``recipe.anchor_weight`` > 0 the loss adds the KL anchor of :func:`anchor_loss`."""
     if not examples:
         raise ValueError("no training examples")
     model, pad_id, device = backend.model, backend.tokenizer.pad_token_id, backend.input_device
+    if recipe.max_tokens:
+        examples = [fit(ex, recipe.max_tokens) for ex in examples]
     rng = random.Random(recipe.seed)
     steps = plan_steps(len(examples), recipe)
     losses: list[float] = []
@@ -160,6 +182,8 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, foreach=False)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / (steps + 1))
         peft_model.train()
+        if recipe.checkpointing:  # recompute each block's activations in backward instead of keeping them
+            peft_model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         order: list[TrainExample] = []
         try:
             for step in range(steps):
@@ -168,22 +192,23 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                     rng.shuffle(fresh)
                     order += fresh
                 batch, order = order[: recipe.batch_size], order[recipe.batch_size :]
-                loss = example_loss(peft_model, batch, pad_id, device)
-                if anchors and recipe.anchor_weight > 0:
-                    picks = [anchors[rng.randrange(len(anchors))][: recipe.anchor_tokens] for _ in range(recipe.anchor_batch)]
-                    loss = loss + recipe.anchor_weight * anchor_kl(peft_model, picks, pad_id, device)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"LoRA loss became {loss.item()} at step {step}")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # Two backward passes into the same gradients (the sum's gradient): only one
+                # graph is alive at a time, which halves the activations held at the peak.
+                loss = backward(example_loss(peft_model, batch, pad_id, device), step)
+                if anchors and recipe.anchor_weight > 0:
+                    picks = [anchors[rng.randrange(len(anchors))] for _ in range(recipe.anchor_batch)]
+                    loss += backward(recipe.anchor_weight * anchor_loss(peft_model, picks, pad_id, device), step)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
-                losses.append(loss.item())
+                losses.append(loss)
                 if progress:
                     progress(step + 1, steps, losses[-1])
         finally:
             peft_model.eval()
+            if recipe.checkpointing:
+                peft_model.base_model.model.gradient_checkpointing_disable()
         factors = lora_factors(peft_model)
     for name, (u, v) in factors.items():
         if not (torch.isfinite(u).all() and torch.isfinite(v).all()):

@@ -226,7 +226,9 @@ def sample_sequences(backend, n_tokens: int, length: int, seed: int, batch_size:
     sequences: list[list[int]] = []
     try:
         while sum(len(s) for s in sequences) < n_tokens:
-            batch = [backend.encode(starts[(len(sequences) + i) % len(starts)]) for i in range(batch_size)]
+            # As many rows as the remaining tokens need (the torch backend's rule, same draws).
+            rows = min(batch_size, -(-(n_tokens - sum(len(s) for s in sequences)) // length))
+            batch = [backend.encode(starts[(len(sequences) + i) % len(starts)]) for i in range(rows)]
             # As in the torch backend, a row that finished early keeps its pad tail (generate's shape).
             new = decode_loop(backend.net, batch, length, backend.pad_id, backend.eos_ids, top_k_pick(50))
             sequences += [prompt + row for prompt, row in zip(batch, new)]

@@ -97,6 +97,17 @@ def answer_budget(backend, obj: str, extra: int) -> int:
     return len(backend.encode(" " + obj, special=False)) + extra
 
 
+def greedy_ids(backend, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
+    """Greedy new tokens for many token prompts, batched by similar length, in input order."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        picked = order[start:start + batch_size]
+        for index, row in zip(picked, backend.generate_ids([prompts[i] for i in picked], max_new_tokens)):
+            out[index] = list(row)
+    return out
+
+
 def raw_recall(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[tuple[bool, str]]:
     budget = max(answer_budget(backend, f.object, cfg.extra_new_tokens) for f in facts)
     texts = backend.generate([f.prompt() for f in facts], budget)

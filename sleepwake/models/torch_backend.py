@@ -164,13 +164,41 @@ class TorchBackend:
         """Teacher-forced greedy tokens: for each sequence, the argmax next token at every
         position from ``start - 1`` on, i.e. the model's own choice for tokens ``start..end``."""
         out: list[list[int]] = []
+        head = self.model.get_output_embeddings()
         for first in range(0, len(sequences), batch_size):
             chunk = sequences[first:first + batch_size]
             ids, mask = torch_internals.right_pad(chunk, self.tokenizer.pad_token_id, self.input_device)
-            best = self.model(input_ids=ids, attention_mask=mask).logits.argmax(-1).cpu()  # (b, t)
-            for row, seq, start in zip(best, chunk, starts[first:first + batch_size]):
-                out.append(row[start - 1:len(seq) - 1].tolist())
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state  # (b, t, d)
+            for row, seq, start in zip(hidden, chunk, starts[first:first + batch_size]):
+                # the head only where it is needed: a whole (b, t, vocab) tensor is hundreds of MB
+                out.append(head(row[start - 1:len(seq) - 1]).argmax(-1).cpu().tolist())
         return out
+
+    @torch.no_grad()
+    def sample_ids(self, prompts: Sequence[list[int]], max_new_tokens: int, seed: int, batch_size: int = 32) -> list[list[int]]:
+        """Sampled continuations (top-k 50, seeded) of token prompts: the model's own text."""
+        state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        out: list[list[int]] = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                batch = list(prompts[start:start + batch_size])
+                ids, mask = torch_internals.left_pad(batch, self.tokenizer.pad_token_id, self.input_device)
+                rows = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=50, top_p=None,
+                                           temperature=1.0, max_new_tokens=max_new_tokens,
+                                           pad_token_id=self.tokenizer.pad_token_id)
+                eos = self.tokenizer.eos_token_id
+                for row in rows[:, ids.shape[1]:].tolist():
+                    out.append(row[: row.index(eos) + 1] if eos in row else row)
+        finally:
+            torch.random.set_rng_state(state)
+        return out
+
+    @torch.no_grad()
+    def next_token_logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """Log-probabilities of the next token at every position of ``ids`` (len, vocab), float32."""
+        tensor = torch.tensor([list(ids)], device=self.input_device)
+        return self.model(input_ids=tensor).logits[0].float().log_softmax(-1)
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)

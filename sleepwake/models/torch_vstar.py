@@ -137,10 +137,14 @@ class SuffixModel:
         self.block = backend.block(layer)
         self.fact_of_row = torch.tensor([r.fact for r in rows])
 
-    def forward(self):
+    def forward(self, rows: torch.Tensor | None = None):
+        """Final hidden states of the suffixes of ``rows`` (all rows when None)."""
+        pick = (lambda t: t) if rows is None else (lambda t: t[rows.to(t.device)])
         return self.backend.model.base_model(
-            input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions,
-            **{cache_argument(self.backend.model.base_model): fresh_cache(self.keys, self.values)}, use_cache=True,
+            input_ids=pick(self.ids), attention_mask=pick(self.mask), position_ids=pick(self.positions),
+            **{cache_argument(self.backend.model.base_model): fresh_cache([pick(k) for k in self.keys],
+                                                                          [pick(v) for v in self.values])},
+            use_cache=True,
         ).last_hidden_state
 
     @torch.no_grad()
@@ -152,18 +156,20 @@ class SuffixModel:
 
     @contextlib.contextmanager
     def with_replay(self):
-        """Inside: ``hidden(delta)`` runs only the blocks above L."""
+        """Inside: ``hidden(delta, rows)`` runs only the blocks above L."""
         self.cached = self.block_output()
         with replay_lower_blocks(self.backend, self.layer, self.cached) as (replay, _):
             self.replay = replay
             yield self
 
-    def hidden(self, delta: torch.Tensor) -> torch.Tensor:
-        """Final hidden states (B, S, d) of the suffixes with ``delta[fact]`` added at position 0."""
-        shift = torch.zeros_like(self.cached)
-        shift[:, 0] = delta[self.fact_of_row.to(delta.device)].to(shift)
-        self.replay.shift = shift
-        return self.forward()
+    def hidden(self, delta: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (len(rows), S, d) of those rows' suffixes with ``delta[fact]`` added
+        at position 0 (the rows of facts that already reached their target are left out)."""
+        cached = self.cached[rows.to(self.cached.device)]
+        shift = torch.zeros_like(cached)
+        shift[:, 0] = delta[self.fact_of_row[rows].to(delta.device)].to(shift)
+        self.replay.cached, self.replay.shift = cached, shift
+        return self.forward(rows)
 
 
 def optimize_target(backend, rows: Sequence[VStarRow], n_facts: int, layer: int, cfg: VStarSettings):
@@ -181,32 +187,50 @@ def _optimize(backend, suffix: SuffixModel, rows: Sequence[VStarRow], n_facts: i
     # GPU other than the embedding's (inputs) or the head's; every term is brought here.
     device = suffix.cached.device
     gather = target_index(rows, device)
-    kl_rows = torch.tensor([i for i, r in enumerate(rows) if r.kind == "kl"], dtype=torch.long, device=device)
+    is_kl = torch.tensor([r.kind == "kl" for r in rows], device=device)
     first_row = torch.tensor([min(i for i, r in enumerate(rows) if r.fact == f) for f in range(n_facts)])
     head = backend.model.get_output_embeddings()
     delta = torch.zeros(n_facts, backend.d_model, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=cfg.lr)
-    first_row = first_row.to(device)
-    anchor = suffix.cached[first_row, 0].float()  # (n_facts, d): unedited h_L at each bare prompt
-    reference_kl, stats = None, {}
+    anchor = suffix.cached[first_row.to(device), 0].float()  # (n_facts, d): unedited h_L at each bare prompt
+    fact_of_row = suffix.fact_of_row.to(device)
+    reference_kl = None
+    active = torch.ones(n_facts, dtype=torch.bool, device=device)
+    nll = torch.full((n_facts,), float("nan"), device=device)
+    steps_of = torch.zeros(n_facts, dtype=torch.long)
     for step in range(1, cfg.steps + 1):
-        hidden = suffix.hidden(delta).to(device)
-        logprobs = torch.log_softmax(head(hidden[gather["rows"], gather["positions"]]).float(), dim=-1).to(device)
-        token_nll = -logprobs.gather(1, gather["targets"][:, None])[:, 0]
-        per_fact = per_fact_mean(token_nll, gather["facts"], n_facts)  # (n_facts,)
-        loss = per_fact.mean()
-        if len(kl_rows):
-            kl_logp = torch.log_softmax(head(hidden[kl_rows, 0]).float(), dim=-1).to(device)
-            if reference_kl is None:
-                reference_kl = kl_logp.detach()
-            loss = loss + cfg.kl_factor * F.kl_div(kl_logp, reference_kl, log_target=True, reduction="batchmean")
-        loss = loss + cfg.weight_decay * ((delta.norm(dim=-1) / anchor.norm(dim=-1)) ** 2).mean()
-        stats = {"steps": step, "nll": [round(float(x), 4) for x in per_fact.detach()]}
-        if float(per_fact.detach().max()) < cfg.stop_loss:
+        # Each fact stops at its own target (as a single edit would): a converged fact's rows
+        # leave the batch, so a batch costs what its facts need, not what its slowest needs.
+        rows_now = active[fact_of_row].nonzero(as_tuple=True)[0]  # (r,)
+        where = torch.full((len(rows),), -1, dtype=torch.long, device=device)
+        where[rows_now] = torch.arange(len(rows_now), device=device)
+        hidden = suffix.hidden(delta, rows_now).to(device)
+        keep = where[gather["rows"]] >= 0
+        logprobs = torch.log_softmax(head(hidden[where[gather["rows"][keep]], gather["positions"][keep]]).float(), dim=-1)
+        token_nll = -logprobs.gather(1, gather["targets"][keep][:, None])[:, 0]
+        per_fact = per_fact_mean(token_nll, gather["facts"][keep], n_facts)  # (n_facts,); 0 for inactive
+        kl_now = rows_now[is_kl[rows_now]]
+        kl_logp = torch.log_softmax(head(hidden[where[kl_now], 0]).float(), dim=-1)
+        if reference_kl is None:  # first step: every row is active, the unedited distribution
+            reference_kl = torch.zeros(len(rows), kl_logp.shape[-1], device=device)
+            reference_kl[kl_now] = kl_logp.detach()
+        with torch.no_grad():
+            nll[active] = per_fact[active].detach()
+            steps_of[active.cpu()] = step
+            active &= ~(nll < cfg.stop_loss)
+        if not bool(active.any()):
             break
+        loss = per_fact[active].sum() / n_facts
+        if len(kl_now):
+            kl = F.kl_div(kl_logp, reference_kl[kl_now], log_target=True, reduction="none").sum(-1)  # (k,)
+            loss = loss + cfg.kl_factor * (kl * active[fact_of_row[kl_now]]).sum() / n_facts
+        loss = loss + cfg.weight_decay * (((delta.norm(dim=-1) / anchor.norm(dim=-1)) ** 2) * active).sum() / n_facts
+        frozen = delta.detach().clone()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            delta.copy_(clamp_delta(delta, anchor, cfg.clamp_norm))
+            delta.copy_(torch.where(active[:, None], clamp_delta(delta, anchor, cfg.clamp_norm), frozen))
+    stats = {"steps": int(steps_of.max()), "mean_steps": round(float(steps_of.float().mean()), 1),
+             "nll": [round(float(x), 4) for x in nll]}
     return delta.detach().float().cpu(), anchor.cpu(), stats

@@ -4,8 +4,11 @@ progress in the logs (a line every tenth of the way) and the run's metrics."""
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
-from sleepwake.models import covariance, probes
+from sleepwake.facts import Fact
+from sleepwake.models import anchors, probes
+from sleepwake.models.anchors import Anchor
 from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
 from sleepwake.progress import bar
 from sleepwake.sleep.session import SleepSession
@@ -34,21 +37,38 @@ def recipe(settings, learning_rate: float | None = None, epochs: int | None = No
                       learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
-                      anchor_tokens=cfg.anchor_tokens)
+                      anchor_tokens=cfg.anchor_tokens, checkpointing=cfg.checkpointing, max_tokens=cfg.max_tokens)
 
 
-def anchor_sequences(memory) -> list[list[int]]:
-    """The model's own sampled text (cached with the covariance statistics): ordinary language
-    from the model's distribution, never the perplexity reference text the gates measure on."""
-    if memory.settings.lora.anchor_weight <= 0:
+def anchor_set(memory, facts: Sequence[Fact] = ()) -> list[Anchor]:
+    """The KL anchors of one training pass: the cached base-model anchors in every format, plus
+    contrast anchors for ``facts`` (look-alike subjects asked the same things), with the teacher
+    the base model (``lora.anchor_teacher=base``) or the weights as composed now (``current``)."""
+    cfg = memory.settings.lora
+    if cfg.anchor_weight <= 0:
         return []
-    return covariance.load_or_sample_sequences(memory.backend, memory.settings.memit, memory.cache_dir, memory.settings.seed)
+    backend = memory.backend
+    extra = anchors.contrast_texts(backend, facts, cfg.contrast_anchors, probes.chat_question) if cfg.contrast_anchors else []
+    if cfg.anchor_teacher == "base":
+        with memory.base_weights():
+            contrast = anchors.teacher(backend, complete(backend, extra), cfg.anchor_topk)
+        return memory.base_anchors() + contrast
+    fixed = [(a.ids, a.start) for a in memory.base_anchors()]
+    return anchors.teacher(backend, fixed + complete(backend, extra), cfg.anchor_topk)
 
 
-def train(session: SleepSession, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str) -> TrainOutcome:
-    """Train one pass over the memory's current weights; progress goes to the log and a bar."""
+def complete(backend, texts: list[tuple[list[int], int]], tokens: int = 8) -> list[tuple[list[int], int]]:
+    """Each prompt followed by the current weights' greedy answer (the answer is what is anchored)."""
+    answers = probes.greedy_ids(backend, [ids for ids, _ in texts], tokens) if texts else []
+    return [(ids + answer, len(ids)) for (ids, _), answer in zip(texts, answers)]
+
+
+def train(session: SleepSession, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str,
+          facts: Sequence[Fact] = ()) -> TrainOutcome:
+    """Train one pass over the memory's current weights (``facts``: what the pass teaches, for the
+    contrast anchors); progress goes to the log and a bar."""
     memory = session.memory
-    anchors = anchor_sequences(memory)
+    anchored = anchor_set(memory, facts)
     shown = bar(None, f"{label}: LoRA", "step")
 
     def progress(step: int, total: int, loss: float) -> None:
@@ -59,7 +79,7 @@ def train(session: SleepSession, examples: list[TrainExample], lora_recipe: Lora
             log.info("%s: step %d/%d, loss %.3f", label, step, total, loss)
 
     try:
-        outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchors, progress=progress)
+        outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchored, progress=progress)
     finally:
         shown.close()
     session.record(label, {"train_steps": outcome.steps, "train_loss_first": outcome.first_loss,

@@ -35,7 +35,7 @@ from sleepwake.memory.wake import companions
 from sleepwake.models import probes
 from sleepwake.models.lora import TrainExample
 from sleepwake.models.lowrank import refactor
-from sleepwake.sleep.consolidate import anchor_sequences, recipe
+from sleepwake.sleep.consolidate import anchor_set, recipe
 from sleepwake.sleep.curriculum import chat_example, fact_examples
 from sleepwake.storage import forgotten
 from sleepwake.storage.snapshots import SnapshotStore
@@ -116,12 +116,13 @@ def unlearn(memory, row, targets: dict, skip: list[int]) -> tuple[dict, int, lis
     cfg = memory.settings.forget
     examples = forget_examples(memory.backend, targets, cfg.weight) + retain_examples(memory, row)
     lora = dataclasses.replace(recipe(memory.settings), max_steps=cfg.steps, epochs=1_000)
+    anchored = anchor_set(memory)
     passes: list[dict] = []
     found: list[dict] = []
     for attempt in range(cfg.max_passes):
         with memory.trial_adapter(merge(passes)):
             memory.compose(skip=skip)
-            passes.append(memory.backend.train_lora(examples, lora, anchors=anchor_sequences(memory)).factors)
+            passes.append(memory.backend.train_lora(examples, lora, anchors=anchored).factors)
         with memory.trial_adapter(merge(passes)):
             memory.compose(skip=skip)
             found = forget_probes(memory, row.fact)

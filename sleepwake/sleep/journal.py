@@ -51,6 +51,7 @@ def begin(session: SleepSession) -> SnapshotResult:
 def restore(session: SleepSession, snap: Snapshot) -> None:
     """Put the home back exactly as ``snap`` recorded it, keep the history written since, and
     prove the weights are the same bytes."""
+    session.ledger.release()  # a held connection must not outlive the file it reads
     SnapshotStore(session.memory.home.root).restore(snap)
     session.memory.reload()
     session.replay_since(snap.manifest.get("history_mark"))

@@ -46,7 +46,7 @@ def reinforce(session: SleepSession) -> ReinforceResult:
         recall_before = consolidate.raw_share(session, facts)
         examples = curriculum.fact_examples(memory.backend, facts, train_raw=False)
         examples += curriculum.identity_examples(memory.backend, session.settings.sws.identity_weight)
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "reinforce")
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "reinforce", facts)
         memory.store_adapter("nap", session.run_id, outcome.factors)
         ppl_after = memory.perplexity()
         recall_after = consolidate.raw_share(session, facts)

@@ -85,7 +85,7 @@ def train_pass(session: SleepSession, trained, forgets, switched_off: set[int], 
     examples += forgetting.training_examples(session, forgets)
     memory.compose(skip=switched_off)
     try:
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws")
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws", [r.fact for r in trained])
     finally:
         memory.compose()
     result.adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)

@@ -89,10 +89,16 @@ def commit_consolidation(ledger: Ledger, stages: Mapping[int, int], scales: Mapp
     if bad:
         raise InvalidInputError(f"stages {bad} are not in {list(STAGES)}")
     now = _now()
+    # One statement per table (unnest of parallel lists), not one per row: a night commits
+    # hundreds of stages at once.
     with ledger._transaction() as con:
-        for fact_id, stage in stages.items():
-            con.execute("UPDATE facts SET stage = ?, updated_at = ? WHERE fact_id = ?", [int(stage), now, int(fact_id)])
-        for edit_id, scale in scales.items():
-            con.execute("UPDATE edits SET scale = ? WHERE edit_id = ?", [float(scale), int(edit_id)])
+        if stages:
+            con.execute("UPDATE facts SET stage = s.stage, updated_at = $1 FROM (SELECT unnest($2::BIGINT[]) AS id, "
+                        "unnest($3::INTEGER[]) AS stage) AS s WHERE facts.fact_id = s.id",
+                        [now, [int(k) for k in stages], [int(v) for v in stages.values()]])
+        if scales:
+            con.execute("UPDATE edits SET scale = s.scale FROM (SELECT unnest($1::BIGINT[]) AS id, "
+                        "unnest($2::DOUBLE[]) AS scale) AS s WHERE edits.edit_id = s.id",
+                        [[int(k) for k in scales], [float(v) for v in scales.values()]])
         for forget_id, stage in (forget_stages or {}).items():
             con.execute("UPDATE forgotten SET stage = ?, updated_at = ? WHERE forget_id = ?", [int(stage), now, int(forget_id)])

@@ -48,6 +48,18 @@ class Home:
                 raise InvalidInputError(f"cannot create home {root}: {exc.strerror}") from None
         return cls(root.resolve())
 
+    @classmethod
+    def existing(cls, path: str | Path | None = None, create: bool = False) -> "Home":
+        """A home that already holds a memory (a ledger). Without ``create`` a path without one is
+        an error: a mistyped home must never become a new, empty memory that looks healthy forever."""
+        found = cls.open(path, create=create)
+        if not create and not found.db_path.is_file():
+            from sleepwake.errors import NotFoundError
+
+            raise NotFoundError(f"no sleepwake home at {found.root} (no ledger.duckdb there); check the path, or "
+                                "create it by storing a fact (sleepwake inject, or the wake flow with create=true)")
+        return found
+
     @property
     def db_path(self) -> Path:
         return self.root / "ledger.duckdb"

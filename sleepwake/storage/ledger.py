@@ -71,12 +71,20 @@ def _schema_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 class Ledger:
-    """Typed access to the home's DuckDB file; every method is one short connection."""
+    """Typed access to the home's DuckDB file; every method is one short connection.
 
-    def __init__(self, path: Path, read_only: bool = False, busy_timeout_s: float = 10.0) -> None:
+    ``hold=True`` keeps one writer connection open instead (about 10 ms saved per call), for a
+    process that knows nobody else reads the home meanwhile (an experiment's private homes, the
+    simulated-year test); :meth:`release` closes it, and the journal releases it before it puts
+    an older copy of the file in place.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False, busy_timeout_s: float = 10.0, hold: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self.busy_timeout_s = busy_timeout_s
+        self.hold = hold and not read_only
+        self._held: duckdb.DuckDBPyConnection | None = None
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.migrate()
@@ -112,6 +120,13 @@ class Ledger:
     def _connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         if write and self.read_only:
             raise RuntimeError(f"ledger {self.path} was opened read-only")
+        if self._held is not None:
+            yield self._held
+            return
+        if self.hold:
+            self._held = self._open(False)
+            yield self._held
+            return
         if self.read_only and not self.path.exists():
             con = duckdb.connect(":memory:")
             self._apply_migrations(con, 0)
@@ -143,6 +158,12 @@ class Ledger:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+
+    def release(self) -> None:
+        """Close a held connection (the next call opens a new one)."""
+        if self._held is not None:
+            self._held.close()
+            self._held = None
 
     # -- migrations ---------------------------------------------------------------------------
 
