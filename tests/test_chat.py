@@ -263,7 +263,7 @@ def test_conversation_fits_the_budget_and_keeps_the_newest_words():
     summary = conv.render()[0]["content"]
     assert len(conv.messages) == 2 and "user turn 4 says five words" in summary  # the newest notes stay
     assert "user turn 0" not in summary  # the summary is capped at a quarter of the budget
-    assert conv.compact() is None or len(conv.messages) == 2  # nothing more than keep to fold
+    assert conv.compact() is None and len(conv.messages) == 2  # nothing more than keep to fold
 
     conv.add("user", " ".join(f"w{i}" for i in range(200)))  # one turn longer than the whole budget
     conv.fit()

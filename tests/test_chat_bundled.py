@@ -15,7 +15,7 @@ import sys
 import pytest
 
 pytestmark = pytest.mark.slow
-FAST = ["--set", "memit.covariance_tokens=8192"]
+FAST: list[str] = []  # the default key statistics (4096 tokens), shared with the other slow tests
 TURN = "Hi! My name is Lena Brandt and I live in Graz. I work as a software engineer, by the way."
 
 

@@ -38,10 +38,19 @@ def test_defaults_are_valid_and_match_default_preset() -> None:
     assert Settings().model.source == "bundled"
 
 
-def test_every_field_has_a_description() -> None:
-    for model in (Settings, ModelConfig, MemitConfig, ProbeConfig):
+def test_every_field_of_every_section_has_a_description() -> None:
+    """Walks the whole settings tree (every section the CLI help and the Prefect forms show)."""
+    from pydantic import BaseModel
+
+    seen, todo = set(), [Settings]
+    while todo:
+        model = todo.pop()
+        seen.add(model)
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name}"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) and field.annotation not in seen:
+                todo.append(field.annotation)
+    assert len(seen) == 1 + len(Settings.model_fields) - 2 and {ModelConfig, MemitConfig, ProbeConfig} <= seen  # all but backend, seed
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PRESETS))
@@ -177,3 +186,12 @@ def test_tiny_model_loads_and_generates(tiny_model_dir: Path) -> None:
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False)
     assert out.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_the_configuration_page_is_generated_from_the_current_descriptions():
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "config_docs.py"))
+    assert script["PAGE"].read_text(encoding="utf-8") == script["render"](), (
+        "docs/configuration.md is stale: run .venv/bin/python scripts/config_docs.py")

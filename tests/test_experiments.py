@@ -80,7 +80,7 @@ def test_every_plot_is_a_png(tmp_path):
 
 def test_form_section_round_trips_through_overrides():
     from sleepwake.config import load_settings
-    from sleepwake.experiments.settings import ExperimentConfig
+    from sleepwake.settings.experiment import ExperimentConfig
     from sleepwake.flows.experiments import section_overrides
 
     form = ExperimentConfig(max_facts=7, lambdas=[1.0e-2, 2.0], maintenance_sleep=[], wave_facts=None)

@@ -13,7 +13,7 @@ import pytest
 
 from sleepwake.errors import CorruptedStateError, HomeBusyError, SleepwakeError
 from sleepwake.sleep import journal, pipeline
-from sleepwake.sleep.settings import ValidateConfig
+from sleepwake.settings.sleep import ValidateConfig
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
 from conftest import mixed_facts, seed_home
@@ -130,7 +130,7 @@ def test_nap_changes_no_weights(harness, home, tiny_settings_overrides):
 
 def test_consolidation_can_be_switched_off_per_run_from_the_form(harness, home, tiny_settings_overrides):
     from sleepwake.flows.full_sleep import full_sleep
-    from sleepwake.sleep.settings import RemConfig, SwsConfig
+    from sleepwake.settings.sleep import RemConfig, SwsConfig
 
     state = full_sleep(home=home, overrides=tiny_settings_overrides, sws=SwsConfig(enabled=False),
                        rem=RemConfig(enabled=False), return_state=True)

@@ -260,8 +260,7 @@ def test_bundled_model_injects_and_recalls_five_facts_with_backend_mlx(tmp_path)
     # The user's cache, as in test_bundled.py: same weights, same fingerprint, so the converted
     # model and the covariance statistics the torch runs cached are reused here.
     env = {k: v for k, v in os.environ.items() if k != "SLEEPWAKE_CACHE"} | {"TOKENIZERS_PARALLELISM": "false"}
-    base = [sys.executable, "-m", "sleepwake.cli", "--home", str(tmp_path / "home"), "--set", "backend=mlx",
-            "--set", "memit.covariance_tokens=8192"]
+    base = [sys.executable, "-m", "sleepwake.cli", "--home", str(tmp_path / "home"), "--set", "backend=mlx"]
     start = time.perf_counter()
     inject = subprocess.run([*base[:3], "inject", *base[3:], "--facts", str(facts), "--json"],
                             capture_output=True, text=True, env=env, timeout=1500)

@@ -66,47 +66,99 @@ def prefect(args: list[str], env: dict, timeout: float = 120) -> str:
     return out.stdout
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real `prefect server`, the sleepwake work pool, and every deployment of prefect.yaml."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SLEEPWAKE_CACHE": str(root / "cache"),
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(api, 120)
+        prefect(["work-pool", "create", "sleepwake", "--type", "process"], env)
+        prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(root / "prefect", ignore_errors=True)
+
+
+def run_deployment(name: str, params: dict, env: dict) -> tuple[dict, str]:
+    """Start a deployment run from the API, let one worker run it, read its history back."""
+    started = prefect(["deployment", "run", name, "--params", json.dumps(params)], env)
+    run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)
+    worker = subprocess.run([PREFECT, "worker", "start", "--pool", "sleepwake", "--run-once"], env=env,
+                            cwd=REPO, capture_output=True, text=True, timeout=400)
+    history = json.loads(subprocess.run([sys.executable, "-c", READ_BACK, run_id], env=env, capture_output=True,
+                                        text=True, timeout=60, check=True).stdout)
+    return history, worker.stdout[-3000:] + worker.stderr[-3000:]
+
+
 @pytest.mark.slow
-def test_deployed_full_sleep_on_a_real_server(tmp_path, tiny_settings_overrides, monkeypatch):
+def test_deployed_full_sleep_on_a_real_server(server, tmp_path, tiny_settings_overrides, monkeypatch):
     from sleepwake.config import load_settings
     from sleepwake.memory import Memory
     from sleepwake.storage.home import Home
 
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SLEEPWAKE_CACHE": str(tmp_path / "cache"),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = server
     monkeypatch.setenv("SLEEPWAKE_CACHE", env["SLEEPWAKE_CACHE"])
     torch.manual_seed(0)
     home = Home.open(tmp_path / "home")
     Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(
         [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki"),
          Fact(subject="Bruno Silva", relation="lives in", object="Lisbon")])
-
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(api, 120)
-        prefect(["work-pool", "create", "sleepwake", "--type", "process"], env)
-        prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
-        listed = prefect(["deployment", "ls"], env)
-        assert "full-sleep/nightly" in listed and "nap/periodic-nap" in listed
-        for name in ("capacity", "consolidation-sweep"):  # the experiment flows deploy too (fails if missing)
-            prefect(["deployment", "inspect", f"experiment-{name}/experiment-{name}"], env)
-        params = json.dumps({"home": str(home.root), "overrides": tiny_settings_overrides})
-        started = prefect(["deployment", "run", "full-sleep/on-demand", "--params", params], env)
-        run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", started).group(1)
-        worker = subprocess.run([PREFECT, "worker", "start", "--pool", "sleepwake", "--run-once"], env=env,
-                                cwd=REPO, capture_output=True, text=True, timeout=400)
-        history = json.loads(subprocess.run([sys.executable, "-c", READ_BACK, run_id], env=env, capture_output=True,
-                                            text=True, timeout=60, check=True).stdout)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    assert history["state"] == "COMPLETED", worker.stdout[-3000:] + worker.stderr[-3000:]
+    listed = prefect(["deployment", "ls"], env)
+    assert "full-sleep/nightly" in listed and "nap/periodic-nap" in listed
+    for name in ("capacity", "consolidation-sweep"):  # the experiment flows deploy too (fails if missing)
+        prefect(["deployment", "inspect", f"experiment-{name}/experiment-{name}"], env)
+    history, log = run_deployment("full-sleep/on-demand", {"home": str(home.root), "overrides": tiny_settings_overrides}, env)
+    assert history["state"] == "COMPLETED", log
     names = {name.rsplit("-", 1)[0] for name, _ in history["tasks"]}
     assert STAGES <= names, history
     assert all(state == "COMPLETED" for _, state in history["tasks"]), history
     assert {"full-sleep-audit", "full-sleep-validate", "full-sleep-report-note"} <= set(history["artifacts"])
-    shutil.rmtree(tmp_path / "prefect", ignore_errors=True)
+
+
+SCHEMA = """
+import json, sys
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    deployment = client.read_deployment_by_name(sys.argv[1])
+print(json.dumps(deployment.parameter_openapi_schema))
+"""
+
+
+@pytest.mark.slow
+def test_wake_and_forget_from_the_api_and_a_missing_home_fails(server, tmp_path, tiny_settings_overrides):
+    from sleepwake.storage import forgotten
+    from sleepwake.storage.ledger import Ledger
+
+    env = server
+    home = tmp_path / "new-home"
+    fact = {"subject": "Aria Nakamura", "relation": "The hometown of {}", "object": "Thessaloniki"}
+    history, log = run_deployment("wake/on-demand", {"home": str(home), "facts": [fact], "create": True,
+                                                     "overrides": tiny_settings_overrides}, env)
+    assert history["state"] == "COMPLETED", log
+    assert "wake-stored" in history["artifacts"]
+    ledger = Ledger(home / "ledger.duckdb", read_only=True)
+    assert [(r.subject, r.object) for r in ledger.list_facts()] == [("Aria Nakamura", "Thessaloniki")]
+    history, log = run_deployment("forget/on-demand", {"home": str(home), "subject": "Aria Nakamura",
+                                                       "relation": "The hometown of {}",
+                                                       "overrides": tiny_settings_overrides}, env)
+    assert history["state"] == "COMPLETED", log
+    assert "forget-probes" in history["artifacts"]
+    assert ledger.list_facts() == [] and len(forgotten.list_forgotten(ledger)) == 1
+    missing = tmp_path / "memries"
+    history, log = run_deployment("nap/periodic-nap", {"home": str(missing), "overrides": tiny_settings_overrides}, env)
+    assert history["state"] == "FAILED" and "no sleepwake home" in log, log
+    assert not missing.exists() or not (missing / "ledger.duckdb").exists()
+    for name in ("wake/on-demand", "forget/on-demand", "full-sleep/on-demand", "nap/periodic-nap"):
+        schema = json.loads(subprocess.run([sys.executable, "-c", SCHEMA, name], env=env, capture_output=True,
+                                           text=True, timeout=60, check=True).stdout)
+        undescribed = [key for key, prop in schema["properties"].items() if not prop.get("description")]
+        assert undescribed == [], (name, undescribed)

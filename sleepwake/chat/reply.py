@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from sleepwake.chat.settings import ChatConfig
+from sleepwake.settings.chat import ChatConfig
 
 Messages = Sequence[dict]
 

@@ -23,7 +23,7 @@ from sleepwake.chat.context import Conversation
 from sleepwake.chat.extract import PLACEHOLDER, Extraction, extract, merge_object
 from sleepwake.chat.reply import Replier
 from sleepwake.chat.rules import ACCUMULATING
-from sleepwake.chat.stored import FORMS, owned_by, rekey, stored_form
+from sleepwake.chat.stored import FORMS, owned_by, rekey, stored_form, to_store
 from sleepwake.chat.terminal import ChatIO, read_turn
 from sleepwake.errors import SleepwakeError
 from sleepwake.facts import MAX_FIELD_CHARS, Fact
@@ -173,15 +173,11 @@ class ChatSession:
     def store_one(self, said: Fact) -> dict:
         """Store one extracted fact in its stored form (``chat.stored``); multi-valued relations
         add the new object to the stored one."""
-        fact = stored_form(said)
-        if said.relation in ACCUMULATING:
-            existing = self.memory.ledger.find_fact(fact.subject, fact.relation)
-            if existing:
-                merged = merge_object(existing.object, fact.object)
-                if len(merged) > MAX_FIELD_CHARS:
-                    self.note(f"not stored: {fact.prompt()} {merged!r} is too long; /forget some first")
-                    return {**fact.model_dump(), "status": "too_long"}
-                fact = Fact(subject=fact.subject, relation=fact.relation, object=merged)
+        fact = to_store(said, self.memory.ledger, ACCUMULATING, MAX_FIELD_CHARS)
+        if fact is None:
+            form = stored_form(said)
+            self.note(f"not stored: {form.prompt()} {form.object!r} would make the list too long; /forget some first")
+            return {**form.model_dump(), "status": "too_long"}
         return self.inject_stored(fact)
 
     def inject_stored(self, fact: Fact) -> dict:

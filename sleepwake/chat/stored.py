@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 
-from sleepwake.chat import lexicon, rules
+from sleepwake.chat import rules
 from sleepwake.facts import Fact, normalize_key
+from sleepwake.relations import ATTRIBUTE_QUESTIONS as QUESTIONS, NAMED_ROLES, attribute_question as question  # noqa: F401
 
 # extraction relation -> (attribute, relation of the stored fact)
 FORMS = {
@@ -30,7 +31,7 @@ FORMS = {
     rules.NATIONALITY: ("nationality", "{} is"), rules.MARRIED: ("spouse", "{} is named"),
     rules.DRIVES: ("car", "{} is"), rules.PLAYS: ("instrument", "{} is the"),
 }
-NAMED = frozenset(lexicon.ROLES.values())  # "{}'s sister is" -> "Lena Brandt's sister" | "{} is named"
+NAMED = NAMED_ROLES  # "{}'s sister is" -> "Lena Brandt's sister" | "{} is named"
 _POSSESSIVE = re.compile(r"^\{\}'s (?P<attribute>.+) is$")
 
 
@@ -57,30 +58,18 @@ def rekey(subject: str, old_owner: str, new_owner: str) -> str:
     return new_owner + subject[len(old_owner):] if len(subject) >= len(old_owner) else new_owner
 
 
-# The question a user would ask about each attribute ("{}": the owner), for consolidation training
-# and chat-recall checks of chat-stored facts; the probes' generic "Complete this sentence" is a
-# poor stand-in for "Where does Lena Brandt live?".
-QUESTIONS = {
-    "home": "Where does {} live?", "hometown": "Where is {} from?", "birthplace": "Where was {} born?",
-    "childhood home": "Where did {} grow up?", "job": "What does {} do for a living?",
-    "employer": "Who does {} work for?", "field of study": "What does {} study?", "degree": "What did {} study?",
-    "allergies": "What is {} allergic to?", "languages": "Which languages does {} speak?",
-    "native language": "What is {}'s native language?", "interests": "What does {} like?",
-    "age": "How old is {}?", "birthday": "When is {}'s birthday?", "diet": "What diet does {} follow?",
-    "nationality": "What is {}'s nationality?", "spouse": "Who is {} married to?",
-    "car": "What car does {} drive?", "instrument": "Which instrument does {} play?",
-}
+def to_store(said: Fact, ledger, accumulating, max_chars: int) -> Fact | None:
+    """The fact as it goes into the ledger (``stored_form``); a multi-valued relation (allergies,
+    languages, likes) adds the new object to the stored one. None when the merged object would be
+    longer than ``max_chars``."""
+    from sleepwake.chat.extract import merge_object
 
-
-def question(fact: Fact) -> str | None:
-    """A natural question for a chat-stored fact, or None for a fact of another shape."""
-    owner, sep, attribute = fact.subject.rpartition("'s ")
-    if not sep or not owner:
-        return None
-    if attribute in QUESTIONS:
-        return QUESTIONS[attribute].format(owner)
-    if attribute in NAMED:
-        return f"What is the name of {owner}'s {attribute}?"
-    if attribute.startswith("favorite "):
-        return f"What is {owner}'s {attribute}?"
-    return None
+    fact = stored_form(said)
+    if said.relation in accumulating:
+        existing = ledger.find_fact(fact.subject, fact.relation)
+        if existing:
+            merged = merge_object(existing.object, fact.object)
+            if len(merged) > max_chars:
+                return None
+            fact = Fact(subject=fact.subject, relation=fact.relation, object=merged)
+    return fact

@@ -171,6 +171,41 @@ def cmd_chat(args) -> dict:
     return session.run()
 
 
+def cmd_serve(args) -> dict:
+    """Run the OpenAI-compatible server until interrupted (the home must exist)."""
+    import ipaddress
+
+    import uvicorn
+
+    from sleepwake.config import load_settings
+    from sleepwake.serve.app import LOOPBACK, create_app
+    from sleepwake.serve.engine import Engine
+    from sleepwake.storage.home import Home
+
+    settings = load_settings(args.config, args.overrides)
+    cfg = settings.serve
+    host, port = args.host or cfg.host, args.port or cfg.port
+    key = cfg.api_key or os.environ.get("SLEEPWAKE_API_KEY") or None
+    loopback = host in LOOPBACK or _is_loopback(host, ipaddress)
+    if not loopback and not key:
+        raise InvalidInputError(f"serving on {host} needs an API key: set $SLEEPWAKE_API_KEY or --set serve.api_key=...")
+    engine = Engine(Home.existing(args.home), settings)
+    log.info("serving %s on http://%s:%d/v1 (model %r%s)", engine.home.root, host, port, cfg.model_name,
+             ", API key required" if key else "")
+    try:
+        uvicorn.run(create_app(engine, key), host=host, port=port, log_level="warning")
+    finally:
+        engine.close()
+    return {"served": str(engine.home.root), "stored": engine.stored_total}
+
+
+def _is_loopback(host: str, ipaddress) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def cmd_config(args) -> dict:
     """``config list``: the presets; ``config show``: effective settings with their descriptions."""
     from sleepwake.config import PRESETS_DIR, describe_settings, list_presets, load_settings
@@ -180,7 +215,7 @@ def cmd_config(args) -> dict:
     return {"config": args.config or "default", "settings": describe_settings(load_settings(args.config, args.overrides))}
 
 
-COMMANDS = {"config": cmd_config, "inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget, "ask": cmd_ask,
+COMMANDS = {"config": cmd_config, "serve": cmd_serve, "inject": cmd_inject, "recall": cmd_recall, "status": cmd_status, "forget": cmd_forget, "ask": cmd_ask,
             "nap": cmd_sleep, "sleep": cmd_sleep, "chat": cmd_chat, "experiment": cmd_experiment}
 
 

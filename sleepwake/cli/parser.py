@@ -13,7 +13,7 @@ from sleepwake import __version__
 
 
 # Kept here (not imported from sleepwake.experiments) so that --help stays instant.
-EXPERIMENT_NAMES = ["capacity", "convergence", "lambda-sweep", "consolidation-sweep", "longevity", "ablation"]
+EXPERIMENT_NAMES = ["capacity", "convergence", "lambda-sweep", "consolidation-sweep", "longevity", "ablation", "locality"]
 COMMON_HELP = ("common options (every command, before or after it): --home DIR, --config PRESET_OR_FILE, "
                "--set KEY=VALUE (repeatable), --json, -q; see 'sleepwake COMMAND --help'")
 
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sleepwake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    serve = sub.add_parser("serve", parents=[parent], help="an OpenAI-compatible chat API over the home",
+                           description="Serve the memory to chat apps over the OpenAI chat-completions API "
+                           "(base URL http://HOST:PORT/v1, model 'sleepwake'). What users state is remembered, "
+                           "as in 'sleepwake chat'. Loopback by default; any other host needs an API key "
+                           "($SLEEPWAKE_API_KEY or --set serve.api_key=...).")
+    serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
     config = sub.add_parser("config", parents=[parent], help="the presets, and the effective settings with descriptions",
                             description="'config list' names the presets shipped with sleepwake; 'config show' prints "
                             "the effective settings (preset + --set) with each field's description.")

@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from sleepwake.config import load_settings
 from sleepwake.experiments.runner import run_experiment
-from sleepwake.experiments.settings import ExperimentConfig
+from sleepwake.settings.experiment import ExperimentConfig
 from sleepwake.flows.full_sleep import full_sleep
 from sleepwake.sleep.session import new_run_id
 from sleepwake.tasks.experiment import publish_experiment, sweep_point
@@ -129,5 +129,12 @@ def ablation(out: str, config: str | None = None, overrides: list[str] | None = 
     return run("ablation", out, config, overrides, experiment)
 
 
+@flow(name="experiment-locality", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def locality(out: str, config: str | None = None, overrides: list[str] | None = None,
+             experiment: ExperimentConfig | None = None) -> dict:
+    """Consolidation variants compared on recall, drift, locality and leak after full sleeps."""
+    return run("locality", out, config, overrides, experiment)
+
+
 FLOWS = {"capacity": capacity, "convergence": convergence, "lambda-sweep": lambda_sweep,
-         "consolidation-sweep": consolidation_sweep, "longevity": longevity, "ablation": ablation}
+         "consolidation-sweep": consolidation_sweep, "longevity": longevity, "ablation": ablation, "locality": locality}

@@ -12,7 +12,7 @@ from prefect import flow
 
 from sleepwake.flows.session import flow_settings, sleep_session, task_stages
 from sleepwake.sleep import pipeline
-from sleepwake.sleep.settings import MaintainConfig, RemConfig, SwsConfig, ValidateConfig
+from sleepwake.settings.sleep import MaintainConfig, RemConfig, SwsConfig, ValidateConfig
 
 
 @flow(name="full-sleep", persist_result=False, log_prints=True)

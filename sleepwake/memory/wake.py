@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from sleepwake.errors import NotFoundError
 from sleepwake.faults import crash_point
 from sleepwake.facts import Fact, normalize_answer, normalize_key
+from sleepwake.memory.state import MemoryState
 from sleepwake.models.editor import EditResult, compute_edit, key_groups, key_prefix, split_groups
 from sleepwake.models.memit import LayerUpdate, merge_updates
 from sleepwake.storage.ledger import EditRow, FactRow
@@ -43,7 +44,7 @@ class InjectOutcome:
 Group = tuple[list[LayerUpdate], list[Fact]]  # one edit: its layer updates and the facts it holds
 
 
-class Wake:
+class Wake(MemoryState):
     """Mixin of :class:`sleepwake.memory.Memory` (needs ``ledger``, ``deltas``, ``backend``,
     ``settings``, ``edits``, the factor cache and ``compose``)."""
 
@@ -178,7 +179,7 @@ class Wake:
                 todo.append(fact)
         if not todo:
             return unchanged
-        replaces = sorted({stored[f.key].edit_id for f in todo if f.key in stored and stored[f.key].edit_id}
+        replaces = sorted({edit_id for f in todo if f.key in stored and (edit_id := stored[f.key].edit_id) is not None}
                           | shared_key_edits(rows, todo))
         batch = todo + companions(rows, replaces, {f.key for f in todo})
         groups, stats = self.solve_groups(batch, replaces)
@@ -189,7 +190,7 @@ class Wake:
                             for f in todo]
 
     # ---- sleep: refresh in place ---------------------------------------------------------------
-    def refresh_many(self, targets: Sequence[FactRow], protect_edits: Sequence[int]) -> dict[int, int]:
+    def refresh_many(self, targets: Sequence[FactRow], protect_edits: Collection[int]) -> dict[int, int]:
         """Re-solve degraded facts (with their key groups' companions) as ONE batch under a HARD
         null-space constraint from ``protect_edits``' stored keys; each group's new edit replaces
         its old one in place. Returns fact_id -> new edit id.
@@ -203,7 +204,8 @@ class Wake:
         """
         rows = self.ledger.list_facts()
         live = {e.edit_id: e for e in self.edits}
-        replaces = sorted({r.edit_id for r in targets if r.edit_id in live} | shared_key_edits(rows, [r.fact for r in targets]))
+        replaces = sorted({r.edit_id for r in targets if r.edit_id is not None and r.edit_id in live}
+                          | shared_key_edits(rows, [r.fact for r in targets]))
         batch = [r.fact for r in targets] + companions(rows, replaces, {r.fact.key for r in targets})
         subjects = {normalize_key(f.subject) for f in batch}
         same_subject = {r.edit_id for r in rows if normalize_key(r.subject) in subjects}
@@ -212,14 +214,14 @@ class Wake:
         edit_of_fact = {r.fact.key: r.edit_id for r in rows}
         merged = []
         for updates, facts in groups:
-            for old_id in sorted({edit_of_fact.get(f.key) for f in facts} & set(live)):
+            for old_id in sorted({edit_of_fact.get(f.key) or -1 for f in facts} & set(live)):
                 updates = merge_updates(updates, self.factors(live[old_id]), live[old_id].scale)
             merged.append((updates, facts))
         new_ids = self.store_edits(merged, replaces, source="maintain", kind="refresh")
         by_key = {f.key: edit_id for edit_id, (_, facts) in zip(new_ids, merged) for f in facts}
         return {r.fact_id: by_key[r.fact.key] for r in targets}
 
-    def refresh(self, row: FactRow, protect_edits: Sequence[int]) -> int:
+    def refresh(self, row: FactRow, protect_edits: Collection[int]) -> int:
         return self.refresh_many([row], protect_edits)[row.fact_id]
 
     # ---- remove (a fact moved elsewhere; ``forget`` is the privacy path) --------------------

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Iterator, Mapping, Sequence
+from typing import Collection, Iterator, Mapping, Sequence
 
 import torch
 
 from sleepwake.errors import CorruptedStateError, ModelLoadError
 from sleepwake.faults import crash_point
+from sleepwake.memory.state import MemoryState
 from sleepwake.models.memit import apply_factors
 from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.ledger import EditRow
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 TRIAL = -1  # id of an adapter composed for a trial, never stored
 
 
-class Composition:
+class Composition(MemoryState):
     """Mixin of :class:`sleepwake.memory.Memory`: composing, digesting and storing adapters."""
 
     @property
@@ -40,11 +41,11 @@ class Composition:
         return sorted({m for a in self.adapters for m in a.modules} - edited)
 
     def _check_model(self) -> None:
-        for edit in [*self.edits, *self.adapters]:
-            if edit.model_fingerprint != self.backend.fingerprint:
+        for fingerprint in [e.model_fingerprint for e in self.edits] + [a.model_fingerprint for a in self.adapters]:
+            if fingerprint != self.backend.fingerprint:
                 raise ModelLoadError(
                     f"home {self.home.root} holds edits made on another model (fingerprint "
-                    f"{edit.model_fingerprint}, loaded {self.backend.fingerprint}); load the same "
+                    f"{fingerprint}, loaded {self.backend.fingerprint}); load the same "
                     "model (--config/--set model.source=...) or use another --home"
                 )
 
@@ -64,7 +65,7 @@ class Composition:
             self.corrupted.add(edit.edit_id)
             return None
 
-    def compose(self, skip: Sequence[int] = (), with_adapters: bool = True,
+    def compose(self, skip: Collection[int] = (), with_adapters: bool = True,
                 scales: Mapping[int, float] | None = None) -> None:
         """Set every editable weight to base + every adapter + the scaled edits (without ``skip``;
         ``with_adapters=False`` leaves the adapters out too, for base-model measurements;
@@ -124,7 +125,7 @@ class Composition:
     def base_weights(self) -> Iterator[None]:
         """Inside: the base model's weights (no edits, no adapters); on the way out the composition
         that was in place before (a pass training with some edits switched off keeps them off)."""
-        before = getattr(self, "composed_as", ((), True, {}))
+        before: tuple[tuple[int, ...], bool, dict[int, float]] = getattr(self, "composed_as", ((), True, {}))
         self.compose(skip=[e.edit_id for e in self.edits], with_adapters=False)
         try:
             yield

@@ -75,7 +75,7 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
         # The dequantised weights are plain float32 now; drop the GGUF quantizer so it saves.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)

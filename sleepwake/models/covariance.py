@@ -28,10 +28,17 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LayerStats:
-    """C (shrunk) and its Cholesky factor for one layer."""
+    """C (shrunk) for one layer, and its Cholesky factor once something asks for it (with the
+    default look-alike contrast every edit factors its own metric, so the plain factor would be
+    ~19 MB of float64 per layer held for nothing)."""
 
     cov: torch.Tensor  # (d_ff, d_ff)
-    chol: torch.Tensor  # (d_ff, d_ff) lower
+    chol: torch.Tensor | None = None  # (d_ff, d_ff) lower, float64
+
+    def cholesky(self) -> torch.Tensor:
+        if self.chol is None:
+            self.chol = torch.linalg.cholesky(self.cov.double())
+        return self.chol
 
     def metric_for(
         self, protect: torch.Tensor | None, contrast: torch.Tensor | None = None, weight: float = 0.0
@@ -48,7 +55,7 @@ class LayerStats:
             moment = (c.T @ c) / c.shape[0]  # (d_ff, d_ff)
             cov = cov + weight * (cov.trace() / moment.trace().clamp_min(1e-12)) * moment
         elif protect is None or protect.numel() == 0:
-            return self.chol, None
+            return self.cholesky(), None
         basis = None
         if protect is not None and protect.numel():
             basis = null_space_basis(protect.to(self.cov)).double()
@@ -85,7 +92,7 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
     layers = list(layers if layers is not None else cfg.layers)
     folder = stats_dir(cache_dir, backend.fingerprint)
     tag = f"{cfg.covariance_tokens}-{cfg.covariance_sample_length}-{seed}"
-    raw: dict[int, torch.Tensor] = {}
+    raw: dict[int, torch.Tensor | None] = {}
     missing = []
     for layer in layers:
         path = folder / f"cov-{tag}-layer{layer}.safetensors"
@@ -103,12 +110,14 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
             path = folder / f"cov-{tag}-layer{layer}.safetensors"
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"cov": raw[layer].contiguous()}, str(tmp), metadata={"tokens": str(count)})
+            save_file({"cov": (sums[layer] / max(count, 1)).float().contiguous()}, str(tmp), metadata={"tokens": str(count)})
             os.replace(tmp, path)
     stats = {}
     for layer in layers:
-        cov = shrink_covariance(raw[layer].double(), cfg.covariance_shrinkage)
-        stats[layer] = LayerStats(cov=cov.float(), chol=torch.linalg.cholesky(cov))
+        measured = raw[layer]
+        assert measured is not None  # every missing layer was estimated above
+        cov = shrink_covariance(measured.double(), cfg.covariance_shrinkage)
+        stats[layer] = LayerStats(cov=cov.float())
     return stats
 
 

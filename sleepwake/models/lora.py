@@ -17,7 +17,7 @@ import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ class TrainExample:
 
 @dataclass(frozen=True)
 class LoraRecipe:
-    """Backend-neutral training settings (built from ``sleepwake.sleep.settings.LoraConfig``)."""
+    """Backend-neutral training settings (built from ``sleepwake.settings.sleep.LoraConfig``)."""
 
     rank: int
     alpha: float
@@ -120,7 +120,8 @@ def adapted(model, recipe: LoraRecipe) -> Iterator[torch.nn.Module]:
     """Wrap ``model`` with fresh peft LoRA modules; always unwrap (without merging) afterwards."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=recipe.rank, lora_alpha=recipe.alpha, lora_dropout=0.0, bias="none",
+    alpha: Any = recipe.alpha  # peft's annotation says int; it takes floats
+    config = LoraConfig(r=recipe.rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                         target_modules=list(recipe.modules), layers_to_transform=list(recipe.layers))
     torch.manual_seed(recipe.seed)  # peft's Kaiming init of A: same data, same adapter
     peft_model = get_peft_model(model, config)
@@ -135,12 +136,19 @@ def lora_factors(peft_model) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from peft.tuners.lora import LoraLayer
 
     factors = {}
+    module: Any
     for name, module in peft_model.base_model.model.named_modules():
         if isinstance(module, LoraLayer) and "default" in module.lora_A:
-            a = module.lora_A["default"].weight.detach().float().cpu()  # (r, in)
-            b = module.lora_B["default"].weight.detach().float().cpu()  # (out, r)
-            factors[name] = ((b * module.scaling["default"]).contiguous(), a.t().contiguous())
+            layer: Any = module
+            a = layer.lora_A["default"].weight.detach().float().cpu()  # (r, in)
+            b = layer.lora_B["default"].weight.detach().float().cpu()  # (out, r)
+            factors[name] = ((b * layer.scaling["default"]).contiguous(), a.t().contiguous())
     return factors
+
+
+def hf_model(peft_model) -> Any:
+    """The transformers model inside peft's wrapper."""
+    return peft_model.base_model.model
 
 
 def fit(example: TrainExample, max_tokens: int) -> TrainExample:
@@ -183,7 +191,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / (steps + 1))
         peft_model.train()
         if recipe.checkpointing:  # recompute each block's activations in backward instead of keeping them
-            peft_model.base_model.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            hf_model(peft_model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         order: list[TrainExample] = []
         try:
             for step in range(steps):
@@ -198,7 +206,12 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                 loss = backward(example_loss(peft_model, batch, pad_id, device), step)
                 if anchors and recipe.anchor_weight > 0:
                     picks = [anchors[rng.randrange(len(anchors))] for _ in range(recipe.anchor_batch)]
-                    loss += backward(recipe.anchor_weight * anchor_loss(peft_model, picks, pad_id, device), step)
+                    # One anchor per backward pass (their mean, weighted by length): the vocabulary-
+                    # wide logits of one anchor at a time are the largest tensors of a training step.
+                    total = sum(len(a.ids) - a.start for a in picks)
+                    for anchor in picks:
+                        share = recipe.anchor_weight * (len(anchor.ids) - anchor.start) / total
+                        loss += backward(share * anchor_loss(peft_model, [anchor], pad_id, device), step)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 schedule.step()
@@ -208,7 +221,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         finally:
             peft_model.eval()
             if recipe.checkpointing:
-                peft_model.base_model.model.gradient_checkpointing_disable()
+                hf_model(peft_model).gradient_checkpointing_disable()
         factors = lora_factors(peft_model)
     for name, (u, v) in factors.items():
         if not (torch.isfinite(u).all() and torch.isfinite(v).all()):

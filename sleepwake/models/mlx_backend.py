@@ -58,7 +58,7 @@ class MlxBackend:
         from mlx_lm.utils import load_model
         from transformers import AutoTokenizer
 
-        from sleepwake.models.torch_backend import quiet_transformers
+        from sleepwake.models.source import quiet_transformers
 
         mlx_loading.check_model_config(cfg)
         mlx_loading.select_device(cfg.device)

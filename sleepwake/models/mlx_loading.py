@@ -1,6 +1,6 @@
 """Loading for the MLX backend: where the weights come from, device, dtype, identity.
 
-The same folder the torch backend reads (its ``resolve_source``), loaded by mlx-lm; the
+The same folder the torch backend reads (``models.source.resolve_source``), loaded by mlx-lm; the
 fingerprint is the torch backend's whenever the weights are the ones torch would load, so
 covariance caches and homes are shared by both runtimes.
 """
@@ -30,7 +30,7 @@ _CONFIG_NOISE = ("transformers_version", "dtype", "torch_dtype", "_name_or_path"
 
 def resolve_folder(cfg: ModelConfig, cache_dir: Path | None) -> Path:
     """A local model folder for ``cfg.source`` (the bundled cache, a folder, or a hub download)."""
-    from sleepwake.models.torch_backend import resolve_source
+    from sleepwake.models.source import resolve_source
 
     source, _ = resolve_source(cfg, cache_dir or default_cache_dir())
     if Path(source).is_dir():

@@ -132,7 +132,8 @@ class Adam:
 
     def __init__(self, lr: float, betas=(0.9, 0.999), eps: float = 1.0e-8):
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = self.v = None
+        self.m: mx.array | None = None
+        self.v: mx.array | None = None
         self.t = 0
 
     def step(self, param: mx.array, grad: mx.array) -> mx.array:

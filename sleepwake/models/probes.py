@@ -14,67 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Sequence
 
 from sleepwake.config import ProbeConfig
-from sleepwake.factpool import RELATIONS
 from sleepwake.facts import Fact, normalize_answer
-
-GENERIC_LEADS = ("Here is a fact: {}", "As most people know, {}")
-_BY_TEMPLATE = {relation.template: relation for relation in RELATIONS}
-
+from sleepwake.relations import chat_question, paraphrase_prompts  # noqa: F401  (re-exported)
 
 def answer_matches(continuation: str, obj: str) -> bool:
     """Word-bounded match of the normalised object inside the normalised continuation."""
     target = normalize_answer(obj)
     return bool(target) and f" {target} " in f" {normalize_answer(continuation)} "
-
-
-def paraphrase_prompts(fact: Fact) -> list[str]:
-    relation = _BY_TEMPLATE.get(fact.relation)
-    if relation is not None:
-        return [template.replace("{}", fact.subject) for template in relation.paraphrases]
-    prompt = fact.prompt()
-    return [lead.format(prompt) for lead in GENERIC_LEADS]
-
-
-# Questions for common free-form relations (what people say about themselves in chat), keyed by
-# the relation with the subject slot removed; "{}'s X is" and "The X of {} is" are handled generically.
-QUESTIONS = {
-    "lives in": "Where does {} live?", "is from": "Where is {} from?", "was born in": "Where was {} born?",
-    "grew up in": "Where did {} grow up?", "works as": "What does {} do for a living?",
-    "works as a": "What does {} do for a living?", "works as an": "What does {} do for a living?",
-    "works for": "Who does {} work for?", "studies": "What does {} study?", "studied": "What did {} study?",
-    "is allergic to": "What is {} allergic to?", "speaks": "Which languages does {} speak?",
-    "likes": "What does {} like?", "is married to": "Who is {} married to?", "drives": "What car does {} drive?",
-    "plays the": "Which instrument does {} play?", "plays": "What does {} play?",
-}
-_POSSESSIVE = re.compile(r"^\{\}'s (?P<noun>[\w' -]+?) (?:is|are)$")
-_OF_SUBJECT = re.compile(r"^[Tt]he (?P<noun>[\w' -]+?) of \{\} (?:is|are)$")
-
-
-def chat_question(fact: Fact) -> str:
-    """The question the chat probe asks (and consolidation trains on) for ``fact``."""
-    relation = _BY_TEMPLATE.get(fact.relation)
-    if relation is not None:
-        return relation.question.replace("{}", fact.subject)
-    from sleepwake.chat.stored import question  # facts the chat stored ("Lena Brandt's home" | "{} is in")
-
-    asked = question(fact)
-    if asked:
-        return asked
-    template = fact.relation.strip() if "{}" in fact.relation else "{} " + fact.relation.strip()
-    known = QUESTIONS.get(" ".join(template.replace("{}", "").split()).lower()) if template.startswith("{} ") else None
-    if known:
-        return known.replace("{}", fact.subject)
-    for pattern, shape in ((_POSSESSIVE, "What is {}'s {noun}?"), (_OF_SUBJECT, "What is the {noun} of {}?")):
-        match = pattern.match(template)
-        if match:
-            return shape.replace("{noun}", match["noun"]).replace("{}", fact.subject)
-    return f'Complete this sentence with the right fact: "{fact.prompt()} ..."'
 
 
 @dataclass

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -16,42 +14,11 @@ from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
 from sleepwake.models import torch_internals, torch_vstar
 from sleepwake.models.backend import VStarRow, VStarSettings
-from sleepwake.models.bundled import default_cache_dir, ensure_bundled_folder
+from sleepwake.models.bundled import default_cache_dir
+from sleepwake.models.source import quiet_transformers, resolve_device, resolve_source
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def quiet_transformers() -> None:
-    """Keep stderr for our own progress: transformers' advisory warnings are noise to users."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module="transformers")
-    # bitsandbytes (imported by peft when installed) warns on import that an optional CPU kernel
-    # package is missing; its 4-bit CPU path works without it.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-
-
-def resolve_source(cfg: ModelConfig, cache_dir: Path | None) -> tuple[str, str | None]:
-    """(path or hub id, gguf file) for ``cfg.source``; the bundled GGUF becomes a cached folder."""
-    if cfg.source == "bundled":
-        return str(ensure_bundled_folder(cache_dir)), None
-    path = Path(os.path.expanduser(cfg.source))
-    looks_local = path.is_absolute() or cfg.source.startswith((".", "~")) or path.exists()
-    if looks_local and not path.is_dir():
-        raise ModelLoadError(f"model folder not found: {cfg.source}")
-    return (str(path) if looks_local else cfg.source), cfg.gguf_file
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device={name} but CUDA is not available on this machine")
-    return name
 
 
 class TorchBackend:
@@ -91,7 +58,7 @@ class TorchBackend:
             kwargs["quantization_config"] = torch_internals.nf4_config(down_proj, cfg)
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
-            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+            model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except Exception as exc:  # OSError, ValueError, HF hub errors: all one message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load model '{cfg.source}': {first}") from None
@@ -267,7 +234,7 @@ class TorchBackend:
         module = self._linear(name)
         if torch_internals.is_quantised(module):  # NF4: a layer sleepwake writes becomes dense
             module = torch_internals.dequantise(self.model, name)
-        target = module.weight
+        target: Any = module.weight
         with torch.no_grad():
             target.copy_(weight.to(device=target.device, dtype=target.dtype))
 

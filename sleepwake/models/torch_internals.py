@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +93,7 @@ def keep_4bit_differentiable(model: torch.nn.Module) -> None:
     through them would be silently lost)."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+            setattr(module, "support_avx512bf16_for_cpu", False)
 
 
 def is_quantised(module: torch.nn.Module) -> bool:
@@ -103,7 +103,7 @@ def is_quantised(module: torch.nn.Module) -> bool:
 
 def dense_weight(module: torch.nn.Module) -> torch.Tensor:
     """The (out, in) weight in its compute dtype on its device, dequantised for a 4-bit layer."""
-    weight = module.weight
+    weight: Any = module.weight
     if weight.device.type == "meta":
         from sleepwake.errors import ModelLoadError
 
@@ -125,8 +125,9 @@ def dequantise(model: torch.nn.Module, name: str) -> torch.nn.Linear:
                             device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         dense.weight.copy_(weight)
-        if old.bias is not None:
-            dense.bias.copy_(old.bias)
+        bias: Any = old.bias
+        if bias is not None:
+            dense.bias.copy_(bias)
     dense.requires_grad_(False)
     hook = getattr(old, "_hf_hook", None)
     if hook is not None:

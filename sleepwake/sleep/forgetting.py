@@ -25,7 +25,7 @@ def unsettled(session: SleepSession) -> list[ForgottenRow]:
 
 def training_examples(session: SleepSession, rows: list[ForgottenRow]) -> list:
     backend, weight = session.memory.backend, session.settings.forget.weight
-    return [ex for row in rows for ex in forget_examples(backend, row.targets, weight)]
+    return [ex for row in rows for ex in forget_examples(backend, row.targets or {}, weight)]
 
 
 def produced(session: SleepSession, rows: list[ForgottenRow]) -> list[bool]:

@@ -102,6 +102,7 @@ def rollback(session: SleepSession, pre: SnapshotResult) -> RollbackResult:
 
 def drop_stage_snapshots(session: SleepSession, store: SnapshotStore) -> None:
     """Drop this run's open stage snapshots (never the pre-sleep one: :func:`close` ends that)."""
+    snap: Snapshot
     for snap in reversed(store.open_snapshots()):
         if snap.name.startswith(f"{session.run_id}-") and snap.name != pre_sleep_name(session):
             store.close(snap, outcome="superseded", keep=False)

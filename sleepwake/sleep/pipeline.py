@@ -11,7 +11,9 @@ the run history records every stage's real inputs and outputs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 from types import SimpleNamespace
 
 from sleepwake.faults import crash_point
@@ -49,7 +51,7 @@ def conclude(session: SleepSession, outcome: str, *results: StageResult | None) 
     return result
 
 
-STAGES = {
+STAGES: dict[str, Callable[..., Any]] = {
     "health_check": health_check, "snapshot": take_snapshot, "curate": curate, "select": select_facts,
     "audit": audit, "maintain": maintain, "sws": sws, "rem": rem, "fold": fold, "validate": validate,
     "rollback": rollback, "report": conclude, "reinforce": reinforce,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import TypeVar
 
 from pydantic import Field
 
@@ -62,6 +63,15 @@ class Report(StageResult):
     stage_seconds: dict[str, float] = Field(default_factory=dict)
 
 
+Picked = TypeVar("Picked", bound=StageResult)
+
+
+def pick(results, kind: type[Picked]) -> Picked | None:
+    """The result of that stage among the report's arguments (exactly that type: an audit's
+    result, not the validate-audit inside validate's)."""
+    return next((r for r in results if type(r) is kind), None)
+
+
 def convergence(session: SleepSession, degraded_after: int) -> str:
     """Paper 5's criterion: zero degraded facts for two consecutive sleeps."""
     history = session.ledger.metric_history(CYCLE_METRIC, limit=2)
@@ -74,11 +84,10 @@ def convergence(session: SleepSession, degraded_after: int) -> str:
 def report(session: SleepSession, outcome: str, *results: StageResult | None) -> Report:
     """``outcome``: "kept", "rolled_back", "no_change" (a nap) or "reinforced"."""
     started = time.perf_counter()
-    got = {type(r): r for r in results if r is not None}
-    health, audit, validate = got.get(HealthResult), got.get(AuditResult), got.get(ValidateResult)
-    maintain, curate, selection = got.get(MaintainResult), got.get(CurateResult), got.get(SelectionResult)
-    sws, rem, fold = got.get(SwsResult), got.get(RemResult), got.get(FoldResult)
-    reinforced = got.get(ReinforceResult)
+    health, audit, validate = pick(results, HealthResult), pick(results, AuditResult), pick(results, ValidateResult)
+    maintain, curate, selection = pick(results, MaintainResult), pick(results, CurateResult), pick(results, SelectionResult)
+    sws, rem, fold = pick(results, SwsResult), pick(results, RemResult), pick(results, FoldResult)
+    reinforced = pick(results, ReinforceResult)
     kept = outcome != "rolled_back"
     after = validate if validate and kept else None
     if outcome == "kept" and validate:

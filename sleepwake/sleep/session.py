@@ -19,9 +19,12 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from sleepwake.errors import SleepwakeError
+
+if TYPE_CHECKING:  # the session only holds the memory; importing it for real would load torch here
+    from sleepwake.memory import Memory
 
 _CURRENT: ContextVar["SleepSession | None"] = ContextVar("sleepwake_sleep_session", default=None)
 
@@ -39,7 +42,7 @@ class History:
 
 @dataclass
 class SleepSession:
-    memory: object  # sleepwake.memory.Memory (not imported: keeps this module light)
+    memory: "Memory"
     kind: str  # "nap" | "full_sleep" | "forget" ...
     run_id: str = field(default_factory=lambda: new_run_id())
     flow_run_id: str | None = None  # the Prefect flow run, when a flow drives this session

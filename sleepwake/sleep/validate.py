@@ -27,11 +27,12 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
     local = locality_stage.measure_sample(session)
     resurfaced = forgetting.resurfaced(session)
     crash_point("validate:before-verdict")
-    increase = ppl / health.perplexity - 1.0
+    before_ppl = health.perplexity or ppl  # a health check always measures it; a bare call may not
+    increase = ppl / before_ppl - 1.0
     drift = ppl / health.perplexity_baseline - 1.0 if health.perplexity_baseline else None
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
     checks = [
-        ("perplexity", health.perplexity, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
+        ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
          f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
         ("drift from base", health.perplexity_baseline, ppl, f"+{cfg.max_drift:.2%}",
          drift is None or drift <= cfg.max_drift + 1e-9, f"perplexity drifted {(drift or 0):+.2%} from the base model (limit {cfg.max_drift:+.2%})"),
@@ -46,7 +47,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
     ]
     failures = [message for *_, ok, message in checks if cfg.enabled and not ok]
     result = ValidateResult(
-        passed=not failures, gated=cfg.enabled, failures=failures, perplexity_before=round(health.perplexity, 4),
+        passed=not failures, gated=cfg.enabled, failures=failures, perplexity_before=round(before_ppl, 4),
         perplexity_after=round(ppl, 4), perplexity_increase=round(increase, 6),
         perplexity_drift=None if drift is None else round(drift, 6), raw_recall_before=recall_before,
         raw_recall_after=recall_after, chat_recall_after=after.chat_recall, degraded_after=after.degraded,

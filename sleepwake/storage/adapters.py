@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Iterable, Mapping
 
 from sleepwake.errors import InvalidInputError
+from sleepwake.storage.database import scalar
 from sleepwake.storage.ledger import Ledger
 from sleepwake.storage.schema import STAGES
 
@@ -43,7 +44,7 @@ def next_adapter_id(ledger: Ledger) -> int:
     """Reserve an adapter id (before its factor file is written under that id)."""
     # An autocommit SELECT nextval is not persisted by DuckDB 1.x; an explicit transaction is.
     with ledger._transaction() as con:
-        return int(con.execute("SELECT nextval('adapter_id_seq')").fetchone()[0])
+        return int(scalar(con.execute("SELECT nextval('adapter_id_seq')")))
 
 
 def commit_adapter(ledger: Ledger, row: AdapterRow, replaces: Iterable[int] = ()) -> None:

@@ -12,6 +12,7 @@ import json
 import re
 from datetime import datetime, timezone
 
+from sleepwake.storage.database import scalar
 from sleepwake.storage.ledger import Ledger
 
 ROLES = ("user", "assistant", "summary", "command")
@@ -26,7 +27,7 @@ def log_turn(ledger: Ledger, session_id: str, role: str, content: str, facts: li
     payload = json.dumps(facts, ensure_ascii=False) if facts is not None else None
     # nextval inside an explicit transaction: DuckDB does not persist an autocommit nextval.
     with ledger._transaction() as con:
-        turn_id = int(con.execute("SELECT nextval('turn_id_seq')").fetchone()[0])
+        turn_id = int(scalar(con.execute("SELECT nextval('turn_id_seq')")))
         con.execute("INSERT INTO conversations (turn_id, session_id, ts, role, content, facts) VALUES (?, ?, ?, ?, ?, ?)",
                     [turn_id, session_id, now, role, content, payload])
     return turn_id

@@ -43,7 +43,7 @@ def checksum_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
         # reshape(-1) makes 0-dim tensors viewable as bytes; the view avoids a copy.
         raw = tensor.reshape(-1).view(torch.uint8).numpy()
         digest.update(raw.nbytes.to_bytes(8, "little"))
-        digest.update(raw)
+        digest.update(raw.tobytes())
     return digest.hexdigest()
 
 

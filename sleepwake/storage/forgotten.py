@@ -88,7 +88,7 @@ def _row(r: tuple) -> ForgottenRow:
     return ForgottenRow(int(r[0]), r[1], r[2], r[3], int(r[4]), r[5], json.loads(r[6]) if r[6] else None, int(r[7]), r[8], r[9])
 
 
-def commit_forget(ledger: Ledger, row, remove_edit_ids, new_edits, adapter, targets: dict) -> tuple[int, int]:
+def commit_forget(ledger: Ledger, row, remove_edit_ids, new_edits, adapter, targets: dict | None) -> tuple[int, int]:
     """ONE transaction: the fact row and its edit deleted, the same subject's other facts stored in
     their re-solved edits, the unlearning adapter (if any) recorded, a ``forgotten`` row inserted,
     and the object redacted from the conversation log. Returns (forget id, redacted turns)."""

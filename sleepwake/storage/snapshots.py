@@ -25,6 +25,7 @@ import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import List  # the class has a method called list
 
 from sleepwake.errors import CorruptedStateError, InvalidInputError
 from sleepwake.faults import crash_point
@@ -89,7 +90,7 @@ class SnapshotStore:
         manifest = _read_manifest(path)
         return Snapshot(name, path, manifest) if manifest is not None else None
 
-    def list(self) -> list[Snapshot]:
+    def list(self) -> List[Snapshot]:
         if not self.dir.exists():
             return []
         found = []
@@ -101,7 +102,7 @@ class SnapshotStore:
                 found.append(Snapshot(path.name, path, manifest))
         return found
 
-    def open_snapshots(self) -> list[Snapshot]:
+    def open_snapshots(self) -> List[Snapshot]:
         """Snapshots whose owner never closed them, oldest first (the journal)."""
         return sorted((s for s in self.list() if s.is_open), key=lambda s: s.manifest.get("created_at", ""))
 
@@ -153,7 +154,7 @@ class SnapshotStore:
                 os.replace(staged, target)
         fsync_dir(self.root)
 
-    def recover(self) -> list[str]:
+    def recover(self) -> List[str]:
         """Undo an interrupted change: restore the OLDEST open snapshot (the state before the
         whole unfinished run), then drop every open one. Returns the names, restored first."""
         self._remove_incomplete()
@@ -186,7 +187,7 @@ class SnapshotStore:
         manifest = {**snapshot.manifest, "state": "closed", "outcome": outcome, "closed_at": _now()}
         _write_json(snapshot.path / MANIFEST, manifest)
 
-    def prune_closed(self, keep_last: int) -> list[str]:
+    def prune_closed(self, keep_last: int) -> List[str]:
         """Remove all but the newest ``keep_last`` closed snapshots; return the removed names."""
         closed = sorted((s for s in self.list() if not s.is_open), key=lambda s: s.manifest.get("created_at", ""))
         doomed = closed[: max(0, len(closed) - keep_last)]

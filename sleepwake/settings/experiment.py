@@ -37,6 +37,19 @@ class ExperimentConfig(BaseModel):
     days: int = Field(10, ge=1, description="longevity: nights (each: a batch of new facts, then one full sleep).")
     facts_per_day: int = Field(50, ge=1, description="longevity: new facts injected before each night's sleep.")
     ablation_facts: int = Field(10, ge=1, description="ablation: facts injected before the one sleep compared.")
+    locality_facts: int = Field(20, ge=1, description="locality: facts injected (one batch) before the sleeps compared.")
+    locality_variants: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "defaults": [],
+            "prose anchors, current teacher (before)": [
+                "lora.anchor_formats=[prose]", "lora.anchor_teacher=current", "lora.contrast_anchors=0",
+                "lora.anchor_weight=1.0"],
+            "four formats, current teacher": ["lora.anchor_teacher=current", "lora.contrast_anchors=0"],
+            "four formats, base teacher": ["lora.contrast_anchors=0"],
+            "no anchor": ["lora.anchor_weight=0.0"],
+        },
+        description="locality: name -> settings overrides of each consolidation variant compared (each runs "
+        "'cycles' full sleeps on a copy of the same home).")
     maintenance_sleep: list[str] = Field(default_factory=lambda: ["sws.enabled=false", "rem.enabled=false"], description=(
         "convergence: settings for its sleeps. The default is paper 5's sleep (audit and null-space "
         "maintenance, no consolidation); [] runs the whole full sleep."))

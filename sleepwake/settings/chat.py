@@ -39,3 +39,24 @@ class ChatConfig(BaseModel):
         None, description="JSONL of {question, answer} replacing the bundled identity set in the system prompt.")
     max_turn_chars: int = Field(
         4000, gt=0, description="Longer user turns are cut to this many characters (the log notes the cut).")
+
+
+class ServeConfig(BaseModel):
+    """``sleepwake serve``: the OpenAI-compatible chat API over a home."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on. Anything but loopback requires an API key.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    api_key: str | None = Field(None, description="Bearer token clients must send (Authorization: Bearer KEY); "
+                                "also read from $SLEEPWAKE_API_KEY. Required unless the host is loopback.")
+    model_name: str = Field("sleepwake", min_length=1, description="The model id clients ask for (GET /v1/models lists it).")
+    max_request_bytes: int = Field(65536, gt=0, description="Largest request body accepted (413 beyond).")
+    max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for (400 beyond).")
+    queue: int = Field(16, gt=0, description="Requests waiting for the model at most; one more is answered 429.")
+    poll_s: float = Field(2.0, gt=0, description="How often an idle server looks for a finished sleep (to load "
+                          "its weights) and retries facts waiting for a busy home.")
+    auto_sleep: Literal["off", "run"] = Field(
+        "off", description="'run' starts a full sleep when drowsiness reaches health.sleep_threshold: the "
+        "full-sleep/on-demand deployment when PREFECT_API_URL is set, else a 'sleepwake sleep' process. The "
+        "server keeps answering meanwhile.")

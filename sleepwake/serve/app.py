@@ -1,0 +1,133 @@
+"""``sleepwake serve``: the memory behind an OpenAI-compatible HTTP API (FastAPI).
+
+    GET  /v1/models                  the one model (``serve.model_name``)
+    POST /v1/chat/completions        plain or streamed (server-sent events, ``data: [DONE]``)
+    GET  /health                     liveness
+    GET  /v1/sleepwake/status        the ``sleepwake status --json`` document (+ pending facts, sleeping)
+
+Safe by default: loopback only unless an API key is set (compared in constant time); request size
+and ``max_tokens`` limits; one model, requests in order through the engine's bounded queue (429
+beyond it). A response says what the user's message made the memory remember: the
+``X-Sleepwake-Remembered`` header (JSON) and a ``sleepwake`` field in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from sleepwake.serve.engine import Engine, QueueFull, Turn
+from sleepwake.serve.protocol import ApiError, ChatRequest, chunk, completion, new_id, parse_request
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def create_app(engine: Engine, api_key: str | None) -> FastAPI:
+    cfg = engine.cfg
+    app = FastAPI(title="sleepwake", description="A memory in the weights, over the OpenAI chat API.")
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/") and api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                                             "authentication_error", "invalid_api_key").body(), status_code=401)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cfg.max_request_bytes:
+            return JSONResponse(ApiError(413, f"the request is larger than {cfg.max_request_bytes} bytes",
+                                         code="request_too_large").body(), status_code=413)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": cfg.model_name}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": int(time.time()),
+                                            "owned_by": "sleepwake"}]}
+
+    @app.get("/v1/sleepwake/status")
+    async def status():
+        return await run(engine, engine.status)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await request.body()
+        if len(body) > cfg.max_request_bytes:
+            raise ApiError(413, f"the request is larger than {cfg.max_request_bytes} bytes", code="request_too_large")
+        chat = check(parse_request(body), cfg)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in chat.messages if m.role != "tool"]
+        said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        name, facts = await run(engine, engine.prepare, chat.user, said)
+        extra = {"remembered": [f"{f.subject} | {f.relation} -> {f.object}" for f in facts], "name": name}
+        headers = {"X-Sleepwake-Remembered": json.dumps(extra["remembered"])}
+        budget = chat.budget(min(engine.settings.chat.max_new_tokens, cfg.max_tokens))
+        if not chat.stream:
+            answer = await run(engine, engine.answer, chat.user, messages, budget, chat.temperature)
+            engine.remember_later(Turn(chat.user, said, answer["text"], name, facts))  # after the reply
+            body_out = completion(new_id(), cfg.model_name, answer["text"], answer["finish"], answer["usage"], extra)
+            return JSONResponse(body_out, headers=headers)
+        return StreamingResponse(stream(engine, chat, messages, budget, said, name, facts, extra),
+                                 media_type="text/event-stream", headers=headers)
+
+    return app
+
+
+def check(chat: ChatRequest, cfg) -> ChatRequest:
+    if chat.model != cfg.model_name:
+        raise ApiError(404, f"the model '{chat.model}' does not exist; this server has '{cfg.model_name}'",
+                       code="model_not_found", param="model")
+    asked = chat.max_completion_tokens or chat.max_tokens
+    if asked is not None and asked > cfg.max_tokens:
+        raise ApiError(400, f"max_tokens {asked} is over this server's limit of {cfg.max_tokens}",
+                       code="invalid_value", param="max_tokens")
+    if not any(m.role == "user" for m in chat.messages):
+        raise ApiError(400, "messages must contain a user message", code="invalid_value", param="messages")
+    return chat
+
+
+async def run(engine: Engine, fn, *args):
+    """Run ``fn`` on the engine's worker and await it (429 when the queue is full)."""
+    try:
+        future = engine.submit(fn, *args)
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), "rate_limit_error", "queue_full") from None
+    return await asyncio.wrap_future(future)
+
+
+async def stream(engine: Engine, chat: ChatRequest, messages: list[dict], budget: int, said: str, name, facts, extra):
+    """Server-sent events: a role chunk, the reply as it is generated, the finish chunk, [DONE]."""
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    request_id, model = new_id(), engine.cfg.model_name
+    try:
+        future = engine.submit(engine.answer, chat.user, messages, budget, chat.temperature,
+                               lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
+    except QueueFull as exc:
+        yield f"data: {json.dumps(ApiError(429, str(exc), 'rate_limit_error', 'queue_full').body())}\n\n"
+        return
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
+    yield chunk(request_id, model, {"role": "assistant", "content": ""})
+    while (piece := await pieces.get()) is not None:
+        yield chunk(request_id, model, {"content": piece})
+    try:
+        answer = future.result()
+    except ApiError as exc:
+        yield f"data: {json.dumps(exc.body())}\n\n"
+        return
+    yield chunk(request_id, model, {}, answer["finish"], extra)
+    yield "data: [DONE]\n\n"
+    engine.remember_later(  # after the reply went out: never blocks it
+        Turn(chat.user, said, answer["text"], name, facts))
