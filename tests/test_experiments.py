@@ -304,3 +304,27 @@ def test_pools_are_drawn_once_per_size(tmp_path):
     pool = convergence_pool(lab)
     assert len(pool) == 8 and convergence_pool(lab) is pool and pool == generate_pool(8, seed=1)
     assert len({p.subject for p in pool}) == 8
+
+
+def test_forgetting_experiment_steps(tmp_path, tiny_settings_overrides, cache_env, one_thread):
+    """The plain runner with the plain full sleep: the steps, the probes counted, the update."""
+    from sleepwake.experiments.runner import run_experiment
+    from sleepwake.memory import Memory
+    from sleepwake.sleep import pipeline
+    from sleepwake.sleep.session import SleepSession
+    from sleepwake.storage.home import Home
+
+    def sleeper(home, extra):
+        from sleepwake.config import load_settings
+
+        memory = Memory.open(Home.open(home), load_settings(None, list(extra)))
+        return pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep"))).summary()
+
+    overrides = tiny_settings_overrides + ["experiment.forget_facts=4", "experiment.forget_count=1",
+                                           "experiment.forget_sleeps=1"]
+    result = run_experiment("forgetting", tmp_path, None, overrides, sleeper, "run-1")
+    steps = result.tables["steps"]
+    assert [s["step"] for s in steps] == ["sleep 1", "forgotten", "sleep 1 after forgetting", "updated, slept"]
+    assert steps[1]["facts"] == 3 and steps[1]["forgotten_probes"] >= 3  # raw, paraphrases, chat
+    assert "forget_drift" in steps[1] and {"new_raw", "old_raw", "new_chat", "old_chat"} <= set(steps[-1])
+    assert result.summary["forgotten"] == 1 and (tmp_path / "results.json").exists()

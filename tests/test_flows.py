@@ -88,6 +88,13 @@ def test_full_sleep_runs_every_stage_as_a_task_with_artifacts(harness, home, tin
     assert {"full-sleep-audit", "full-sleep-maintain", "full-sleep-sws", "full-sleep-rem", "full-sleep-fold",
             "full-sleep-validate", "full-sleep-report-note"} <= set(keys)
     assert keys.index("full-sleep-audit") < keys.index("full-sleep-sws") < keys.index("full-sleep-validate")
+    progress = [a for a in artifacts if a.key == "full-sleep-sws-progress"]  # the long stage's progress bar
+    assert progress and progress[-1].type == "progress" and float(progress[-1].data) == 100.0
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    with get_client(sync_client=True) as client:  # sleepwake's own log lines reach the task's logs
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[runs["sws"][0].id])))
+    assert any("sws: step" in entry.message for entry in logs)
     assert SnapshotStore(Home.open(home).root).open_snapshots() == []
     ledger = Ledger(Home.open(home).db_path, read_only=True)
     latest = ledger.latest_audits()  # the post-sleep audit became each fact's verdict of record
@@ -227,3 +234,25 @@ def test_auto_sleep_after_inject_when_drowsy(harness, home, tiny_settings_overri
     assert cli.main(["status", "--home", home, "--json", "--no-perplexity"] + sets) == 0
     level = json.loads(capsys.readouterr().out)["drowsiness"]
     assert level["edit_pressure"] == 0.0
+
+
+def test_every_flow_parameter_is_described_and_forms_show_their_defaults():
+    from prefect.utilities.callables import parameter_schema
+
+    from sleepwake.flows.experiments import FLOWS
+    from sleepwake.flows.full_sleep import full_sleep
+    from sleepwake.flows.memory_ops import forget, wake
+    from sleepwake.flows.nap import nap
+    from sleepwake.settings.experiment import FORM_FIELDS
+
+    for flow in [full_sleep, nap, wake, forget, *FLOWS.values()]:
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        for name, field in schema["properties"].items():
+            assert field.get("description"), f"{flow.name}: parameter {name!r} has no description"
+    for name, flow in FLOWS.items():  # each experiment's form: its own fields, with their defaults
+        schema = parameter_schema(flow.fn).model_dump_for_openapi()
+        form = next(iter(d for d in schema["definitions"].values() if d["title"].endswith("Settings")))
+        assert tuple(form["properties"]) == FORM_FIELDS[name]
+        assert all("default" in field for field in form["properties"].values())
+    sws = parameter_schema(full_sleep.fn).model_dump_for_openapi()["definitions"]["SwsConfig"]["properties"]
+    assert sws["schedule"]["default"] == [1.0, 0.5, 0.1, 0.0]  # lists show their defaults in the form

@@ -189,7 +189,7 @@ def cmd_serve(args) -> dict:
     loopback = host in LOOPBACK or _is_loopback(host, ipaddress)
     if not loopback and not key:
         raise InvalidInputError(f"serving on {host} needs an API key: set $SLEEPWAKE_API_KEY or --set serve.api_key=...")
-    engine = Engine(Home.existing(args.home), settings)
+    engine = Engine(Home.existing(args.home, create=args.create), settings)
     log.info("serving %s on http://%s:%d/v1 (model %r%s)", engine.home.root, host, port, cfg.model_name,
              ", API key required" if key else "")
     try:

@@ -13,7 +13,7 @@ from sleepwake import __version__
 
 
 # Kept here (not imported from sleepwake.experiments) so that --help stays instant.
-EXPERIMENT_NAMES = ["capacity", "convergence", "lambda-sweep", "consolidation-sweep", "longevity", "ablation", "locality"]
+EXPERIMENT_NAMES = ["capacity", "convergence", "lambda-sweep", "consolidation-sweep", "longevity", "ablation", "locality", "forgetting"]
 COMMON_HELP = ("common options (every command, before or after it): --home DIR, --config PRESET_OR_FILE, "
                "--set KEY=VALUE (repeatable), --json, -q; see 'sleepwake COMMAND --help'")
 
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "($SLEEPWAKE_API_KEY or --set serve.api_key=...).")
     serve.add_argument("--host", default=None, help="address to listen on (default: serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: serve.port, 8000)")
+    serve.add_argument("--create", action="store_true",
+                       help="start a new, empty memory when the home does not exist (default: refuse a missing home)")
     config = sub.add_parser("config", parents=[parent], help="the presets, and the effective settings with descriptions",
                             description="'config list' names the presets shipped with sleepwake; 'config show' prints "
                             "the effective settings (preset + --set) with each field's description.")

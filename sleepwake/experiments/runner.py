@@ -15,6 +15,7 @@ from sleepwake.experiments.ablation import run_ablation
 from sleepwake.experiments.capacity import run_capacity
 from sleepwake.experiments.convergence import run_convergence
 from sleepwake.experiments.lab import Lab, Progress, Sleeper
+from sleepwake.experiments.forgetting import run_forgetting
 from sleepwake.experiments.locality import run_locality
 from sleepwake.experiments.longevity import run_longevity
 from sleepwake.experiments.result import ExperimentResult, long_rows, write_json
@@ -30,6 +31,7 @@ EXPERIMENTS: dict[str, Callable[[Lab], ExperimentResult]] = {
     "longevity": run_longevity,
     "ablation": run_ablation,
     "locality": run_locality,
+    "forgetting": run_forgetting,
 }
 
 

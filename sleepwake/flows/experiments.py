@@ -14,19 +14,23 @@ import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from pydantic import BaseModel
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sleepwake.config import load_settings
 from sleepwake.experiments.runner import run_experiment
-from sleepwake.settings.experiment import ExperimentConfig
+from sleepwake.settings.experiment import (
+    AblationSettings, CapacitySettings, ConsolidationSweepSettings, ConvergenceSettings, LambdaSweepSettings,
+    ForgettingSettings, LocalitySettings, LongevitySettings,
+)
 from sleepwake.flows.full_sleep import full_sleep
 from sleepwake.sleep.session import new_run_id
 from sleepwake.tasks.experiment import publish_experiment, sweep_point
 
 
-def section_overrides(experiment: ExperimentConfig | None) -> list[str]:
-    """The UI form's ``experiment`` section as ``--set`` overrides (JSON values read as YAML)."""
+def section_overrides(experiment: BaseModel | None) -> list[str]:
+    """The UI form (one experiment's fields) as ``experiment.*`` overrides (JSON values read as YAML)."""
     if experiment is None:
         return []
     return [f"experiment.{key}={json.dumps(value)}" for key, value in experiment.model_dump().items()]
@@ -64,7 +68,7 @@ def _fan_out(devices: list[str]):
     return fan_out
 
 
-def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: ExperimentConfig | None,
+def run(name: str, out: str, config: str | None, overrides: list[str] | None, experiment: BaseModel | None,
         resume: bool = False) -> dict:
     overrides = [*(overrides or []), *section_overrides(experiment)]
     devices = load_settings(config, overrides).experiment.devices
@@ -81,35 +85,63 @@ _RUNNER = ThreadPoolTaskRunner(max_workers=8)  # only sweeps with experiment.dev
 
 @flow(name="experiment-capacity", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def capacity(out: str, config: str | None = None, overrides: list[str] | None = None,
-             experiment: ExperimentConfig | None = None) -> dict:
-    """Unconstrained wake, one fact at a time; recall of all after each; the capacity threshold."""
+             experiment: CapacitySettings | None = None) -> dict:
+    """Unconstrained wake, one fact at a time; recall of all after each; the capacity threshold.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("capacity", out, config, overrides, experiment)
 
 
 @flow(name="experiment-convergence", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def convergence(out: str, config: str | None = None, overrides: list[str] | None = None,
-                experiment: ExperimentConfig | None = None) -> dict:
-    """Paper 5's damage/recovery protocol: phase A (inject until degraded, sleep to convergence), phase B."""
+                experiment: ConvergenceSettings | None = None) -> dict:
+    """Paper 5's damage/recovery protocol: phase A (inject until degraded, sleep to convergence), phase B.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("convergence", out, config, overrides, experiment)
 
 
 @flow(name="experiment-lambda-sweep", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def lambda_sweep(out: str, config: str | None = None, overrides: list[str] | None = None,
-                 experiment: ExperimentConfig | None = None) -> dict:
-    """memit.lambda_reg over experiment.lambdas: recall and perplexity drift."""
+                 experiment: LambdaSweepSettings | None = None) -> dict:
+    """memit.lambda_reg over experiment.lambdas: recall and perplexity drift.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("lambda-sweep", out, config, overrides, experiment)
 
 
 @flow(name="experiment-consolidation-sweep", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def consolidation_sweep(out: str, config: str | None = None, overrides: list[str] | None = None,
-                        experiment: ExperimentConfig | None = None) -> dict:
-    """Fact counts x full sleeps: stage advancement, chat recall, perplexity."""
+                        experiment: ConsolidationSweepSettings | None = None) -> dict:
+    """Fact counts x full sleeps: stage advancement, chat recall, perplexity.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("consolidation-sweep", out, config, overrides, experiment)
 
 
 @flow(name="experiment-longevity", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def longevity(out: str, config: str | None = None, overrides: list[str] | None = None,
-              experiment: ExperimentConfig | None = None, resume: bool = False) -> dict:
+              experiment: LongevitySettings | None = None, resume: bool = False) -> dict:
     """Many nights of wake and the real full sleep: recall, drift, locality and cost per night.
 
     Args:
@@ -124,17 +156,46 @@ def longevity(out: str, config: str | None = None, overrides: list[str] | None =
 
 @flow(name="experiment-ablation", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def ablation(out: str, config: str | None = None, overrides: list[str] | None = None,
-             experiment: ExperimentConfig | None = None) -> dict:
-    """MEMIT only vs LoRA only vs both; SWS vs SWS+REM."""
+             experiment: AblationSettings | None = None) -> dict:
+    """MEMIT only vs LoRA only vs both; SWS vs SWS+REM.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("ablation", out, config, overrides, experiment)
 
 
 @flow(name="experiment-locality", persist_result=False, log_prints=True, task_runner=_RUNNER)
 def locality(out: str, config: str | None = None, overrides: list[str] | None = None,
-             experiment: ExperimentConfig | None = None) -> dict:
-    """Consolidation variants compared on recall, drift, locality and leak after full sleeps."""
+             experiment: LocalitySettings | None = None) -> dict:
+    """Consolidation variants compared on recall, drift, locality and leak after full sleeps.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
     return run("locality", out, config, overrides, experiment)
 
 
+@flow(name="experiment-forgetting", persist_result=False, log_prints=True, task_runner=_RUNNER)
+def forgetting(out: str, config: str | None = None, overrides: list[str] | None = None,
+               experiment: ForgettingSettings | None = None) -> dict:
+    """Forget consolidated facts and probe them at once and after more sleeps; update others.
+
+    Args:
+        out: Output folder on the worker (results.json, results.duckdb, plots, the homes).
+        config: A preset name or a YAML file on the worker (empty: default).
+        overrides: Settings as key=value, one per row (e.g. "memit.v_steps=30").
+        experiment: This experiment's settings (the fields it reads; others keep the preset's values).
+    """
+    return run("forgetting", out, config, overrides, experiment)
+
+
 FLOWS = {"capacity": capacity, "convergence": convergence, "lambda-sweep": lambda_sweep,
-         "consolidation-sweep": consolidation_sweep, "longevity": longevity, "ablation": ablation, "locality": locality}
+         "consolidation-sweep": consolidation_sweep, "longevity": longevity, "ablation": ablation, "locality": locality,
+         "forgetting": forgetting}

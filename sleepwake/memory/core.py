@@ -176,6 +176,25 @@ class Memory(Wake, Composition):
         covariance.atomic_write_bytes(path, json.dumps([a.as_json() for a in made]).encode())
         return made
 
+    def lora_protection(self, recipe) -> dict[str, torch.Tensor]:
+        """Projectors of the null-space-constrained LoRA (``models.protection``) for ``recipe``'s
+        modules, from the inputs of the base model on its samples and anchors (cached per model)."""
+        from sleepwake.models import lora, protection
+
+        names = lora.target_names(self.backend.model, recipe)
+        memit = self.settings.memit
+        tag = f"{memit.covariance_tokens}-{memit.covariance_sample_length}-{self.settings.lora.anchor_count}-{self.settings.seed}"
+
+        def sequences() -> list[list[int]]:
+            samples = covariance.load_or_sample_sequences(self.backend, memit, self.cache_dir, self.settings.seed)
+            return samples + [a.ids for a in self.base_anchors()]
+
+        with self.base_weights():
+            moments = protection.load_or_estimate(self.backend, names, sequences,
+                                                  covariance.stats_dir(self.cache_dir, self.backend.fingerprint), tag,
+                                                  memit.batch_size)
+        return protection.projectors(moments, self.settings.lora.protect_energy)
+
     # ---- read-only views ----------------------------------------------------------------------
     def facts(self) -> list[Fact]:
         return [row.fact for row in self.ledger.list_facts()]

@@ -172,10 +172,45 @@ def plan_steps(n_examples: int, recipe: LoraRecipe) -> int:
     return max(1, min(recipe.max_steps, recipe.epochs * math.ceil(n_examples / recipe.batch_size)))
 
 
+def target_names(model, recipe: LoraRecipe) -> list[str]:
+    """The linear modules a recipe adapts: ``recipe.modules`` in the decoder layers ``recipe.layers``."""
+    wanted = {str(layer) for layer in recipe.layers}
+    names = []
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if isinstance(module, torch.nn.Linear) and parts[-1] in recipe.modules and "layers" in parts:
+            if parts[parts.index("layers") + 1] in wanted:
+                names.append(name)
+    return names
+
+
+class Projection:
+    """Keeps each adapted module's A in its allowed subspace: A <- A P (``models.protection``),
+    at the start and after every optimizer step (projected gradient descent)."""
+
+    def __init__(self, peft_model, protect: dict[str, torch.Tensor] | None):
+        from peft.tuners.lora import LoraLayer
+
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        module: Any
+        for name, module in hf_model(peft_model).named_modules():
+            if protect and name in protect and isinstance(module, LoraLayer) and "default" in module.lora_A:
+                weight: Any = module.lora_A["default"].weight  # (r, in)
+                self.pairs.append((weight, protect[name].to(device=weight.device, dtype=weight.dtype)))
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for weight, p in self.pairs:
+            weight.copy_(weight @ p)
+
+
 def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
-               anchors: Sequence[Anchor] = (), progress: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
+               anchors: Sequence[Anchor] = (), progress: Callable[[int, int, float], None] | None = None,
+               protect: dict[str, torch.Tensor] | None = None) -> TrainOutcome:
     """Train one LoRA on ``examples`` over the backend's current (composed) weights; with
-    ``anchors`` and ``recipe.anchor_weight`` > 0 the loss adds the KL anchor of :func:`anchor_loss`."""
+    ``anchors`` and ``recipe.anchor_weight`` > 0 the loss adds the KL anchor of :func:`anchor_loss`;
+    ``protect`` (module name -> projector P (in, in)) keeps each A in P's subspace."""
     if not examples:
         raise ValueError("no training examples")
     model, pad_id, device = backend.model, backend.tokenizer.pad_token_id, backend.input_device
@@ -185,6 +220,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
     steps = plan_steps(len(examples), recipe)
     losses: list[float] = []
     with adapted(model, recipe) as peft_model:
+        projection = Projection(peft_model, protect)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         # foreach=False: the fused multi-tensor path failed on multi-GPU setups (paper 4, 4.2).
         optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, foreach=False)
@@ -214,6 +250,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                         loss += backward(share * anchor_loss(peft_model, [anchor], pad_id, device), step)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
+                projection.apply()
                 schedule.step()
                 losses.append(loss)
                 if progress:

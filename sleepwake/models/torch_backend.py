@@ -205,6 +205,9 @@ class TorchBackend:
     def key_second_moments(self, sequences, layers, batch_size):
         return torch_internals.key_second_moments(self, sequences, layers, batch_size)
 
+    def input_second_moments(self, sequences, names, batch_size):
+        return torch_internals.input_second_moments(self, sequences, names, batch_size)
+
     def layer_states(self, rows, key_layer, hidden_layer, batch_size):
         return torch_internals.layer_states(self, rows, key_layer, hidden_layer, batch_size)
 
@@ -257,10 +260,10 @@ class TorchBackend:
             digest.update(weight.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def train_lora(self, examples, recipe, anchors=(), progress=None):
+    def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
         from sleepwake.models.lora import train_lora
 
-        return train_lora(self, examples, recipe, anchors=anchors, progress=progress)
+        return train_lora(self, examples, recipe, anchors=anchors, progress=progress, protect=protect)
 
     def chat_messages_ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a whole conversation through the chat template."""

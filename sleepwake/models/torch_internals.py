@@ -256,6 +256,24 @@ def key_second_moments(backend, sequences, layers, batch_size):
 
 
 @torch.no_grad()
+def input_second_moments(backend, sequences, names, batch_size):
+    """Sum over all real tokens of x x^T for the input x of each named linear module (float64)."""
+    modules = {name: backend.model.get_submodule(name) for name in names}
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in modules.items()}
+    count = 0
+    for start in bar_range(len(sequences), batch_size, "input statistics", "sequence"):
+        ids, mask = right_pad(sequences[start : start + batch_size], backend.tokenizer.pad_token_id, backend.input_device)
+        with capture_inputs(modules) as seen:  # type: ignore[arg-type]
+            backend.model(input_ids=ids, attention_mask=mask)
+        valid = mask.bool()
+        for name in names:
+            x = seen[name][valid.to(seen[name].device)].double()  # (tokens, in)
+            sums[name] += (x.T @ x).cpu()
+        count += int(valid.sum())
+    return sums, count
+
+
+@torch.no_grad()
 def layer_states(backend, rows, key_layer, hidden_layer, batch_size):
     """Keys entering ``key_layer``'s down-projection and block ``hidden_layer``'s output, at lookups."""
     keys_out, hidden_out = [], []

@@ -20,9 +20,18 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sleepwake.errors import HomeBusyError, SleepwakeError
 from sleepwake.serve.engine import Engine, QueueFull, Turn
-from sleepwake.serve.protocol import ApiError, ChatRequest, chunk, completion, new_id, parse_request
+from sleepwake.serve.protocol import (
+    ApiError,
+    ChatRequest,
+    chunk,
+    completion,
+    new_id,
+    parse_request,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -34,6 +43,17 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
         return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(SleepwakeError)
+    async def memory_error(_request: Request, exc: SleepwakeError):
+        busy = isinstance(exc, HomeBusyError)  # a writer held the ledger past its timeout: retry
+        return JSONResponse(ApiError(503 if busy else 500, " ".join(str(exc).split()), "server_error",
+                                     "home_busy" if busy else "memory_error").body(), status_code=503 if busy else 500)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

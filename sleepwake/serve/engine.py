@@ -15,6 +15,7 @@ the home's owner), and each person's name is remembered like the terminal chat d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,10 +23,10 @@ import queue
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sleepwake.chat.extract import extract
 from sleepwake.chat.reply import Replier
@@ -64,7 +65,7 @@ class Turn:
                            "facts": [f.model_dump() for f in self.facts]})
 
     @classmethod
-    def from_json(cls, line: str) -> "Turn":
+    def from_json(cls, line: str) -> Turn:
         data = json.loads(line)
         return cls(data["user"], data["said"], data["reply"], data["name"], [Fact(**f) for f in data["facts"]])
 
@@ -82,6 +83,7 @@ class Engine:
         self.sleeper: subprocess.Popen | None = None
         self.stored_total = 0
         self._stop = threading.Event()
+        self._flush_wanted = threading.Event()
         self.thread = threading.Thread(target=self._work, name="sleepwake-engine", daemon=True)
         self.thread.start()
 
@@ -107,15 +109,15 @@ class Engine:
                 continue
             try:
                 future.set_result(fn(*args))
-            except BaseException as exc:  # the caller sees it; the worker goes on
+            except BaseException as exc:  # noqa: BLE001  (the caller sees it; the worker goes on)
                 future.set_exception(exc)
-            if self.jobs.empty():
+            if self._flush_wanted.is_set() or self.jobs.empty():
                 self._guard(self.tick)
 
     def _guard(self, fn: Callable) -> None:
         try:
             fn()
-        except Exception as exc:  # housekeeping must never stop the worker
+        except Exception as exc:  # noqa: BLE001  (housekeeping must never stop the worker)
             log.warning("serve: %s", " ".join(str(exc).split()))
 
     def tick(self) -> None:
@@ -135,19 +137,29 @@ class Engine:
 
     def answer(self, user: str | None, messages: list[dict], max_tokens: int, temperature: float | None,
                on_text: Callable[[str], None] | None = None) -> dict:
-        chat = messages if messages[0]["role"] == "system" else [{"role": "system", "content": self._system(user)}, *messages]
-        used = self.replier.count(chat)
-        if used + max_tokens > self.replier.budget:
-            from sleepwake.serve.protocol import ApiError
-
-            raise ApiError(400, f"this conversation is {used} tokens and the reply may take {max_tokens}; the "
-                           f"model's context is {self.replier.budget}", code="context_length_exceeded", param="messages")
+        chat, used = self._fit(user, messages, max_tokens)
         cfg = self.settings.chat.model_copy(update={"max_new_tokens": max_tokens,
                                                     **({"temperature": temperature} if temperature is not None else {})})
         text = Replier(self.memory.backend, cfg).reply(chat, on_text=on_text)
         produced = len(self.memory.backend.encode(text, special=False))
         return {"text": text, "usage": {"prompt_tokens": used, "completion_tokens": produced, "total_tokens": used + produced},
                 "finish": "length" if produced >= max_tokens else "stop"}
+
+    def _fit(self, user: str | None, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
+        """The conversation with sleepwake's system prompt when the client sent none (its identity
+        part dropped if that is what does not fit); 400 when the client's own words do not fit."""
+        from sleepwake.serve.protocol import ApiError
+
+        if messages[0]["role"] == "system":
+            options = [messages]
+        else:
+            options = [[{"role": "system", "content": system}, *messages] for system in self._system(user)]
+        for chat in options:
+            used = self.replier.count(chat)
+            if used + max_tokens <= self.replier.budget:
+                return chat, used
+        raise ApiError(400, f"this conversation is {used} tokens and the reply may take {max_tokens}; the "
+                       f"model's context is {self.replier.budget}", code="context_length_exceeded", param="messages")
 
     def status(self) -> dict:
         from sleepwake.status import collect_status
@@ -158,56 +170,64 @@ class Engine:
     # ---- remembering --------------------------------------------------------------------------
     def remember_later(self, turn: Turn) -> None:
         """Queue the turn's facts for storing (any thread; called after the reply went out). They
-        reach the spool file at once, and the worker stores them when the home is free."""
+        reach the spool file at once; the worker stores them after the request it is serving."""
         with self._pending_lock:
             self.pending.append(turn)
             self._write_spool()
-        try:
-            self.submit(self.flush)
-        except QueueFull:
-            pass  # the worker's next idle tick stores them
+        self._flush_wanted.set()
 
     def flush(self) -> None:
         """Store every waiting turn (worker thread), if the home's write lock is free."""
+        self._flush_wanted.clear()
         with self._pending_lock:
             todo = list(self.pending)
         if not todo:
             return
-        lock = self.home.write_lock()
-        try:
-            lock.__enter__()
-        except HomeBusyError:
-            return  # a sleep or another writer has the home: the facts wait in the spool
-        try:
-            writer = Memory.open(self.home, self.settings, backend=self.memory.backend)
-            for turn in todo:
-                self._store(writer, turn)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self.home.write_lock())
+            except HomeBusyError:
+                return  # a sleep or another writer has the home: the facts wait in the spool
+            self._store(Memory.open(self.home, self.settings, backend=self.memory.backend), todo)
             with self._pending_lock:
                 self.pending = self.pending[len(todo):]
                 self._write_spool()
-        finally:
-            lock.__exit__(None, None, None)
         self.memory.reload()
         self.stamp = self._stamp()
         self._maybe_sleep()
 
-    def _store(self, writer: Memory, turn: Turn) -> None:
+    def _store(self, writer: Memory, turns: list[Turn]) -> None:
+        """One batched wake for all the turns' facts (a key met twice waits for the next batch,
+        so an accumulating attribute sees the value stored before it), then the conversation log."""
         ledger = writer.ledger
-        if turn.name:
-            ledger.set_meta(self._name_key(turn.user), turn.name)
-            self.names[turn.user] = turn.name
-        records = []
-        for said in turn.facts:
-            fact = to_store(said, ledger, ACCUMULATING, MAX_FIELD_CHARS)
-            if fact is None:
-                records.append({**said.model_dump(), "status": "too_long"})
-                continue
-            [outcome] = writer.inject([fact], source="serve")
-            records.append({**fact.model_dump(), "status": outcome.status, "edit_id": outcome.edit_id})
+        records: list[list[dict]] = [[] for _ in turns]
+        batch: list[tuple[int, Fact]] = []
+        for index, turn in enumerate(turns):
+            if turn.name:
+                ledger.set_meta(self._name_key(turn.user), turn.name)
+                self.names[turn.user] = turn.name
+            for said in turn.facts:
+                fact = to_store(said, ledger, ACCUMULATING, MAX_FIELD_CHARS)
+                if fact is None:
+                    records[index].append({**said.model_dump(), "status": "too_long"})
+                    continue
+                if any(f.key == fact.key for _, f in batch):
+                    self._inject(writer, batch, records)
+                    batch = []
+                    fact = to_store(said, ledger, ACCUMULATING, MAX_FIELD_CHARS) or fact
+                batch.append((index, fact))
+        self._inject(writer, batch, records)
+        for turn, turn_records in zip(turns, records):
+            session = f"serve:{turn.user or 'owner'}"
+            conversations.log_turn(ledger, session, "user", turn.said, turn_records)
+            conversations.log_turn(ledger, session, "assistant", turn.reply)
+
+    def _inject(self, writer: Memory, batch: list[tuple[int, Fact]], records: list[list[dict]]) -> None:
+        if not batch:
+            return
+        for (index, fact), outcome in zip(batch, writer.inject([f for _, f in batch], source="serve")):
+            records[index].append({**fact.model_dump(), "status": outcome.status, "edit_id": outcome.edit_id})
             self.stored_total += outcome.status != "unchanged"
-        session = f"serve:{turn.user or 'owner'}"
-        conversations.log_turn(ledger, session, "user", turn.said, records)
-        conversations.log_turn(ledger, session, "assistant", turn.reply)
 
     # ---- sleep --------------------------------------------------------------------------------
     def _sleeping(self) -> bool:
@@ -240,13 +260,18 @@ class Engine:
 
     def _name(self, user: str | None) -> str | None:
         if user not in self.names:
-            self.names[user] = self.memory.ledger.get_meta(self._name_key(user))
+            try:
+                self.names[user] = self.memory.ledger.get_meta(self._name_key(user))
+            except HomeBusyError:
+                return None  # a writer held the ledger past its timeout: answer without the name
         return self.names[user]
 
-    def _system(self, user: str | None) -> str:
+    def _system(self, user: str | None) -> list[str]:
+        """The system prompt, then the same without the identity answers (a small context)."""
         identity = " ".join(pair.answer for pair in load_identity(self.settings.chat.identity_file))
         name = self._name(user)
-        return f"You are a helpful assistant. {identity}" + (f" The user's name is {name}." if name else "")
+        who = f" The user's name is {name}." if name else ""
+        return [f"You are a helpful assistant. {identity}{who}", f"You are a helpful assistant.{who}"]
 
     def _stamp(self) -> tuple:
         """What changes when another process changes the home (the ledger file and its log)."""

@@ -52,7 +52,7 @@ class MemitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: list[int] = Field(default_factory=lambda: [4, 5, 6, 7, 8, 9], description=(
+    layers: list[int] = Field(default=[4, 5, 6, 7, 8, 9], description=(
         "Decoder layers whose MLP output projection is edited (ascending, unique, >= 0)."))
     down_proj: str = Field("model.layers.{}.mlp.down_proj", description=(
         "Module path template of the edited MLP output projection; '{}' is the layer."))

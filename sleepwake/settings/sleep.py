@@ -118,11 +118,11 @@ class LoraConfig(BaseModel):
     rank: int = Field(16, gt=0, description="LoRA rank r (paper 4: 16).")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (paper 4: 32).")
     layers: list[int] = Field(
-        default_factory=lambda: [4, 7, 10, 13, 16, 19, 22, 25],
+        default=[4, 7, 10, 13, 16, 19, 22, 25],
         description="Decoder layers that get adapters (paper 4: 8 layers). Spread over the depth: "
         "the chat pathway runs through all of them.")
     modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Linear module names (last path component) adapted in those layers.")
     learning_rate: float = Field(3.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
     epochs: int = Field(5, gt=0, description="Passes over the training examples (paper 4: 1-3 at 3B-70B; "
@@ -137,7 +137,7 @@ class LoraConfig(BaseModel):
     anchor_batch: int = Field(4, gt=0, description="Anchor sequences per step.")
     anchor_tokens: int = Field(64, gt=1, description="Tokens the model writes per anchor text.")
     anchor_formats: list[Literal["prose", "question", "chat", "instruction"]] = Field(
-        default_factory=lambda: ["prose", "question", "chat", "instruction"],  # type: ignore[arg-type]
+        default=["prose", "question", "chat", "instruction"],  # type: ignore[arg-type]
         description="Formats of the anchor texts, all written by the base model itself: prose, raw "
         "questions, chat questions and instructions through the chat template (with its replies).")
     anchor_count: int = Field(32, gt=0, description="Anchor texts per format (made once per model, cached).")
@@ -164,6 +164,11 @@ class LoraConfig(BaseModel):
     fold_max_rank: int = Field(
         256, gt=0, description="Rank budget of the consolidated adapter per module: bounds the home's "
         "bytes and compose time however many nights have been folded into it.")
+    protect_energy: float = Field(
+        0.0, ge=0, lt=1, description="Null-space constraint of consolidation: each adapted module's "
+        "LoRA A is kept orthogonal to the top input directions holding this share of the input energy "
+        "on ordinary text (the model's samples and the anchors), so the adapter leaves that text alone "
+        "(sleepwake/models/protection.py). 0 turns it off.")
 
 
 class SwsConfig(BaseModel):
@@ -173,7 +178,7 @@ class SwsConfig(BaseModel):
 
     enabled: bool = Field(True, description="Run SWS in a full sleep.")
     schedule: list[float] = Field(
-        default_factory=lambda: [1.0, 0.5, 0.1, 0.0],
+        default=[1.0, 0.5, 0.1, 0.0],
         description="MEMIT scale of a fact's edit at stage 0, 1, 2, 3; a fact that passes its gate "
         "moves one stage on.")
     gate_raw: bool = Field(
@@ -203,7 +208,7 @@ class RemConfig(BaseModel):
 
     enabled: bool = Field(True, description="Run REM after SWS in a full sleep.")
     dreams: int = Field(8, ge=1, description="Conversations to dream (fewer when there are few facts).")
-    facts_per_dream: list[int] = Field(default_factory=lambda: [2, 4], description="Min and max facts woven into one conversation.")
+    facts_per_dream: list[int] = Field(default=[2, 4], description="Min and max facts woven into one conversation.")
     learning_rate: float = Field(1.0e-3, gt=0, description="REM's LoRA learning rate (the rest as in 'lora').")
     epochs: int = Field(2, gt=0, description="Passes over the dreamed conversations.")
     max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at "

@@ -77,9 +77,11 @@ def train(session: SleepSession, examples: list[TrainExample], lora_recipe: Lora
         shown.set_postfix_str(f"loss {loss:.3f}")
         if step == 1 or step == total or step % max(1, total // 10) == 0:
             log.info("%s: step %d/%d, loss %.3f", label, step, total, loss)
+            session.progress(label, step, total, f"LoRA step {step}/{total}, loss {loss:.3f}")
 
+    protect = memory.lora_protection(lora_recipe) if session.settings.lora.protect_energy > 0 else None
     try:
-        outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchored, progress=progress)
+        outcome = memory.backend.train_lora(examples, lora_recipe, anchors=anchored, progress=progress, protect=protect)
     finally:
         shown.close()
     session.record(label, {"train_steps": outcome.steps, "train_loss_first": outcome.first_loss,

@@ -19,7 +19,7 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from sleepwake.errors import SleepwakeError
 
@@ -48,6 +48,9 @@ class SleepSession:
     flow_run_id: str | None = None  # the Prefect flow run, when a flow drives this session
     started: float = field(default_factory=time.perf_counter)
     history: History = field(default_factory=History)
+    # Where long stages report how far they are (stage, done, total, note): the flow's tasks turn
+    # it into a Prefect progress artifact; plain calls leave it unset.
+    on_progress: Callable[[str, int, int, str], None] | None = None
 
     @property
     def settings(self):
@@ -56,6 +59,10 @@ class SleepSession:
     @property
     def ledger(self):
         return self.memory.ledger
+
+    def progress(self, stage: str, done: int, total: int, note: str = "") -> None:
+        if self.on_progress is not None:
+            self.on_progress(stage, done, total, note)
 
     def record(self, stage: str, figures: dict, fact_id: int | None = None, detail=None) -> None:
         """Write numeric figures of a stage to the metrics table (non-numbers are skipped)."""

@@ -6,11 +6,18 @@ bound (``sleep.session.current``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+from typing import Iterator
+from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+)
+from prefect.logging.handlers import APILogHandler
 from prefect.cache_policies import NO_CACHE
 
 from sleepwake.errors import HomeBusyError
@@ -60,3 +67,46 @@ def _cell(value):
     if isinstance(value, (list, dict)):
         return json.dumps(value)[:200]
     return value
+
+
+class ProgressArtifact:
+    """A stage's Prefect progress artifact, created at its first report and updated as it goes."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.ids: dict[str, UUID] = {}
+
+    def __call__(self, stage: str, done: int, total: int, note: str) -> None:
+        percent = round(100.0 * done / max(total, 1), 1)
+        description = f"{stage}: {note}" if note else stage
+        if stage not in self.ids:
+            key = f"{self.kind}-{stage}-progress".replace("_", "-").lower()
+            self.ids[stage] = create_progress_artifact(progress=percent, key=key, description=description)
+        else:
+            update_progress_artifact(self.ids[stage], progress=percent, description=description)
+
+
+@contextlib.contextmanager
+def stage_logs() -> Iterator[None]:
+    """Inside a task: what sleepwake's modules log at INFO (LoRA progress, refreshes, gate
+    verdicts) also reaches the task run's logs in the UI, through the API handler only: a terminal
+    running the flow neither prints each line twice nor, under -q, starts printing them."""
+    handler = APILogHandler(level=logging.INFO)
+    logger = logging.getLogger("sleepwake")
+    before, threshold = logger.level, logger.getEffectiveLevel()
+    consoles = logging.getLogger().handlers if threshold > logging.INFO else []
+
+    def as_before(record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("sleepwake") and record.levelno < threshold)
+
+    for console in consoles:
+        console.addFilter(as_before)
+    logger.addHandler(handler)
+    logger.setLevel(min(threshold, logging.INFO))
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
+        for console in consoles:
+            console.removeFilter(as_before)

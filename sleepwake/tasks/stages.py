@@ -12,12 +12,17 @@ from sleepwake.sleep.results import (
     SelectionResult, SnapshotResult, StageResult, SwsResult, ValidateResult,
 )
 from sleepwake.sleep.session import current
-from sleepwake.tasks.common import publish, stage_task
+from sleepwake.tasks.common import ProgressArtifact, publish, stage_logs, stage_task
 
 
 def run_stage(name: str, run_id: str, *args):
     session = current(run_id)
-    result = STAGES[name](session, *args)
+    session.on_progress = ProgressArtifact(session.kind)
+    try:
+        with stage_logs():
+            result = STAGES[name](session, *args)
+    finally:
+        session.on_progress = None
     publish(result, session.kind)
     return result
 
