@@ -196,11 +196,13 @@ def test_a_sleep_whose_adapter_damages_unrelated_answers_is_rolled_back(memory, 
 
     memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
     memory.settings = memory.settings.model_copy(update={"validate_": memory.settings.validate_.model_copy(
-        update={"locality_sample": 32, "min_locality": 0.3, "max_leak": 1.0, "max_ppl_increase": 100.0,
+        update={"locality_sample": 32, "min_locality": 0.0, "max_leak": 1.0, "max_ppl_increase": 100.0,
                 "max_drift": 100.0, "max_recall_drop": 1.0})})
     digest = memory.weights_digest()
     kept = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
-    assert kept.outcome == "kept" and kept.locality >= 0.3  # the MEMIT edit alone passes the gate
+    assert kept.outcome == "kept" and 0 < kept.locality <= 1, (kept.failures, kept.locality)
+    # The gate sits just below what an ordinary sleep left (a random tiny model's argmax is fragile).
+    memory.settings.validate_.min_locality = 0.8 * kept.locality
 
     def damaging_sws(session):
         damage(session.memory)
@@ -209,5 +211,5 @@ def test_a_sleep_whose_adapter_damages_unrelated_answers_is_rolled_back(memory, 
     monkeypatch.setitem(pipeline.STAGES, "sws", damaging_sws)
     before = memory.weights_digest()
     rolled = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
-    assert rolled.outcome == "rolled_back" and any("locality" in f for f in rolled.failures)
+    assert rolled.outcome == "rolled_back" and any("locality" in f for f in rolled.failures), (rolled.locality, rolled.failures)
     assert memory.weights_digest() == before != digest

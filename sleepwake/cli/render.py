@@ -54,12 +54,10 @@ def render_text(command: str, result: dict) -> str:
     return "\n".join(f"{k:{width}s}  {json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in result.items())
 
 
-
-
 def _setting_lines(settings: dict, prefix: str) -> list[str]:
     lines = []
     for key, item in settings.items():
-        if "value" in item and "description" in item and not isinstance(item["value"], dict):
+        if "value" in item and "description" in item:
             lines.append(f"{prefix}{key} = {json.dumps(item['value'])}    # {item['description']}")
         else:
             lines += _setting_lines(item, f"{prefix}{key}.")

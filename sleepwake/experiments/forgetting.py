@@ -40,6 +40,8 @@ def updated_objects(facts: list, seed: int) -> list[Fact]:
 def answers_with(memory, facts: list[Fact], objects: list[str]) -> dict:
     """Share of raw and chat answers to ``facts`` that contain ``objects`` (one per fact)."""
     cfg = memory.settings.probes
+    if not facts:
+        return {"raw": 0.0, "chat": 0.0}
     raw = memory.backend.generate([f.prompt() for f in facts], max(probes.answer_budget(memory.backend, o, cfg.extra_new_tokens)
                                                                    for o in objects))
     chat = memory.backend.chat([probes.chat_question(f) for f in facts], cfg.chat_max_new_tokens)
@@ -82,12 +84,14 @@ def run_forgetting(lab: Lab) -> ExperimentResult:
         point(f"sleep {night} after forgetting", kept, forgotten, **sleep_row(lab.sleep(home)))
     memory = lab.open(home)
     stages = {r.fact.key: r.stage for r in memory.ledger.list_facts()}
-    changed = [p for p in kept if stages.get(p.fact.key, 0) >= 1][:cfg.forget_count]
+    # The most consolidated kept facts get new objects: the hard case, where the adapters hold the old one.
+    changed = sorted(kept, key=lambda p: -stages.get(p.fact.key, 0))[:cfg.forget_count]
     new = updated_objects(changed, cfg.seed)
     memory.inject(new, source="experiment")
     slept = sleep_row(lab.sleep(home))
     memory = lab.open(home)
-    update = {"updated": len(new), **{f"new_{k}": v for k, v in answers_with(memory, new, [f.object for f in new]).items()},
+    update = {"updated": len(new), "updated_consolidated": sum(stages.get(p.fact.key, 0) >= 1 for p in changed),
+              **{f"new_{k}": v for k, v in answers_with(memory, new, [f.object for f in new]).items()},
               **{f"old_{k}": v for k, v in answers_with(memory, new, [p.object for p in changed]).items()}}
     current = {f.key: f for f in new}
     point("updated, slept", [current.get(p.fact.key, p.fact) for p in kept], forgotten, **update, **slept)

@@ -2,13 +2,18 @@
 (one batch); copies of that home sleep ``cycles`` times under each variant of
 ``experiment.locality_variants`` (settings overrides), and each is measured like the issue asks:
 raw and chat recall of the facts, perplexity drift, and on the 256 unrelated prompts teacher-forced
-locality, greedy answers unchanged and leak (a stored object in an unrelated answer)."""
+locality, greedy answers unchanged and leak (a stored object in an unrelated answer).
+
+The sleeps measure without gating on locality and leak (``UNGATED``): the ablation shows what each
+variant does to the model, where the real sleep would undo the pass that breaks the limits."""
 
 from __future__ import annotations
 
 from sleepwake.experiments.lab import Lab, measure, sleep_row, stage_counts
 from sleepwake.experiments.result import ExperimentResult
 from sleepwake.sleep.locality import measure_memory
+
+UNGATED = ["validate.min_locality=0.0", "validate.max_leak=1.0"]
 
 
 def score(memory, pool, base: float) -> dict:
@@ -29,7 +34,7 @@ def run_locality(lab: Lab) -> ExperimentResult:
     for name, extra in cfg.locality_variants.items():
         home = lab.copy_home(home_dir, f"locality-{name}")
         for cycle in range(1, cfg.cycles + 1):
-            slept = sleep_row(lab.sleep(home, extra))
+            slept = sleep_row(lab.sleep(home, [*UNGATED, *extra]))
             memory = lab.open(home, extra)
             rows.append({"variant": name, "cycle": cycle, "settings": " ".join(extra) or "(defaults)",
                          **score(memory, pool, base), **stage_counts(memory), "outcome": slept["outcome"],

@@ -105,7 +105,8 @@ class Backend(Protocol):
     def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
         """Greedy continuations of token prompts."""
 
-    def train_lora(self, examples, recipe, anchors=(), progress=None):
+    def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
         """Train one LoRA (``models.lora.LoraRecipe``) over the current weights and return a
         ``models.lora.TrainOutcome`` whose factors are (U, V) per adapted module name, or raise
-        :class:`sleepwake.errors.UnsupportedError` when this runtime cannot train."""
+        :class:`sleepwake.errors.UnsupportedError` when this runtime cannot train. ``protect``:
+        projector per module name that LoRA A is kept orthogonal to (``models.protection``)."""

@@ -170,7 +170,7 @@ class MlxBackend:
             digest.update(np.array(weight.view(mx.uint8)).tobytes())
         return digest.hexdigest()
 
-    def train_lora(self, examples, recipe, anchors=(), progress=None):
+    def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
         raise UnsupportedError("backend=mlx cannot train LoRA yet; use backend=torch for SWS/REM consolidation")
 
     # ---- modules ----------------------------------------------------------------------------

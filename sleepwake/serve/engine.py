@@ -242,17 +242,15 @@ class Engine:
         if current_drowsiness(self.memory.ledger, self.settings.health)["advice"] != "sleep":
             return
         if os.environ.get("PREFECT_API_URL"):
-            threading.Thread(target=self._run_deployment, daemon=True).start()
-            return
-        log.info("serve: drowsy, starting a full sleep in another process")
-        self.sleeper = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(self.home.root), "-q"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def _run_deployment(self) -> None:
-        from prefect.deployments import run_deployment
-
-        log.info("serve: drowsy, starting the full-sleep/on-demand deployment")
-        run_deployment("full-sleep/on-demand", parameters={"home": str(self.home.root)}, timeout=0)
+            # The deployment runs on the Prefect worker; Prefect's own CLI queues it, so this layer
+            # stays free of Prefect imports and the server keeps answering while it sleeps.
+            log.info("serve: drowsy, starting the full-sleep/on-demand deployment")
+            command = ["-m", "prefect", "deployment", "run", "full-sleep/on-demand", "--param", f"home={self.home.root}"]
+        else:
+            log.info("serve: drowsy, starting a full sleep in another process")
+            command = ["-m", "sleepwake.cli", "sleep", "--home", str(self.home.root), "-q"]
+        self.sleeper = subprocess.Popen([sys.executable, *command], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
 
     # ---- helpers ------------------------------------------------------------------------------
     def _name_key(self, user: str | None) -> str:

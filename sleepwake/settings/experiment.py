@@ -41,11 +41,11 @@ class ExperimentConfig(BaseModel):
     locality_variants: dict[str, list[str]] = Field(
         default={
             "defaults": [],
-            "prose anchors, current teacher (before)": [
-                "lora.anchor_formats=[prose]", "lora.anchor_teacher=current", "lora.contrast_anchors=0",
-                "lora.anchor_weight=1.0"],
-            "four formats, current teacher": ["lora.anchor_teacher=current", "lora.contrast_anchors=0"],
-            "four formats, base teacher": ["lora.contrast_anchors=0"],
+            "previous defaults: no protection, anchor 1, lr 3e-3": [
+                "lora.protect_energy=0.0", "lora.anchor_weight=1.0", "lora.learning_rate=3.0e-3"],
+            "no null-space protection": ["lora.protect_energy=0.0"],
+            "protection 0.99": ["lora.protect_energy=0.99"],
+            "anchor weight 1": ["lora.anchor_weight=1.0"],
             "no anchor": ["lora.anchor_weight=0.0"],
         },
         description="locality: name -> settings overrides of each consolidation variant compared (each runs "

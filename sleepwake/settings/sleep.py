@@ -124,14 +124,14 @@ class LoraConfig(BaseModel):
     modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         description="Linear module names (last path component) adapted in those layers.")
-    learning_rate: float = Field(3.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
+    learning_rate: float = Field(6.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
     epochs: int = Field(5, gt=0, description="Passes over the training examples (paper 4: 1-3 at 3B-70B; "
                         "a 135M model needs more).")
     batch_size: int = Field(8, gt=0, description="Examples per optimisation step.")
     max_steps: int = Field(400, gt=0, description="Cap on optimisation steps per pass, whatever the data size.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter.")
     anchor_weight: float = Field(
-        1.0, ge=0, description="Weight of the KL term that keeps the adapted model's next-token "
+        8.0, ge=0, description="Weight of the KL term that keeps the adapted model's next-token "
         "distribution on the model's own text equal to the teacher's (0 = off). It is what keeps "
         "perplexity flat and unrelated answers unchanged.")
     anchor_batch: int = Field(4, gt=0, description="Anchor sequences per step.")
@@ -165,10 +165,10 @@ class LoraConfig(BaseModel):
         256, gt=0, description="Rank budget of the consolidated adapter per module: bounds the home's "
         "bytes and compose time however many nights have been folded into it.")
     protect_energy: float = Field(
-        0.0, ge=0, lt=1, description="Null-space constraint of consolidation: each adapted module's "
+        9.0e-1, ge=0, lt=1, description="Null-space constraint of consolidation: each adapted module's "
         "LoRA A is kept orthogonal to the top input directions holding this share of the input energy "
         "on ordinary text (the model's samples and the anchors), so the adapter leaves that text alone "
-        "(sleepwake/models/protection.py). 0 turns it off.")
+        "(sleepwake/models/protection.py). 0 turns it off; 0.9 chosen by the locality ablation in docs/results.md.")
 
 
 class SwsConfig(BaseModel):

@@ -25,3 +25,20 @@ def measure_memory(memory, size: int | None = None) -> dict:
     base = memory.locality_base()
     objects = sorted({row.object for row in memory.ledger.list_facts()})
     return locality.measure(memory.backend, [prompts[i] for i in picked], [base[i] for i in picked], objects)
+
+
+def pass_failure(session: SleepSession) -> tuple[dict, str | None]:
+    """The validate gate's locality and leak limits, checked by a consolidation pass on itself.
+
+    SWS and REM each undo their own pass when it fails them, so one runaway adapter costs its own
+    pass instead of the whole night (the MEMIT maintenance and the other pass are kept).
+    Returns the measured metrics and the reason, None when the pass is within the limits."""
+    cfg = session.settings.validate_
+    local = measure_sample(session) if cfg.enabled else {}
+    if not local:
+        return local, None
+    if local["locality"] < cfg.min_locality - 1e-9:
+        return local, f"locality fell to {local['locality']} (limit {cfg.min_locality:.3f})"
+    if local["leak"] > cfg.max_leak + 1e-9:
+        return local, f"stored objects leaked into {local['leak']} of unrelated answers (limit {cfg.max_leak:.3f})"
+    return local, None

@@ -17,6 +17,7 @@ import time
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
 from sleepwake.sleep import consolidate, curriculum, journal
+from sleepwake.sleep import locality as locality_stage
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import RemResult
 from sleepwake.sleep.session import SleepSession
@@ -91,17 +92,22 @@ def rem(session: SleepSession) -> RemResult:
         recall = sampled_chat_recall(session, cfg.recall_sample)
         raw_after = consolidate.raw_share(session, facts)
         increase = ppl_after / ppl_before - 1.0
-        # Paper 4's gate (eq. 3), plus: REM may not cost raw recall (the validate gate would then
-        # roll back the whole sleep, SWS included).
-        accepted = (increase <= cfg.max_ppl_increase + 1e-9 and (recall is None or recall >= cfg.min_recall - 1e-9)
-                    and raw_after >= raw_before - 1e-9)
+        # Paper 4's gate (eq. 3), plus: REM may not cost raw recall, locality or leak (the validate
+        # gate would then roll back the whole sleep, SWS included).
+        reasons = [why for ok, why in (
+            (increase <= cfg.max_ppl_increase + 1e-9, f"perplexity rose {increase:+.2%}"),
+            (recall is None or recall >= cfg.min_recall - 1e-9, f"sampled chat recall {recall}"),
+            (raw_after >= raw_before - 1e-9, f"raw recall fell {raw_before} -> {raw_after}")) if not ok]
+        local, why = locality_stage.pass_failure(session) if not reasons else ({}, None)
+        reasons += [why] if why else []
+        accepted = not reasons
         if not accepted:
             journal.undo(session, snap)
         result = RemResult(accepted=accepted, dreams=len(conversations), examples=len(examples),
                            adapter_id=adapter_id if accepted else None, perplexity_post_sws=round(ppl_before, 4),
                            perplexity_post_rem=round(ppl_after, 4), perplexity_increase=round(increase, 6),
-                           sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
-                           train_steps=outcome.steps, reason=None if accepted else "gate failed")
+                           locality=local.get("locality"), leak=local.get("leak"), sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
+                           train_steps=outcome.steps, reason="; ".join(reasons) or None)
         result.rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}
                        for i, (plan, conv) in enumerate(zip(plans, conversations))]
         return finish(session, result, started)

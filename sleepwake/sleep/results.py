@@ -123,6 +123,8 @@ class SwsResult(StageResult):
     train_loss_first: float | None = None
     train_loss_last: float | None = None
     forgotten_settled: int = 0
+    locality: float | None = None
+    leak: float | None = None
 
 
 class RemResult(StageResult):
@@ -136,6 +138,8 @@ class RemResult(StageResult):
     perplexity_post_sws: float | None = None
     perplexity_post_rem: float | None = None
     perplexity_increase: float | None = None
+    locality: float | None = None
+    leak: float | None = None
     sampled_chat_recall: float | None = None
     raw_recall_post_sws: float | None = None
     raw_recall_post_rem: float | None = None

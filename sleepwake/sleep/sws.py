@@ -26,6 +26,7 @@ from datetime import datetime
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
 from sleepwake.sleep import consolidate, curriculum, forgetting, journal
+from sleepwake.sleep import locality as locality_stage
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import SwsResult
 from sleepwake.sleep.session import SleepSession
@@ -64,6 +65,11 @@ def sws(session: SleepSession) -> SwsResult:
             return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts",
                           started)
         scales = edit_scales(session, gated, stages)
+        memory.compose(scales=scales)  # the weights this pass would leave: adapters, dissolved edits
+        local, why = locality_stage.pass_failure(session)
+        result.locality, result.leak = local.get("locality"), local.get("leak")
+        if why:
+            return reject(session, snap, result, why, started)
         adapter_rows.commit_consolidation(memory.ledger, stages, scales, forget_stages)
         crash_point("sws:after-stages")
         memory.reload()
