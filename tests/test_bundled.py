@@ -128,6 +128,9 @@ def test_full_sleep_consolidates_into_chat_and_a_kill_during_sws_is_repaired(tmp
     assert first["adapters"] >= 1 and first["weights_digest"] == second["weights_digest"]
     assert sum(first["stages"].values()) == len(FACTS)
 
+    # A new fact gives the next SWS work (a night trains only what is not consolidated yet).
+    sleepwake(home, "inject", "Chen Lindqvist", "works as a", "baker")
+    first = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
     crashing = {**env, "SLEEPWAKE_CRASH_AT": "sws:after-adapter"}
     proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
                             env=crashing, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -137,8 +140,20 @@ def test_full_sleep_consolidates_into_chat_and_a_kill_during_sws_is_repaired(tmp
     except ProcessLookupError:
         pass
     during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert during["pending_repair"] and during["facts"] == len(FACTS)
+    assert during["pending_repair"] and during["facts"] == len(FACTS) + 1
     sleepwake(home, "nap", "-q")  # the next writer's health check repairs the home
     after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
     assert after["pending_repair"] == [] and after["weights_digest"] == first["weights_digest"]
     assert after["adapters"] == first["adapters"] and after["stages"] == first["stages"]
+
+
+def test_a_gguf_file_path_loads_the_same_weights_as_bundled(tmp_path):
+    """``model.source=<file>.gguf`` converts any GGUF once into the cache; on the bundled file it
+    must give the very weights ``model.source=bundled`` gives, byte for byte (so every recall
+    figure is equal by construction)."""
+    from sleepwake.models.bundled import bundled_gguf_path, ensure_bundled_folder, ensure_gguf_folder, file_sha256
+
+    gguf = bundled_gguf_path()
+    converted = ensure_gguf_folder(gguf, tmp_path / "cache")
+    assert converted != ensure_bundled_folder()
+    assert file_sha256(converted / "model.safetensors") == file_sha256(ensure_bundled_folder() / "model.safetensors")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+from sleepwake.models.backend import chat_text, plain_chat
 from sleepwake.settings.chat import ChatConfig
 
 Messages = Sequence[dict]
@@ -30,11 +31,7 @@ class Replier:
         return min(self.cfg.context_tokens, limit) if limit else self.cfg.context_tokens
 
     def render(self, messages: Messages) -> str:
-        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-        # No chat template: a plain transcript the model continues as the assistant.
-        lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-        return "\n".join(lines + ["Assistant:"])
+        return plain_chat(messages) if self.tokenizer is None else chat_text(self.tokenizer, messages)
 
     def count(self, messages: Messages) -> int:
         return len(self.backend.encode(self.render(messages), special=False))

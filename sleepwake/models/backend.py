@@ -8,10 +8,13 @@ or on the edited layer's device.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,20 @@ class Backend(Protocol):
         ``models.lora.TrainOutcome`` whose factors are (U, V) per adapted module name, or raise
         :class:`sleepwake.errors.UnsupportedError` when this runtime cannot train. ``protect``:
         projector per module name that LoRA A is kept orthogonal to (``models.protection``)."""
+
+
+def chat_text(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """A conversation through the tokenizer's chat template; a model without one (a base model)
+    gets plain "role: content" lines and a one-line warning, once per tokenizer."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+    if not getattr(tokenizer, "_sleepwake_warned", False):
+        log.warning("the model has no chat template: chat turns are plain 'User: ...' / 'Assistant: ...' lines")
+        setattr(tokenizer, "_sleepwake_warned", True)
+    return plain_chat(messages, add_generation_prompt)
+
+
+def plain_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+    """A transcript of "Role: content" lines the model continues as the assistant."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join(lines + (["Assistant:"] if add_generation_prompt else [""]))

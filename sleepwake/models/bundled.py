@@ -64,6 +64,19 @@ def ensure_bundled_folder(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def ensure_gguf_folder(gguf: Path, cache_dir: Path | None = None) -> Path:
+    """A safetensors folder converted once from any GGUF file (``model.source=/path/x.gguf``),
+    cached by the file's sha256 like the bundled one: llama.cpp and Ollama users bring their file."""
+    if not gguf.is_file():
+        raise ModelLoadError(f"GGUF file not found: {gguf}")
+    target = (cache_dir or default_cache_dir()) / "models" / f"{gguf.stem.lower()}-{file_sha256(gguf)[:16]}"
+    if (target / "model.safetensors").is_file() or (target / "model.safetensors.index.json").is_file():
+        return target
+    log.info("converting %s to safetensors once -> %s", gguf.name, target)
+    convert_gguf(gguf.parent, gguf.name, target)
+    return target
+
+
 def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     """Dequantise a GGUF into a float32 safetensors folder, atomically (tmp dir + rename)."""
     import torch
@@ -85,4 +98,4 @@ def convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
         os.replace(tmp, target)
     except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(f"could not convert the bundled GGUF {gguf_file}: {exc}") from exc
+        raise ModelLoadError(f"could not convert the GGUF {gguf_file}: {exc}") from exc

@@ -27,7 +27,7 @@ import torch
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError, UnsupportedError
 from sleepwake.models import mlx_internals, mlx_loading, mlx_vstar
-from sleepwake.models.backend import VStarRow, VStarSettings
+from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
 
 
 class MlxBackend:
@@ -89,7 +89,7 @@ class MlxBackend:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def chat_messages_ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+        text = chat_text(self.tokenizer, messages, add_generation_prompt)
         return self.encode(text, special=False)
 
     # ---- generation and probes -------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
-from sleepwake.models.bundled import ensure_bundled_folder
+from sleepwake.models.bundled import ensure_bundled_folder, ensure_gguf_folder
 
 
 def quiet_transformers() -> None:
@@ -30,11 +30,14 @@ def quiet_transformers() -> None:
 
 
 def resolve_source(cfg: ModelConfig, cache_dir: Path | None) -> tuple[str, str | None]:
-    """(path or hub id, gguf file) for ``cfg.source``; the bundled GGUF becomes a cached folder."""
+    """(path or hub id, gguf file) for ``cfg.source``; the bundled GGUF and any ``.gguf`` file
+    path become a cached folder."""
     if cfg.source == "bundled":
         return str(ensure_bundled_folder(cache_dir)), None
     path = Path(os.path.expanduser(cfg.source))
     looks_local = path.is_absolute() or cfg.source.startswith((".", "~")) or path.exists()
+    if looks_local and path.suffix.lower() == ".gguf":
+        return str(ensure_gguf_folder(path, cache_dir)), None
     if looks_local and not path.is_dir():
         raise ModelLoadError(f"model folder not found: {cfg.source}")
     return (str(path) if looks_local else cfg.source), cfg.gguf_file

@@ -13,7 +13,7 @@ import torch
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
 from sleepwake.models import torch_internals, torch_vstar
-from sleepwake.models.backend import VStarRow, VStarSettings
+from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.models.source import quiet_transformers, resolve_device, resolve_source
 
@@ -267,5 +267,5 @@ class TorchBackend:
 
     def chat_messages_ids(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a whole conversation through the chat template."""
-        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=add_generation_prompt, tokenize=False)
+        text = chat_text(self.tokenizer, messages, add_generation_prompt)
         return self.encode(text, special=False)

