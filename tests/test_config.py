@@ -195,3 +195,14 @@ def test_the_configuration_page_is_generated_from_the_current_descriptions():
     script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "config_docs.py"))
     assert script["PAGE"].read_text(encoding="utf-8") == script["render"](), (
         "docs/configuration.md is stale: run .venv/bin/python scripts/config_docs.py")
+
+
+def test_the_measured_tables_in_results_are_generated_from_the_committed_results():
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "results_docs.py"))
+    committed = sorted(script["RESULTS"].glob("*.json"))
+    page = script["PAGE"].read_text(encoding="utf-8")
+    assert all(f"<!-- results:{path.stem} -->" in page for path in committed), "a committed result has no table"
+    assert page == script["render"](), "docs/results.md is stale: run .venv/bin/python scripts/results_docs.py"

@@ -1,0 +1,61 @@
+"""Regenerate the measured tables in docs/results.md from the committed docs/results/*.json.
+
+Each ``docs/results/NAME.json`` is an experiment's ``results.json`` (copied from its ``--out``
+folder). The text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in
+docs/results.md is replaced by its table (the columns below), so a figure in the docs is the
+figure the run wrote. ``tests/test_config.py`` fails when the page is stale.
+
+    .venv/bin/python scripts/results_docs.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "results.md"
+RESULTS = ROOT / "docs" / "results"
+COLUMNS = {
+    "longevity": ("nights", ["night", "facts", "raw", "chat", "chat_held_out", "drift", "locality", "leak", "outcome",
+                             "audited", "stage_0", "stage_1", "stage_2", "stage_3", "adapters", "home_bytes",
+                             "sleep_seconds", "peak_rss_gb"]),
+    "forgetting": ("steps", ["step", "raw", "chat", "forgotten_probes", "forgotten_raw_hits", "forgotten_paraphrase_hits",
+                             "forgotten_chat_hits", "forget_drift", "updated", "updated_consolidated", "new_raw", "new_chat",
+                             "old_raw", "old_chat", "drift", "outcome"]),
+    "locality": ("variants", ["variant", "cycle", "raw", "chat", "drift", "locality", "greedy_unchanged", "leak",
+                              "stage_1", "outcome"]),
+}
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def table(name: str, result: dict) -> str:
+    key, columns = COLUMNS[name]
+    rows = result["tables"][key]
+    present = [c for c in columns if any(c in row for row in rows)]
+    lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in present) + " |" for row in rows]
+    return "\n".join(lines) + f"\n\n(`docs/results/{name}.json`, {result['seconds']:.0f} s)"
+
+
+def render(text: str | None = None) -> str:
+    text = PAGE.read_text(encoding="utf-8") if text is None else text
+    for path in sorted(RESULTS.glob("*.json")):
+        name = path.stem
+        block = table(name, json.loads(path.read_text(encoding="utf-8")))
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+    return text
+
+
+if __name__ == "__main__":
+    PAGE.write_text(render(), encoding="utf-8")
+    print(f"wrote {PAGE}")
