@@ -213,3 +213,25 @@ def test_a_sleep_whose_adapter_damages_unrelated_answers_is_rolled_back(memory, 
     rolled = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
     assert rolled.outcome == "rolled_back" and any("locality" in f for f in rolled.failures), (rolled.locality, rolled.failures)
     assert memory.weights_digest() == before != digest
+
+
+def test_a_sleep_is_not_rolled_back_for_locality_the_days_edits_already_cost(memory, monkeypatch):
+    """The locality gate's floor is min(limit, locality before the sleep): wake's edits may have
+    brought it below the limit, and a sleep that does not make it worse is kept (else every night
+    would roll back and nothing new would ever consolidate)."""
+    from sleepwake.sleep import pipeline
+    from sleepwake.sleep.results import RemResult, SwsResult
+
+    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    memory.settings.validate_.locality_sample = 32
+    memory.settings.validate_.min_locality = 1.0  # above what any edited model keeps
+    memory.settings.validate_.max_leak = 1.0  # the random tiny model says a stored object anywhere
+    monkeypatch.setitem(pipeline.STAGES, "sws", lambda session: SwsResult(accepted=True, skipped=True))
+    monkeypatch.setitem(pipeline.STAGES, "rem", lambda session: RemResult(accepted=True, skipped=True))
+    kept = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
+    assert kept.locality is not None and kept.locality < 1.0
+    assert kept.outcome == "kept", kept.failures
+
+    damage(memory, scale=3.0)  # the day's change (outside a sleep) costs locality; the sleep adds nothing
+    worse = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
+    assert worse.outcome == "kept" and worse.locality <= kept.locality, (worse.failures, worse.locality)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from sleepwake.errors import CorruptedStateError
+from sleepwake.sleep import locality as locality_stage
 from sleepwake.sleep.results import HealthResult
 from sleepwake.sleep.session import SleepSession
 
@@ -46,6 +47,7 @@ def health_check(session: SleepSession) -> HealthResult:
         facts=counts["facts"], edits=counts["edits"], adapters=len(memory.adapters),
         perplexity=current, perplexity_baseline=baseline,  # unrounded: the gates compare with them
         perplexity_drift=round(current / baseline - 1.0, 6),
+        locality=locality_stage.start_locality(session) if session.kind == "full_sleep" else None,
         recovered_snapshots=len(memory.recovered), orphan_files_removed=len(memory.orphans_removed),
         **consistency)
     result.rows = [{"check": k, "value": str(v)} for k, v in result.summary().items() if k not in ("stage", "seconds")]

@@ -27,18 +27,32 @@ def measure_memory(memory, size: int | None = None) -> dict:
     return locality.measure(memory.backend, [prompts[i] for i in picked], [base[i] for i in picked], objects)
 
 
-def pass_failure(session: SleepSession) -> tuple[dict, str | None]:
+def floor(limit: float, before: float | None) -> float:
+    """The locality a change must keep: the limit, or where the weights already were when wake's
+    edits had brought them below it (a sleep must not make it worse, but it is not blamed, and
+    rolled back night after night, for what the day's injections did)."""
+    return limit if before is None else min(limit, before)
+
+
+def start_locality(session: SleepSession) -> float | None:
+    """Locality of the weights as composed now, when the gates are on (else None, unmeasured)."""
+    return measure_sample(session).get("locality") if session.settings.validate_.enabled else None
+
+
+def pass_failure(session: SleepSession, before: float | None) -> tuple[dict, str | None]:
     """The validate gate's locality and leak limits, checked by a consolidation pass on itself.
 
     SWS and REM each undo their own pass when it fails them, so one runaway adapter costs its own
     pass instead of the whole night (the MEMIT maintenance and the other pass are kept).
-    Returns the measured metrics and the reason, None when the pass is within the limits."""
+    ``before`` is the locality when the pass began (see :func:`floor`). Returns the measured
+    metrics and the reason, None when the pass is within the limits."""
     cfg = session.settings.validate_
     local = measure_sample(session) if cfg.enabled else {}
     if not local:
         return local, None
-    if local["locality"] < cfg.min_locality - 1e-9:
-        return local, f"locality fell to {local['locality']} (limit {cfg.min_locality:.3f})"
+    limit = floor(cfg.min_locality, before)
+    if local["locality"] < limit - 1e-9:
+        return local, f"locality fell to {local['locality']} (limit {limit:.3f})"
     if local["leak"] > cfg.max_leak + 1e-9:
         return local, f"stored objects leaked into {local['leak']} of unrelated answers (limit {cfg.max_leak:.3f})"
     return local, None

@@ -81,6 +81,7 @@ def rem(session: SleepSession) -> RemResult:
             return finish(session, RemResult(skipped=True, accepted=cfg.enabled, reason=why_not), started)
         ppl_before = memory.perplexity()
         raw_before = consolidate.raw_share(session, facts)
+        locality_before = locality_stage.start_locality(session)
         plans = plan_dreams(facts, min(cfg.dreams, max(1, len(facts) // 2)), sizes, session.settings.seed)
         conversations = [dream(memory.backend, group, session.settings.seed + i, session.settings.probes.chat_max_new_tokens)
                          for i, group in enumerate(plans)]
@@ -98,7 +99,7 @@ def rem(session: SleepSession) -> RemResult:
             (increase <= cfg.max_ppl_increase + 1e-9, f"perplexity rose {increase:+.2%}"),
             (recall is None or recall >= cfg.min_recall - 1e-9, f"sampled chat recall {recall}"),
             (raw_after >= raw_before - 1e-9, f"raw recall fell {raw_before} -> {raw_after}")) if not ok]
-        local, why = locality_stage.pass_failure(session) if not reasons else ({}, None)
+        local, why = locality_stage.pass_failure(session, locality_before) if not reasons else ({}, None)
         reasons += [why] if why else []
         accepted = not reasons
         if not accepted:

@@ -38,6 +38,7 @@ class HealthResult(StageResult):
     perplexity: float | None = None
     perplexity_baseline: float | None = None
     perplexity_drift: float | None = None
+    locality: float | None = None  # before a full sleep: the floor of its locality gate
     recovered_snapshots: int = 0
     orphan_files_removed: int = 0
     orphan_edits_removed: int = 0

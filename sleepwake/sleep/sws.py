@@ -47,6 +47,7 @@ def sws(session: SleepSession) -> SwsResult:
         edit_ids = {r.edit_id for r in gated if r.edit_id is not None}
         bench_before, _ = probes.benchmark(memory.backend, session.settings.probes)
         raw_before = raw_hits(session, gated)
+        locality_before = locality_stage.start_locality(session)
         result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4))
         if trained or forgets:
             train_pass(session, trained, forgets, edit_ids if cfg.train_without_memit else set(), result)
@@ -66,7 +67,7 @@ def sws(session: SleepSession) -> SwsResult:
                           started)
         scales = edit_scales(session, gated, stages)
         memory.compose(scales=scales)  # the weights this pass would leave: adapters, dissolved edits
-        local, why = locality_stage.pass_failure(session)
+        local, why = locality_stage.pass_failure(session, locality_before)
         result.locality, result.leak = local.get("locality"), local.get("leak")
         if why:
             return reject(session, snap, result, why, started)

@@ -31,6 +31,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
     increase = ppl / before_ppl - 1.0
     drift = ppl / health.perplexity_baseline - 1.0 if health.perplexity_baseline else None
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
+    limit = locality_stage.floor(cfg.min_locality, health.locality)
     checks = [
         ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
          f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
@@ -38,9 +39,9 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
          drift is None or drift <= cfg.max_drift + 1e-9, f"perplexity drifted {(drift or 0):+.2%} from the base model (limit {cfg.max_drift:+.2%})"),
         ("raw recall", recall_before, recall_after, f"-{cfg.max_recall_drop:.3f}",
          recall_after >= recall_before - cfg.max_recall_drop - 1e-9, f"raw recall fell {recall_before:.3f} -> {recall_after:.3f} (limit -{cfg.max_recall_drop:.3f})"),
-        ("locality", 1.0, local.get("locality"), f">= {cfg.min_locality:.3f}",
-         local.get("locality") is None or local["locality"] >= cfg.min_locality - 1e-9,
-         f"locality fell to {local.get('locality')} (limit {cfg.min_locality:.3f})"),
+        ("locality", health.locality, local.get("locality"), f">= {limit:.3f}",
+         local.get("locality") is None or local["locality"] >= limit - 1e-9,
+         f"locality fell to {local.get('locality')} (limit {limit:.3f})"),
         ("leak", 0.0, local.get("leak"), f"<= {cfg.max_leak:.3f}", local.get("leak") is None or local["leak"] <= cfg.max_leak + 1e-9,
          f"stored objects leaked into {local.get('leak')} of unrelated answers (limit {cfg.max_leak:.3f})"),
         ("forgotten stay forgotten", 0, resurfaced, "0", resurfaced == 0, f"{resurfaced} forgotten object(s) came back"),
