@@ -51,8 +51,8 @@ def render(text: str | None = None) -> str:
     for path in sorted(RESULTS.glob("*.json")):
         name = path.stem
         block = table(name, json.loads(path.read_text(encoding="utf-8")))
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(\n<!-- /results:{name} -->)", re.S)
-        text = pattern.sub(lambda m: m.group(1) + block + m.group(2), text)
+        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
     return text
 
 
