@@ -90,8 +90,10 @@ def recall_demo(home: Path, extra: list[str]) -> dict:
     for step in ("after restart", "after one full sleep"):
         if step == "after one full sleep":
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), "-q", *extra], check=True)
+            slept = subprocess.run([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), "-q", "--json", *extra],
+                                   check=True, capture_output=True, text=True)
             result["sleep_s"] = round(time.perf_counter() - started)
+            result["sleep_outcome"] = json.loads(slept.stdout)["outcome"]
         server = Server(home, extra)
         reply, seconds = server.ask("Where does Ilse Varga live?")
         server.stop()

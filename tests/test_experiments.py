@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 
+from sleepwake.errors import InvalidInputError
 from sleepwake.experiments import plots
 from sleepwake.experiments.capacity import capacity_threshold
 from sleepwake.experiments.longevity import declining
@@ -272,6 +273,9 @@ def test_longevity_resumes_after_its_last_finished_night(tmp_path, tiny_settings
         run_experiment("longevity", tmp_path, None, overrides, lambda h, e: sleeper(h, e, fail_on=2), "run-1")
     partial = json.loads((tmp_path / "results.partial.json").read_text())
     assert [n["night"] for n in partial["tables"]["nights"]] == [1]
+    # Other settings would draw other facts for the nights to come: refused, and nothing is lost.
+    with pytest.raises(InvalidInputError, match="experiment.days"):
+        run_experiment("longevity", tmp_path, None, [*overrides, "experiment.days=3"], sleeper, "run-x", resume=True)
     result = run_experiment("longevity", tmp_path, None, overrides, sleeper, "run-2", resume=True)
     nights = result.tables["nights"]
     assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]

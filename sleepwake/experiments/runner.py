@@ -63,12 +63,13 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
     settings = load_settings(config, list(overrides))
     started = time.perf_counter()
     backend = load_backend(settings)
-    earlier = load_partial(out, name) if resume else {}
+    dumped = settings.model_dump(mode="json", by_alias=True)
+    earlier = load_partial(out, name, dumped) if resume else {}
     measured: dict[str, list[dict]] = {table: list(rows) for table, rows in earlier.items()}
 
     def track(table: str, row: dict) -> None:
         measured.setdefault(table, []).append(row)
-        save_partial(ExperimentResult(name, {"status": "running"}, measured), out)  # a kill keeps every row
+        save_partial(ExperimentResult(name, {"status": "running"}, measured, settings=dumped), out)  # a kill keeps every row
         if progress is not None:
             progress(table, row)
 
@@ -77,7 +78,7 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
         with lending(settings, backend):
             result = EXPERIMENTS[name](lab)
     except BaseException as exc:  # keep what was measured: hours of work are not thrown away
-        save_partial(ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured), out)
+        save_partial(ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured, settings=dumped), out)
         log.error("experiment %s failed; the rows measured so far are in %s", name, out / "results.partial.json")
         raise
     result.run_id = run_id
@@ -122,8 +123,9 @@ def save_partial(result: ExperimentResult, out: Path) -> None:
         log.error("could not write the partial results (%s)", exc)
 
 
-def load_partial(out: Path, name: str) -> dict[str, list[dict]]:
-    """The tables of an interrupted run of ``name`` in ``out`` (nothing to resume: an error)."""
+def load_partial(out: Path, name: str, settings: dict) -> dict[str, list[dict]]:
+    """The tables of an interrupted run of ``name`` in ``out`` (nothing to resume: an error). The
+    run must continue with its own settings: the facts each night draws depend on them."""
     path = out / "results.partial.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -131,6 +133,12 @@ def load_partial(out: Path, name: str) -> dict[str, list[dict]]:
         raise InvalidInputError(f"--resume: no readable {path} from an interrupted run") from None
     if data.get("name") != name:
         raise InvalidInputError(f"--resume: {path} belongs to experiment {data.get('name')!r}, not {name!r}")
+    stored = data.get("settings") or {}
+    changed = sorted(f"{section}.{key}" for section, values in stored.items() if isinstance(values, dict)
+                     for key, value in values.items() if settings.get(section, {}).get(key) != value)
+    if changed:
+        raise InvalidInputError(f"--resume: the interrupted run used other settings ({', '.join(changed[:5])}); "
+                                "resume with the same --config and --set options")
     return data.get("tables", {})
 
 
