@@ -59,8 +59,9 @@ def wake(folder: Path, name: str, facts: Path, env: dict, extra: list[str]) -> d
     home = str(folder / name)
     result, seconds, peak, _ = cli(["inject", "--facts", str(facts), "--home", home, "--json", *extra], env)
     per_fact = [r["seconds"] for r in result["injected"]]
-    recall, _, _, _ = cli(["recall", "--home", home, "--json", "--set", "probes.chat=false", *extra], env)
-    status, _, _, _ = cli(["status", "--home", home, "--json", *extra], env)
+    settings = [arg for arg in extra if arg != "--one-by-one"]  # --set options; --one-by-one is inject's own
+    recall, _, _, _ = cli(["recall", "--home", home, "--json", "--set", "probes.chat=false", *settings], env)
+    status, _, _, _ = cli(["status", "--home", home, "--json", *settings], env)
     return {"facts": len(per_fact), "wall_seconds": round(seconds, 1), "seconds_per_fact": round(statistics.median(per_fact), 3),
             "raw_recall": recall["summary"]["raw"], "paraphrase_recall": round(recall["summary"].get("paraphrase", 0), 3),
             "drift": status["perplexity_drift"], "peak_rss_gb": peak, "home": home}
