@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -27,7 +28,7 @@ import torch
 from sleepwake.memory.wake import InjectOutcome, Wake  # noqa: F401  (re-exported)
 from sleepwake.memory.weights import Composition
 from sleepwake.config import Settings
-from sleepwake.errors import ModelLoadError, SleepwakeError
+from sleepwake.errors import CorruptedStateError, ModelLoadError, SleepwakeError
 from sleepwake.facts import Fact
 from sleepwake.models import anchors, covariance, locality, probes
 from sleepwake.models.bundled import default_cache_dir
@@ -38,6 +39,7 @@ from sleepwake.storage.ledger import Ledger
 from sleepwake.storage.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
+READER_RETRIES = 5  # read-only opens racing a writer: a few re-reads over ~3 s
 
 
 # Backends lent to every Memory.open in this process that asks for the same model (an experiment
@@ -110,7 +112,17 @@ class Memory(Wake, Composition):
         # reads the ledger, so the home is exactly as it was before that sleep began.
         recovered = SnapshotStore(home.root).recover() if writable else []
         ledger = Ledger(home.db_path, read_only=not writable, hold=hold_ledger)
-        memory = cls(home, settings, backend or load_backend(settings), ledger, default_cache_dir(), tolerate_corrupt)
+        backend = backend or load_backend(settings)
+        for attempt in range(READER_RETRIES):
+            try:
+                memory = cls(home, settings, backend, ledger, default_cache_dir(), tolerate_corrupt)
+                break
+            except CorruptedStateError:
+                # A reader can read the ledger just before a writer (a sleep) replaces an edit and
+                # the file just after: read both again. A writer's own open sees the truth at once.
+                if writable or attempt == READER_RETRIES - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
         memory.recovered = recovered
         if writable:
             known = {e.file for e in memory.edits} | {a.file for a in memory.adapters}
