@@ -103,8 +103,9 @@ class SleepConfig(BaseModel):
     keep_snapshots: int = Field(
         1, ge=0, description="Closed pre-sleep snapshots kept on disk after a sleep (0 deletes them).")
     lock_wait_s: float = Field(
-        0.0, ge=0, description="How long a flow waits for the home's write lock (another inject, "
-        "forget or sleep) before failing as busy; scheduled deployments set it.")
+        30.0, ge=0, description="How long a sleep, wake or forget flow waits for the home's write lock "
+        "(another inject, forget, sleep, or a serving process storing a turn) before failing as busy; "
+        "scheduled deployments wait longer.")
     auto: bool = Field(
         False, description="After an inject, run a nap or a full sleep by itself when drowsiness "
         "crosses health.nap_threshold or health.sleep_threshold.")

@@ -90,7 +90,7 @@ class Home:
                     break
                 except BlockingIOError:
                     if time.monotonic() < deadline:
-                        time.sleep(min(1.0, max(0.01, deadline - time.monotonic())))
+                        time.sleep(min(0.1, max(0.01, deadline - time.monotonic())))  # short holders (a served turn) come and go
                         continue
                     handle.seek(0)
                     holder = handle.read().strip() or "another process"
