@@ -185,6 +185,8 @@ def _parse_value(raw: str, annotation: Any) -> Any:
         value = raw
     if _accepts_str(annotation):
         return value if value is None or isinstance(value, str) else raw
+    if raw.strip() in _literal_words(annotation):  # 'auto' of a list-or-'auto' field, even 'on'/'null'
+        return raw.strip()
     return _floatify(value)
 
 
@@ -200,15 +202,28 @@ def _floatify(value: Any) -> Any:
 
 
 def _accepts_str(annotation: Any) -> bool:
-    """True for ``str``, ``str | None`` and string ``Literal`` fields."""
+    """True for ``str``, ``str | None`` and string ``Literal`` fields (not a list-or-'auto' field)."""
     if annotation is str:
         return True
     origin = typing.get_origin(annotation)
     if origin is Literal:
         return all(isinstance(arg, str) for arg in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
-        return any(_accepts_str(arg) for arg in typing.get_args(annotation))
+        args = typing.get_args(annotation)
+        if any(typing.get_origin(arg) is list for arg in args):
+            return False
+        return any(_accepts_str(arg) for arg in args)
     return False
+
+
+def _literal_words(annotation: Any) -> set[str]:
+    """The string values a (union with a) ``Literal`` allows."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return {arg for arg in typing.get_args(annotation) if isinstance(arg, str)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_literal_words(arg) for arg in typing.get_args(annotation)))
+    return set()
 
 
 def _is_model(annotation: Any) -> bool:

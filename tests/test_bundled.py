@@ -1,6 +1,7 @@
 """Slow tests on the real bundled SmolLM2-135M-Instruct, through the real CLI in subprocesses.
 
-Few and short: one home for the module, two facts. The first run on a machine also converts the
+Few and short: one home for the module, two facts. The full sleep on the real model, and a sleep
+killed mid-SWS, are tests/test_chat_bundled.py (one full sleep for the whole slow tier). The first run on a machine also converts the
 GGUF (a few seconds) and estimates the key statistics (4096 sampled tokens, about a minute; cached
 in the user's cache and shared by every slow test).
 """
@@ -67,84 +68,6 @@ def test_missing_model_is_one_clear_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sleepwake: error:") and "/no/such/model" in lines[0]
     assert "Traceback" not in proc.stderr
-
-
-def test_sleep_killed_mid_sws_keeps_every_fact(tmp_path):
-    """SIGKILL a full sleep (and the ephemeral Prefect server it started) while SWS trains (its
-    journal snapshot is open): readers work at once with every fact, and the next writer restores
-    the pre-sleep state byte for byte."""
-    import signal
-    import time
-
-    from sleepwake.storage.snapshots import SnapshotStore
-
-    home = tmp_path / "home"
-    facts_file = tmp_path / "facts.jsonl"
-    facts_file.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
-    sleepwake(home, "inject", "--facts", str(facts_file))
-    before = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        if any(s.name.endswith("-sws") for s in SnapshotStore(home).open_snapshots()):
-            break
-        time.sleep(0.5)
-    killed_mid_sleep = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert killed_mid_sleep, "the sleep ended before SWS began: nothing was interrupted"
-
-    during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    recall = as_json(sleepwake(home, "recall", "--json"))
-    assert during["facts"] == before["facts"] == len(recall["facts"]) == len(FACTS)
-    assert during["pending_repair"]  # the journal names the interrupted sleep
-    sleepwake(home, "inject", "--facts", str(facts_file))  # a writer: repairs, then finds nothing new
-    after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert after["facts"] == len(FACTS) and after["pending_repair"] == []
-    assert after["weights_digest"] == before["weights_digest"]
-
-
-def test_full_sleep_consolidates_into_chat_and_a_kill_during_sws_is_repaired(tmp_path):
-    """One full sleep with SWS and REM on two facts: the report is in the papers' shape, the
-    adapters survive a restart (same digest from two fresh processes), and a second sleep
-    SIGKILLed right after SWS stored its adapter is undone by the next writer, byte for byte."""
-    import signal
-
-    home = tmp_path / "home"
-    facts_file = tmp_path / "facts.jsonl"
-    facts_file.write_text("\n".join(json.dumps(f) for f in FACTS) + "\n")
-    sleepwake(home, "inject", "--facts", str(facts_file))
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    report = json.loads(subprocess.run([sys.executable, "-m", "sleepwake.cli", "sleep", "--json", "--home", str(home),
-                                        *FAST_STATS], env=env, capture_output=True, text=True, timeout=1200, check=True).stdout)
-    assert report["outcome"] == "kept" and report["sws_accepted"] is True, report
-    assert report["raw_recall_after"] == 1.0 and report["chat_recall_after"] is not None
-    first = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    second = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert first["adapters"] >= 1 and first["weights_digest"] == second["weights_digest"]
-    assert sum(first["stages"].values()) == len(FACTS)
-
-    # A new fact gives the next SWS work (a night trains only what is not consolidated yet).
-    sleepwake(home, "inject", "Chen Lindqvist", "works as a", "baker")
-    first = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    crashing = {**env, "SLEEPWAKE_CRASH_AT": "sws:after-adapter"}
-    proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home), *FAST_STATS],
-                            env=crashing, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    assert proc.wait(timeout=1200) == -signal.SIGKILL
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the ephemeral Prefect server it started
-    except ProcessLookupError:
-        pass
-    during = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert during["pending_repair"] and during["facts"] == len(FACTS) + 1
-    sleepwake(home, "nap", "-q")  # the next writer's health check repairs the home
-    after = as_json(sleepwake(home, "status", "--json", "--no-perplexity"))
-    assert after["pending_repair"] == [] and after["weights_digest"] == first["weights_digest"]
-    assert after["adapters"] == first["adapters"] and after["stages"] == first["stages"]
 
 
 def test_a_gguf_file_path_loads_the_same_weights_as_bundled(tmp_path):

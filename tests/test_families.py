@@ -94,3 +94,36 @@ def test_a_gguf_path_that_is_missing_is_one_clear_error(tmp_path):
     settings = load_settings(None, [f"model.source={tmp_path / 'model.gguf'}"])
     with pytest.raises(ModelLoadError, match="GGUF file not found"):
         resolve_source(settings.model, tmp_path)
+
+
+def test_layer_rules_reproduce_the_hand_written_presets():
+    """The 'auto' rules (sleepwake/models/depth.py) against the layer lists written by hand: the
+    bundled 30-layer preset (MEMIT and LoRA), and the LoRA spreads of the Llama presets (28, 32 and
+    80 layers, sleepwake/configs/llama-*.yaml). MEMIT on GPT-J's 28 layers is 3-8 in its paper; the
+    rule gives 4-9 (the bundled model's run)."""
+    from sleepwake.config import load_settings as load
+    from sleepwake.models import depth
+
+    bundled = load(None, [])
+    assert bundled.memit.layers == "auto" and bundled.lora.layers == "auto"  # the default preset says 'auto'
+    assert depth.memit_layers(30) == [4, 5, 6, 7, 8, 9]
+    assert depth.lora_layers(30) == [4, 7, 10, 13, 16, 19, 22, 25]
+    for preset, layers in [("llama-3.2-3b", 28), ("llama-3.1-8b", 32), ("llama-3.1-70b-nf4", 80)]:
+        assert depth.lora_layers(layers) == load(preset, []).lora.layers, preset
+    for layers in range(1, 129):
+        edited, adapted = depth.memit_layers(layers), depth.lora_layers(layers)
+        assert edited == list(range(edited[0], edited[-1] + 1)) and 1 <= len(edited) <= 8
+        assert 0 <= edited[0] and edited[-1] < layers and adapted == sorted(set(adapted)) and adapted[-1] < layers
+
+
+@pytest.mark.parametrize("family", ["qwen3", "phi3"])
+def test_auto_layers_are_resolved_for_the_loaded_model(family, tmp_path, tiny_settings_overrides):
+    folder = build_family(family, tmp_path / family)
+    settings = load_settings(None, [*tiny_settings_overrides, f"model.source={folder}", "memit.v_steps=60",
+                                    "memit.layers=auto", "lora.layers=auto"])
+    memory = Memory.open(Home.open(tmp_path / "home"), settings)
+    assert memory.settings.memit.layers == [1] and memory.settings.lora.layers == [1, 2, 3]  # 4 layers deep
+    [outcome] = memory.inject([FACT])
+    assert outcome.status == "stored" and memory.ledger.list_edits()[0].layers == [1]
+    with pytest.raises(RuntimeError, match="auto"):
+        settings.memit.edit_layers()  # the unresolved settings never reach a stage by mistake

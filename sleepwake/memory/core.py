@@ -30,7 +30,7 @@ from sleepwake.memory.weights import Composition
 from sleepwake.config import Settings
 from sleepwake.errors import CorruptedStateError, ModelLoadError, SleepwakeError
 from sleepwake.facts import Fact
-from sleepwake.models import anchors, covariance, locality, probes
+from sleepwake.models import anchors, covariance, depth, locality, probes
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.deltas import DeltaStore
@@ -80,11 +80,23 @@ def load_backend(settings: Settings):
     return TorchBackend.load(settings.model, settings.memit.down_proj)
 
 
+def for_model(settings: Settings, num_layers: int) -> Settings:
+    """The settings with 'auto' MEMIT and LoRA layers chosen for this model's depth (``models.depth``),
+    so every stage, cache key and report sees the layers actually used."""
+    memit, lora = settings.memit, settings.lora
+    if memit.layers == "auto":
+        memit = memit.model_copy(update={"layers": depth.memit_layers(num_layers)})
+    if lora.layers == "auto":
+        lora = lora.model_copy(update={"layers": depth.lora_layers(num_layers)})
+    return settings.model_copy(update={"memit": memit, "lora": lora})
+
+
 class Memory(Wake, Composition):
     """The model and its edit ledger. Open with :meth:`open`; one writer per home."""
 
     def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path,
                  tolerate_corrupt: bool = False):
+        settings = for_model(settings, backend.num_layers) if "auto" in (settings.memit.layers, settings.lora.layers) else settings
         self.home, self.settings, self.backend, self.ledger = home, settings, backend, ledger
         self.deltas = DeltaStore(home.root)
         self.cache_dir = cache_dir

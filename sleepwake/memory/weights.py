@@ -32,7 +32,7 @@ class Composition(MemoryState):
     @property
     def layers(self) -> list[int]:
         """Every layer that is configured for editing or carries a stored edit."""
-        return sorted(set(self.settings.memit.layers).union(*[set(e.layers) for e in self.edits]))
+        return sorted(set(self.settings.memit.edit_layers()).union(*[set(e.layers) for e in self.edits]))
 
     @property
     def adapted_modules(self) -> list[str]:

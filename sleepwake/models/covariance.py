@@ -89,7 +89,7 @@ def load_or_sample_sequences(backend, cfg: MemitConfig, cache_dir: Path, seed: i
 
 def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> dict[int, LayerStats]:
     """Per-layer covariance stats for ``layers`` (default: the configured edit layers)."""
-    layers = list(layers if layers is not None else cfg.layers)
+    layers = list(layers if layers is not None else cfg.edit_layers())
     folder = stats_dir(cache_dir, backend.fingerprint)
     tag = f"{cfg.covariance_tokens}-{cfg.covariance_sample_length}-{seed}"
     raw: dict[int, torch.Tensor | None] = {}

@@ -196,7 +196,7 @@ def compute_edit(
     subjects are added to the covariance (weight ``cfg.contrast_weight``), so the edit prefers
     directions that tell the subject apart from others who share its name parts (specificity).
     """
-    layers = list(cfg.layers)
+    layers = cfg.edit_layers()
     top = layers[-1]
     reps, owner = key_groups(facts)
     rows = vstar_rows(backend, facts, contexts, owner)

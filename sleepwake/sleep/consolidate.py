@@ -33,7 +33,7 @@ def raw_share(session: SleepSession, facts) -> float:
 
 def recipe(settings, learning_rate: float | None = None, epochs: int | None = None) -> LoraRecipe:
     cfg = settings.lora
-    return LoraRecipe(rank=cfg.rank, alpha=cfg.alpha, layers=list(cfg.layers), modules=list(cfg.modules),
+    return LoraRecipe(rank=cfg.rank, alpha=cfg.alpha, layers=cfg.adapted_layers(), modules=list(cfg.modules),
                       learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,

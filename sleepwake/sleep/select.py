@@ -79,7 +79,7 @@ def subject_keys(session: SleepSession, rows) -> torch.Tensor:
     """Each fact's MLP key at its subject's last token, first edited layer, bare prompt (n, d_ff):
     one batched forward that stops after that layer."""
     memory = session.memory
-    layer = session.settings.memit.layers[0]
+    layer = session.settings.memit.edit_layers()[0]
     lookups = [lookup_row(memory.backend, "", r.fact) for r in rows]
     keys, _ = memory.backend.layer_states(lookups, layer, layer, 64)
     return keys.float()
