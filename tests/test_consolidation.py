@@ -191,6 +191,24 @@ def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     assert memory.ledger.metric_history("benchmark_after")
 
 
+def test_sws_benchmark_judges_the_weights_the_pass_leaves(run, monkeypatch):
+    """Not the adapters alone with every edit off (a state no night keeps): the second benchmark
+    sees exactly the weights an accepted pass commits."""
+    memory = run.memory
+    seen = []
+
+    def benchmark(backend, cfg):
+        seen.append(memory.weights_digest())
+        return 1.0, []
+
+    monkeypatch.setattr(sws_stage.probes, "benchmark", benchmark)
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    before = memory.weights_digest()
+    result = sws_stage.sws(run)
+    assert result.accepted is True, result.reason
+    assert seen == [before, memory.weights_digest()] and seen[1] != before
+
+
 def test_rem_gate_undoes_to_post_sws(run, monkeypatch):
     monkeypatch.setattr(rem_stage, "sampled_chat_recall", lambda run, k: 0.0)
     with run.ledger._connect(write=True) as con:  # pretend SWS consolidated the facts
