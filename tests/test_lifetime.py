@@ -178,6 +178,26 @@ def test_locality_is_one_on_the_base_model_and_falls_under_a_damaging_adapter(me
     assert hurt["locality"] < 0.5 and hurt["greedy_unchanged"] < 0.5
 
 
+def test_a_session_measures_the_same_weights_once(memory, monkeypatch):
+    """Health, the start of SWS and the start of REM often see the very same weights: the figures
+    are reused by weights digest and stored objects; a changed weight or a new fact measures again."""
+    from sleepwake.sleep import locality as locality_stage
+
+    calls = []
+    real = locality_stage.measure_memory
+    monkeypatch.setattr(locality_stage, "measure_memory", lambda *a, **k: calls.append(1) or real(*a, **k))
+    memory.settings.validate_.locality_sample = 16
+    session = SleepSession(memory, "full_sleep")
+    first = locality_stage.measure_sample(session)
+    assert locality_stage.measure_sample(session) == first and len(calls) == 1
+    damage(memory)
+    hurt = locality_stage.measure_sample(session)
+    assert len(calls) == 2 and hurt["locality"] < first["locality"]
+    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    locality_stage.measure_sample(session)
+    assert len(calls) == 3
+
+
 def damage(memory, scale: float = 3.0) -> None:
     """Store an adapter that rewrites every adapted module: what a runaway LoRA would do."""
     gen = torch.Generator().manual_seed(7)

@@ -11,19 +11,31 @@ from sleepwake.sleep.session import SleepSession
 
 
 def measure_sample(session: SleepSession) -> dict:
-    """{"locality", "greedy_unchanged", "leak", ...} on the configured sample; {} when it is 0."""
+    """{"locality", "greedy_unchanged", "leak", ...} on the configured sample; {} when it is 0.
+    Weights already measured in this session (same digest, same stored objects) are not measured
+    again: greedy decoding makes the figures a function of those two."""
     size = session.settings.validate_.locality_sample
     if size <= 0:
         return {}
-    return measure_memory(session.memory, size)
+    memory = session.memory
+    objects = stored_objects(memory)
+    key = (memory.weights_digest(), tuple(objects), size)
+    if key not in session.locality_seen:
+        session.locality_seen[key] = measure_memory(memory, size, objects)
+    return dict(session.locality_seen[key])
 
 
-def measure_memory(memory, size: int | None = None) -> dict:
-    """The locality metrics of ``memory`` as composed now, on ``size`` prompts (None: all 256)."""
+def stored_objects(memory) -> list[str]:
+    return sorted({row.object for row in memory.ledger.list_facts()})
+
+
+def measure_memory(memory, size: int | None = None, objects: list[str] | None = None) -> dict:
+    """The locality metrics of ``memory`` as composed now, on ``size`` prompts (None: all 256);
+    ``objects`` (default: every stored fact's) count for the leak."""
     prompts = locality.load_prompts()
     picked = locality.sample(prompts, len(prompts) if size is None else size)
     base = memory.locality_base()
-    objects = sorted({row.object for row in memory.ledger.list_facts()})
+    objects = stored_objects(memory) if objects is None else objects
     return locality.measure(memory.backend, [prompts[i] for i in picked], [base[i] for i in picked], objects)
 
 

@@ -51,6 +51,9 @@ class SleepSession:
     # Where long stages report how far they are (stage, done, total, note): the flow's tasks turn
     # it into a Prefect progress artifact; plain calls leave it unset.
     on_progress: Callable[[str, int, int, str], None] | None = None
+    # Locality figures by (weights digest, stored objects, sample size): a night measures the same
+    # weights more than once (health, the start of SWS, the start of REM after a kept SWS).
+    locality_seen: dict[tuple, dict] = field(default_factory=dict)
 
     @property
     def settings(self):
