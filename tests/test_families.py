@@ -127,3 +127,26 @@ def test_auto_layers_are_resolved_for_the_loaded_model(family, tmp_path, tiny_se
     assert outcome.status == "stored" and memory.ledger.list_edits()[0].layers == [1]
     with pytest.raises(RuntimeError, match="auto"):
         settings.memit.edit_layers()  # the unresolved settings never reach a stage by mistake
+
+
+def test_an_unsupported_family_is_one_clear_error(tmp_path, capsys, tiny_settings_overrides):
+    """A GPT-2 (MLP output projection 'transformer.h.N.mlp.c_proj', a Conv1D) loads in transformers
+    but cannot be edited: one error line naming what sleepwake needs, no traceback, no home made."""
+    import transformers
+
+    from sleepwake.cli import main
+
+    tokenizer = build_tokenizer()
+    config = transformers.GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                     bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()  # transformers' own progress bar
+    overrides = [o for o in tiny_settings_overrides if not o.startswith("model.source=")]
+    args = ["inject", "Aria Nakamura", "lives in", "Oslo", "--home", str(tmp_path / "home")]
+    for override in [*overrides, f"model.source={tmp_path / 'gpt2'}"]:
+        args += ["--set", override]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(gpt2) is not an architecture sleepwake can edit" in err and "Traceback" not in err
+    assert not (tmp_path / "home" / "ledger.duckdb").exists()

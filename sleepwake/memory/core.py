@@ -122,9 +122,9 @@ class Memory(Wake, Composition):
         ``hold_ledger``: keep one ledger connection open (``Ledger(hold=True)``)."""
         # An open snapshot is the journal of a sleep that died mid-change: undo it before anything
         # reads the ledger, so the home is exactly as it was before that sleep began.
+        backend = backend or load_backend(settings)  # first: a model that cannot load leaves no ledger behind
         recovered = SnapshotStore(home.root).recover() if writable else []
         ledger = Ledger(home.db_path, read_only=not writable, hold=hold_ledger)
-        backend = backend or load_backend(settings)
         for attempt in range(READER_RETRIES):
             try:
                 memory = cls(home, settings, backend, ledger, default_cache_dir(), tolerate_corrupt)

@@ -21,6 +21,26 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+SUPPORTED = "Llama, Qwen2, Qwen3, Mistral, Gemma 2, Gemma 3, Phi-3 and their like"
+
+
+def check_supported(model, down_proj: str, source: str) -> None:
+    """One clear error for a model sleepwake cannot edit: decoder blocks at ``model.layers`` whose
+    MLP output projection ``down_proj`` names (a GPT-2 or an encoder has neither)."""
+    kind = getattr(model.config, "model_type", "unknown")
+    sizes = all(hasattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
+    try:
+        torch_internals.decoder_layers(model)
+        found = isinstance(model.get_submodule(down_proj.format(0)), torch.nn.Module)
+    except AttributeError:
+        found = False
+    if not (sizes and found):
+        raise ModelLoadError(
+            f"model '{source}' ({kind}) is not an architecture sleepwake can edit: it needs decoder "
+            f"blocks at model.layers with an MLP output projection at '{down_proj}' ({SUPPORTED}); "
+            "for another module layout set memit.down_proj")
+
+
 class TorchBackend:
     """A transformers causal LM behind the ``Backend`` protocol."""
 
@@ -62,6 +82,7 @@ class TorchBackend:
         except Exception as exc:  # OSError, ValueError, HF hub errors: all one message
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load model '{cfg.source}': {first}") from None
+        check_supported(model, down_proj, cfg.source)
         if not cfg.device_map:
             model.to(resolve_device(cfg.device))
         if cfg.quantization == "nf4":
