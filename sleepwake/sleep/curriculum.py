@@ -16,12 +16,15 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from datetime import datetime, timezone
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence, TypeVar
 
 from sleepwake.facts import Fact
 from sleepwake.identity import load_identity
 from sleepwake.models.lora import TrainExample
 from sleepwake.models.probes import chat_question
+
+T = TypeVar("T")
 
 
 def statement(fact: Fact) -> str:
@@ -68,17 +71,25 @@ def replay_examples(backend, consolidated: Sequence[tuple[Fact, datetime | None]
 
     ``consolidated``: (fact, when it was last changed) of facts no longer trained directly;
     ``turns``: logged {"user", "assistant", "ts"} exchanges from earlier conversations.
+    Only the drawn items are tokenized: a night's cost must not grow with the whole memory.
     """
     if size <= 0:
         return []
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    items: list[tuple[float, TrainExample]] = []
+    items: list[tuple[float, Callable[[], TrainExample]]] = []
     for fact, when in consolidated:
-        items.append((_priority(when, now, decay), chat_example(backend, [_user(chat_question(fact))], statement(fact))))
+        items.append((_priority(when, now, decay), partial(_fact_replay, backend, fact)))
     for turn in turns:
-        example = chat_example(backend, [_user(turn["user"])], turn["assistant"])
-        items.append((_priority(turn.get("ts"), now, decay), example))
-    return _weighted_sample(items, size, random.Random(seed))
+        items.append((_priority(turn.get("ts"), now, decay), partial(_turn_replay, backend, turn)))
+    return [build() for build in _weighted_sample(items, size, random.Random(seed))]
+
+
+def _fact_replay(backend, fact: Fact) -> TrainExample:
+    return chat_example(backend, [_user(chat_question(fact))], statement(fact))
+
+
+def _turn_replay(backend, turn: dict) -> TrainExample:
+    return chat_example(backend, [_user(turn["user"])], turn["assistant"])
 
 
 def _priority(when: datetime | None, now: datetime, decay: float) -> float:
@@ -86,7 +97,7 @@ def _priority(when: datetime | None, now: datetime, decay: float) -> float:
     return max(decay ** age_days, 1.0e-6)
 
 
-def _weighted_sample(items: list[tuple[float, TrainExample]], size: int, rng: random.Random) -> list[TrainExample]:
+def _weighted_sample(items: list[tuple[float, T]], size: int, rng: random.Random) -> list[T]:
     """Efraimidis-Spirakis: keys u^(1/w), keep the largest ``size`` (weighted, no replacement)."""
     keyed = sorted(((rng.random() ** (1.0 / weight), index) for index, (weight, _) in enumerate(items)), reverse=True)
     return [items[index][1] for _, index in keyed[:size]]
