@@ -9,6 +9,7 @@ degraded ones to refresh.
 from __future__ import annotations
 
 import shutil
+import sys
 from datetime import timedelta
 
 import pytest
@@ -308,5 +309,9 @@ def test_the_plain_pipeline_runs_a_whole_sleep_and_closes_its_journal(run):
     assert result.outcome in ("kept", "rolled_back") and result.audited == 4
     assert set(result.stage_seconds) >= {"health", "snapshot", "curate", "select", "audit", "maintain", "sws",
                                          "rem", "fold", "validate", "report"}
+    if sys.platform == "linux":  # each stage's own peak resident memory (VmHWM restarted between stages)
+        peaks = result.stage_peak_rss_gb
+        assert set(peaks) >= {"health", "sws", "rem", "validate"} and all(0.05 < gb < 64 for gb in peaks.values()), peaks
+        assert "peak memory" in result.note
     assert SnapshotStore(run.memory.home.root).open_snapshots() == []
     assert run.ledger.runs()[0]["outcome"] == result.outcome

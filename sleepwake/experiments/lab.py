@@ -167,26 +167,8 @@ def sleep_row(report: dict) -> dict:
     """The figures of one sleep report the experiments tabulate (and the hypnogram draws)."""
     keys = ("outcome", "raw_recall_before", "raw_recall_after", "degraded_before", "degraded_after",
             "refreshed", "pruned", "edits", "perplexity_before", "perplexity_after", "convergence",
-            "sws_accepted", "sws_advanced", "rem_accepted", "audited", "locality", "leak", "stage_seconds")
+            "sws_accepted", "sws_advanced", "rem_accepted", "audited", "locality", "leak", "stage_seconds",
+            "stage_peak_rss_gb")
     row = {key: report.get(key) for key in keys}
     row["seconds"] = (report.get("stage_seconds") or {}).get("total")
     return row
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak-memory measurement (Linux: VmHWM restarts from the current size)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_rss_gb() -> float | None:
-    """Peak resident memory of this process since :func:`reset_peak_rss` (None off Linux)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1e6, 3)
-    except OSError:
-        pass
-    return None

@@ -16,8 +16,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sleepwake.experiments.lab import Lab, measure, peak_rss_gb, reset_peak_rss, sleep_row, stage_counts
+from sleepwake.experiments.lab import Lab, measure, sleep_row, stage_counts
 from sleepwake.experiments.result import ExperimentResult
+from sleepwake.resources import peak_rss_gb, reset_peak_rss
 from sleepwake.sleep.locality import measure_memory
 
 
@@ -35,7 +36,7 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
     inject_s = time.perf_counter() - started
     reset_peak_rss()
     report = sleep_row(lab.sleep(home_dir, cfg.longevity_sleep))
-    peak = peak_rss_gb()
+    peak = max([peak_rss_gb() or 0.0, *(report.get("stage_peak_rss_gb") or {}).values()])  # stages restart it
     memory = lab.open(home_dir)
     stored = pool[:night * cfg.facts_per_day]
     after = measure(memory, stored, base)
@@ -46,7 +47,8 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
             "leak": local["leak"], "inject_seconds": round(inject_s, 1), "sleep_seconds": report["seconds"],
             "peak_rss_gb": peak, "home_bytes": home_bytes(home_dir), "adapters": len(memory.adapters),
             **stage_counts(memory), "outcome": report["outcome"], "refreshed": report["refreshed"],
-            "pruned": report["pruned"], "audited": report.get("audited"), "stage_seconds": report["stage_seconds"]}
+            "pruned": report["pruned"], "audited": report.get("audited"), "stage_seconds": report["stage_seconds"],
+            "stage_peak_rss_gb": report.get("stage_peak_rss_gb") or {}}
 
 
 def declining(values: list[float], run: int = 3) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 from sleepwake.errors import CorruptedStateError
+from sleepwake.resources import peak_rss_gb, reset_peak_rss
 from sleepwake.sleep import locality as locality_stage
 from sleepwake.sleep.results import HealthResult
 from sleepwake.sleep.session import SleepSession
@@ -59,7 +60,10 @@ def health_check(session: SleepSession) -> HealthResult:
 
 
 def finish(session: SleepSession, result, started: float):
-    """Time a stage and record its figures under the run id (every stage ends with this)."""
+    """Time a stage, note its peak memory, and record its figures under the run id (every stage
+    ends with this; the peak restarts here, so the next stage measures its own)."""
     result.seconds = round(time.perf_counter() - started, 3)
+    result.peak_rss_gb = peak_rss_gb()
+    reset_peak_rss()
     session.record(result.stage, {**result.figures(), "seconds": result.seconds})
     return result

@@ -61,6 +61,8 @@ class Report(StageResult):
     convergence: str = ""
     drowsiness: float = 0.0
     stage_seconds: dict[str, float] = Field(default_factory=dict)
+    stage_peak_rss_gb: dict[str, float] = Field(
+        default_factory=dict, description="Peak resident memory per stage in GB (Linux); the night's is the largest.")
 
 
 Picked = TypeVar("Picked", bound=StageResult)
@@ -121,6 +123,7 @@ def report(session: SleepSession, outcome: str, *results: StageResult | None) ->
         convergence=convergence(session, degraded_after),
         drowsiness=current_drowsiness(session.ledger, session.settings.health)["level"],
         stage_seconds={r.stage: round(r.seconds, 2) for r in results if r is not None},
+        stage_peak_rss_gb={r.stage: r.peak_rss_gb for r in results if r is not None and r.peak_rss_gb is not None},
     )
     if session.kind == "full_sleep":
         session.record("report", {CYCLE_METRIC: degraded_after})
@@ -157,6 +160,7 @@ def render_markdown(r: Report) -> str:
     lines += [f"| {STAGE_NAMES[int(k)]} | {v} |" for k, v in sorted(r.facts_per_stage.items())]
     verdict = {None: "did not run", True: "kept", False: "undone"}
     lines += ["", f"SWS {verdict[r.sws_accepted]} ({r.sws_advanced} facts moved a stage on); REM {verdict[r.rem_accepted]}; "
-              f"adapters {'folded into one' if r.folded else 'not folded'}.", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {secs:.2f} |" for name, secs in r.stage_seconds.items()]
+              f"adapters {'folded into one' if r.folded else 'not folded'}.", "", "| stage | seconds | peak memory (GB) |", "|---|---|---|"]
+    peaks = r.stage_peak_rss_gb
+    lines += [f"| {name} | {secs:.2f} | {fmt(peaks.get(name))} |" for name, secs in r.stage_seconds.items()]
     return "\n".join(lines)

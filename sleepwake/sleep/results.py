@@ -18,6 +18,7 @@ class StageResult(BaseModel):
 
     stage: str
     seconds: float = 0.0
+    peak_rss_gb: float | None = Field(None, description="Peak resident memory of the process during the stage (Linux).")
     rows: list[dict] = Field(default_factory=list, description="The stage's artifact table.")
     note: str | None = Field(None, description="Markdown shown beside the table (warnings, explanations).")
 

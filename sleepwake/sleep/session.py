@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from sleepwake.errors import SleepwakeError
+from sleepwake.resources import reset_peak_rss
 
 if TYPE_CHECKING:  # the session only holds the memory; importing it for real would load torch here
     from sleepwake.memory import Memory
@@ -54,6 +55,9 @@ class SleepSession:
     # Locality figures by (weights digest, stored objects, sample size): a night measures the same
     # weights more than once (health, the start of SWS, the start of REM after a kept SWS).
     locality_seen: dict[tuple, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        reset_peak_rss()  # the first stage's peak memory is its own, not the process's so far
 
     @property
     def settings(self):
