@@ -155,13 +155,19 @@ class Database:
 
     def migrate(self) -> int:
         """Apply pending migrations, each in its own transaction; return the schema version."""
-        con = self._open(read_only=False)
+        con = self._held or self._open(read_only=False)
+        keep = False
         try:
             current = _schema_version(con)
             self._refuse_newer(current)
-            return self._apply_migrations(con, current)
+            version = self._apply_migrations(con, current)
+            keep = self.hold  # a held ledger keeps this connection: one connect per open, not two
+            return version
         finally:
-            con.close()
+            if keep:
+                self._held = con
+            elif con is not self._held:
+                con.close()
 
     def _refuse_newer(self, version: int) -> None:
         if version > LATEST_VERSION:
