@@ -117,12 +117,15 @@ def unlearn(memory, row, targets: dict, skip: list[int]) -> tuple[dict, int, lis
     examples = forget_examples(memory.backend, targets, cfg.weight) + retain_examples(memory, row)
     lora = dataclasses.replace(recipe(memory.settings), max_steps=cfg.steps, epochs=1_000)
     anchored = anchor_set(memory)
+    # The same null-space constraint as consolidation: the unlearning adapter may not move what the
+    # model does on ordinary text (its drift was +2.5 % per three forgets without it).
+    protect = memory.lora_protection(lora) if memory.settings.lora.protect_energy > 0 else None
     passes: list[dict] = []
     found: list[dict] = []
     for attempt in range(cfg.max_passes):
         with memory.trial_adapter(merge(passes)):
             memory.compose(skip=skip)
-            passes.append(memory.backend.train_lora(examples, lora, anchors=anchored).factors)
+            passes.append(memory.backend.train_lora(examples, lora, anchors=anchored, protect=protect).factors)
         with memory.trial_adapter(merge(passes)):
             memory.compose(skip=skip)
             found = forget_probes(memory, row.fact)
