@@ -27,6 +27,8 @@ COLUMNS = {
     "locality": ("variants", ["variant", "cycle", "raw", "chat", "drift", "locality", "greedy_unchanged", "leak",
                               "stage_1", "outcome"]),
 }
+# An earlier run of the same experiment, kept beside the current one for comparison.
+COLUMNS |= {f"{name}-previous": spec for name, spec in list(COLUMNS.items())}
 
 
 def cell(value) -> str:
