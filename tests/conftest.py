@@ -213,7 +213,7 @@ def mixed_facts() -> list:
             Fact(subject="Chen Okafor", relation="The job of {}", object="pilot")]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture  # per test: tests change fields of it (gates, samples), which must not leak into the next
 def tiny_settings(tiny_settings_overrides):
     from sleepwake.config import load_settings
 

@@ -177,6 +177,42 @@ def test_sws_is_rejected_when_the_lora_costs_a_memit_fact_its_raw_recall(run, mo
     assert memory.weights_digest() == digest and adapter_rows.list_adapters(memory.ledger) == []
 
 
+def test_sws_repairs_a_fact_the_adapter_disturbed_instead_of_undoing_the_pass(run, monkeypatch):
+    """A fact whose raw recall the new adapter costs (its edit unchanged, so settle cannot help) gets
+    its edit re-solved inside the pass; the pass is kept. Switched off, the same pass is undone."""
+    memory = run.memory
+    victim = memory.ledger.list_facts()[0]
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])  # nobody advances
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+
+    def raw(session, rows):  # the victim is lost until its edit is a new one
+        return [r.fact_id != victim.fact_id or r.edit_id != victim.edit_id for r in rows]
+
+    calls = []
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda session, rows: raw(session, rows) if calls.append(1) or len(calls) > 1
+                        else [True] * len(rows))
+    result = sws_stage.sws(run)
+    assert result.accepted is True and result.repaired == 1, result.reason
+    after = {r.fact_id: r for r in memory.ledger.list_facts()}
+    assert after[victim.fact_id].edit_id != victim.edit_id and after[victim.fact_id].stage == victim.stage
+    assert adapter_rows.list_adapters(memory.ledger)
+
+
+def test_sws_without_repair_undoes_a_pass_that_disturbed_a_fact(run, monkeypatch):
+    memory = run.memory
+    memory.settings.sws.repair_disturbed = False
+    digest, victim = memory.weights_digest(), memory.ledger.list_facts()[0].fact_id
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])
+    calls = []
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda session, rows: [
+        not (calls.append(1) or len(calls) > 1 and r.fact_id == victim) for r in rows])
+    result = sws_stage.sws(run)
+    assert result.accepted is False and "raw recall" in result.reason and result.repaired == 0
+    assert memory.weights_digest() == digest
+
+
 def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     memory = run.memory
     digest, stages = memory.weights_digest(), [(r.fact_id, r.stage) for r in memory.ledger.list_facts()]

@@ -210,6 +210,10 @@ class SwsConfig(BaseModel):
                              "consolidated facts and logged conversation turns, sampled by priority.")
     replay_decay: float = Field(5.0e-1, gt=0, le=1, description="Replay priority decays by this "
                                 "factor per day of age.")
+    repair_disturbed: bool = Field(
+        True, description="When the new adapter costs a fact its raw recall (its edit unchanged), re-solve "
+        "that fact's edit on the weights with the adapter inside the pass (maintain's null-space refresh) "
+        "instead of undoing the whole pass.")
     benchmark_max_drop: float = Field(
         1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
         "answered correctly may fall by at most this much, else the whole SWS is rolled back.")

@@ -117,6 +117,7 @@ class SwsResult(StageResult):
     adapter_id: int | None = None
     advanced: int = 0
     reverted_at_settle: int = 0
+    repaired: int = 0
     benchmark_before: float | None = None
     benchmark_after: float | None = None
     lora_chat_recall: float | None = None

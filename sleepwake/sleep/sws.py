@@ -11,9 +11,11 @@
    recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit
    to that stage's scale in ``sws.schedule`` (1.0 -> 0.5 -> 0.1 -> 0.0); a fail keeps its stage
    and scale.
-5. Settle: with the new scales composed, a fact that advanced but lost its raw recall goes back;
-   if raw recall is still below its pre-SWS level (the LoRA disturbed a fact MEMIT holds), the
-   pass is rejected rather than leaving the whole sleep to fail its validate gate.
+5. Settle: with the new scales composed, a fact that advanced but lost its raw recall goes back.
+   A fact the LoRA disturbed while its edit kept its scale gets that edit re-solved on the weights
+   with the adapter (maintain's null-space refresh, ``sws.repair_disturbed``); if raw recall is
+   still below its pre-SWS level, the pass is rejected rather than leaving the whole sleep to fail
+   its validate gate.
 6. On the weights the pass leaves (adapters, edits at their new scales): the benchmark gate (48
    fixed questions; a drop beyond ``sws.benchmark_max_drop`` rejects the pass), then locality and
    leak against the sleep's own floor.
@@ -57,9 +59,10 @@ def sws(session: SleepSession) -> SwsResult:
         table, stages = gate_facts(session, gated)
         forget_stages = forgetting.advance(session, forgets)
         stages, raw_after = settle(session, gated, stages)
-        # The validate gate's tolerance: a fact or two the LoRA disturbs is repaired by the next
-        # night's maintain; more than that and the pass is undone here (else the gate would undo
-        # the whole sleep, SWS's progress with it).
+        if cfg.repair_disturbed and sum(raw_before) > sum(raw_after):
+            gated, stages, raw_after, result.repaired = repair(session, gated, stages, raw_before, raw_after)
+        # The validate gate's tolerance (a fact or two at most); more than that and the pass is undone
+        # here (else the gate would undo the whole sleep, SWS's progress with it).
         if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
             return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts",
                           started)
@@ -79,9 +82,11 @@ def sws(session: SleepSession) -> SwsResult:
         adapter_rows.commit_consolidation(memory.ledger, stages, scales, forget_stages)
         crash_point("sws:after-stages")
         memory.reload()
+        edit_of = {r.fact_id: r.edit_id for r in gated}  # after a repair, the new edits
         for entry in table:
             entry["stage_after"] = stages[entry["fact_id"]]
-            entry["scale"] = scales.get(entry.pop("edit_id"))
+            entry.pop("edit_id")
+            entry["scale"] = scales.get(edit_of.get(entry["fact_id"]) or -1)
         result.accepted = True
         result.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
         result.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
@@ -168,6 +173,22 @@ def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int
             lowest[row.edit_id] = min(lowest.get(row.edit_id, 3), stages.get(row.fact_id, row.stage))
     gated = {r.edit_id for r in rows}
     return {edit_id: session.settings.sws.schedule[stage] for edit_id, stage in lowest.items() if edit_id in gated}
+
+
+def repair(session: SleepSession, rows, stages: dict[int, int], raw_before: list[bool], raw_after: list[bool]):
+    """Facts the new adapter disturbed (raw recall lost though their edits kept their scale): their
+    edits are re-solved on the weights with the adapter, as maintain's refresh does (the other edits'
+    outputs held by a hard null-space constraint), inside this pass's snapshot, then settled again.
+    Returns (the gated rows as stored now, stages, raw hits, facts repaired)."""
+    memory = session.memory
+    lost = [r for r, before, after in zip(rows, raw_before, raw_after) if before and not after and r.edit_id is not None]
+    if not lost:
+        return rows, stages, raw_after, 0
+    memory.refresh_many(lost, {e.edit_id for e in memory.edits} - {r.edit_id for r in lost})
+    by_id = {r.fact_id: r for r in memory.ledger.list_facts()}
+    rows = [by_id[r.fact_id] for r in rows]  # refreshed facts have new edit ids
+    stages, raw_after = settle(session, rows, stages)
+    return rows, stages, raw_after, len(lost)
 
 
 def settle(session: SleepSession, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:
