@@ -82,8 +82,11 @@ def load_backend(settings: Settings):
 
 def for_model(settings: Settings, num_layers: int) -> Settings:
     """The settings with 'auto' MEMIT and LoRA layers chosen for this model's depth (``models.depth``),
-    so every stage, cache key and report sees the layers actually used."""
+    so every stage, cache key and report sees the layers actually used (``settings`` itself when
+    neither is 'auto')."""
     memit, lora = settings.memit, settings.lora
+    if "auto" not in (memit.layers, lora.layers):
+        return settings
     if memit.layers == "auto":
         memit = memit.model_copy(update={"layers": depth.memit_layers(num_layers)})
     if lora.layers == "auto":
@@ -96,7 +99,7 @@ class Memory(Wake, Composition):
 
     def __init__(self, home: Home, settings: Settings, backend, ledger: Ledger, cache_dir: Path,
                  tolerate_corrupt: bool = False):
-        settings = for_model(settings, backend.num_layers) if "auto" in (settings.memit.layers, settings.lora.layers) else settings
+        settings = for_model(settings, backend.num_layers)
         self.home, self.settings, self.backend, self.ledger = home, settings, backend, ledger
         self.deltas = DeltaStore(home.root)
         self.cache_dir = cache_dir

@@ -190,10 +190,11 @@ class Wake(MemoryState):
                             for f in todo]
 
     # ---- sleep: refresh in place ---------------------------------------------------------------
-    def refresh_many(self, targets: Sequence[FactRow], protect_edits: Collection[int]) -> dict[int, int]:
+    def refresh_many(self, targets: Sequence[FactRow], protect_edits: Collection[int] | None = None) -> dict[int, int]:
         """Re-solve degraded facts (with their key groups' companions) as ONE batch under a HARD
-        null-space constraint from ``protect_edits``' stored keys; each group's new edit replaces
-        its old one in place. Returns fact_id -> new edit id.
+        null-space constraint from ``protect_edits``' stored keys (default: every edit but the
+        targets' own); each group's new edit replaces its old one in place. Returns fact_id -> new
+        edit id.
 
         The correction D is solved on the current weights (old edits included) with D k_p = 0,
         and each new edit stores old + D as one factor pair, so the outputs at every protected
@@ -202,6 +203,8 @@ class Wake(MemoryState):
         are not protected: they share the subjects' keys, so protecting them would forbid the
         refresh itself. A consolidated fact (its edit pruned) gets a fresh edit and stage 0.
         """
+        if protect_edits is None:
+            protect_edits = {e.edit_id for e in self.edits} - {r.edit_id for r in targets}
         rows = self.ledger.list_facts()
         live = {e.edit_id: e for e in self.edits}
         replaces = sorted({r.edit_id for r in targets if r.edit_id is not None and r.edit_id in live}

@@ -31,7 +31,8 @@ def check_supported(model, down_proj: str, source: str) -> None:
     sizes = all(hasattr(model.config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size"))
     try:
         torch_internals.decoder_layers(model)
-        found = isinstance(model.get_submodule(down_proj.format(0)), torch.nn.Module)
+        model.get_submodule(down_proj.format(0))
+        found = True
     except AttributeError:
         found = False
     if not (sizes and found):

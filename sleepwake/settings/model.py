@@ -4,12 +4,23 @@ probed, and when the memory asks for sleep (sections ``model``, ``memit``, ``pro
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 _DEVICE_RE = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 _DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+# Decoder layers, or 'auto' (None too: ``--set memit.layers=null``) for a rule on the loaded model's
+# depth, which ``Memory`` applies when it opens (sleepwake.models.depth).
+Layers = Annotated[list[int] | Literal["auto"], BeforeValidator(lambda value: "auto" if value is None else value)]
+
+
+def resolved_layers(layers: Layers, key: str) -> list[int]:
+    """``layers`` once 'auto' has been resolved for a model; unresolved settings never reach a stage."""
+    if not isinstance(layers, list):
+        raise RuntimeError(f"{key} is 'auto' until a Memory resolves it for its model")
+    return list(layers)
 
 
 class ModelConfig(BaseModel):
@@ -52,7 +63,7 @@ class MemitConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    layers: list[int] | Literal["auto"] = Field(default="auto", description=(
+    layers: Layers = Field(default="auto", description=(
         "Decoder layers whose MLP output projection is edited (ascending, unique, >= 0). 'auto': "
         "chosen from the model's depth (sleepwake.models.depth: a run of about a fifth of the layers from "
         "13 % of the depth, MEMIT's lower-middle MLPs; 4-9 on the bundled 30-layer model)."))
@@ -105,11 +116,6 @@ class MemitConfig(BaseModel):
         16, gt=0, description="Facts whose target vectors are optimised together in one batched "
         "forward/backward (bounded so a big batch never holds hundreds of rows' activations).")
 
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _auto_layers(cls, value):
-        return "auto" if value is None else value
-
     @field_validator("layers")
     @classmethod
     def _check_layers(cls, value: list[int] | Literal["auto"]) -> list[int] | Literal["auto"]:
@@ -124,10 +130,7 @@ class MemitConfig(BaseModel):
         return value
 
     def edit_layers(self) -> list[int]:
-        """The layers, once the memory has resolved 'auto' for its model (``Memory`` does on open)."""
-        if not isinstance(self.layers, list):
-            raise RuntimeError("memit.layers is 'auto' until a Memory resolves it for its model")
-        return list(self.layers)
+        return resolved_layers(self.layers, "memit.layers")
 
     @field_validator("down_proj")
     @classmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from sleepwake.settings.model import Layers, resolved_layers
 
 
 class CurateConfig(BaseModel):
@@ -118,22 +120,14 @@ class LoraConfig(BaseModel):
 
     rank: int = Field(16, gt=0, description="LoRA rank r (paper 4: 16).")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (paper 4: 32).")
-    layers: list[int] | Literal["auto"] = Field(
+    layers: Layers = Field(
         default="auto",
         description="Decoder layers that get adapters (paper 4: 8 layers). Spread over the depth: "
         "the chat pathway runs through all of them. 'auto': 8 layers at the bundled preset's "
         "fractions of the depth (sleepwake.models.depth; 4, 7, ... 25 of its 30).")
 
-    @field_validator("layers", mode="before")
-    @classmethod
-    def _auto_layers(cls, value):
-        return "auto" if value is None else value
-
     def adapted_layers(self) -> list[int]:
-        """The layers, once the memory has resolved 'auto' for its model (``Memory`` does on open)."""
-        if not isinstance(self.layers, list):
-            raise RuntimeError("lora.layers is 'auto' until a Memory resolves it for its model")
-        return list(self.layers)
+        return resolved_layers(self.layers, "lora.layers")
     modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"],
         description="Linear module names (last path component) adapted in those layers; names a model "

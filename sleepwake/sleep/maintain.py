@@ -37,8 +37,7 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         if not cfg.enabled or not targets:
             return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending), started)
         refreshed = {r.fact_id for r in targets}
-        protected = {e.edit_id for e in memory.edits} - {r.edit_id for r in targets}
-        new_edits = memory.refresh_many(targets, protected)
+        new_edits = memory.refresh_many(targets)  # every other edit's outputs held
         crash_point("maintain:after-refresh")
         hits = probes.raw_recall(memory.backend, [r.fact for r in targets], session.settings.probes)
         table = [{"fact_id": r.fact_id, "fact": f"{r.fact.prompt()} -> {r.object}", "stage_before": r.stage,

@@ -184,7 +184,7 @@ def repair(session: SleepSession, rows, stages: dict[int, int], raw_before: list
     lost = [r for r, before, after in zip(rows, raw_before, raw_after) if before and not after and r.edit_id is not None]
     if not lost:
         return rows, stages, raw_after, 0
-    memory.refresh_many(lost, {e.edit_id for e in memory.edits} - {r.edit_id for r in lost})
+    memory.refresh_many(lost)
     by_id = {r.fact_id: r for r in memory.ledger.list_facts()}
     rows = [by_id[r.fact_id] for r in rows]  # refreshed facts have new edit ids
     stages, raw_after = settle(session, rows, stages)
