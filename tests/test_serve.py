@@ -221,13 +221,19 @@ def test_bad_requests_get_openai_shaped_errors(served):
 def test_a_full_queue_is_429_and_the_api_key_is_required(tmp_path, tiny_settings_overrides):
     running = Served(tmp_path / "home", [*tiny_settings_overrides, "serve.queue=1"], api_key="s3cret")
     try:
-        release = threading.Event()
-        running.engine.submit(release.wait)  # the worker is busy with this
-        time.sleep(0.2)
-        running.engine.submit(lambda: None)  # and one waits: the queue is full
+        started, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            started.set()
+            release.wait()
+
+        busy = running.engine.submit(hold)  # the worker is busy with this
+        assert started.wait(30)
+        waiting = running.engine.submit(lambda: None)  # and one waits: the queue is full
         with pytest.raises(openai.RateLimitError):
             running.ask("Hi", max_tokens=2)
         release.set()
+        busy.result(timeout=30), waiting.result(timeout=30)  # the queue has drained
         assert running.ask("Hi", max_tokens=2).choices[0].message is not None
         wrong = openai.OpenAI(base_url=f"{running.url}/v1", api_key="guess", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
