@@ -9,7 +9,12 @@ a 4-layer Llama with random weights, saved once per test session.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -234,6 +239,45 @@ def seed_home(factory: pytest.TempPathFactory, overrides: list[str], facts: list
         home = Home.open(factory.mktemp(name) / "home")
         Memory.open(home, load_settings(None, overrides)).inject(facts)
         return home.root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Prefect server at {url} not healthy after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> dict[str, str]:
+    """One real `prefect server` for the session's CLI subprocesses (its PREFECT_HOME and API URL).
+    Without it each `sleepwake sleep` subprocess starts an ephemeral server of its own: ~6 s each on
+    2 cores against ~1 s per flow here (measured), and the crash matrix alone runs twelve sleeps."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = {"PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    prefect = str(Path(sys.executable).parent / "prefect")
+    process = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env={**os.environ, **env}, cwd=root, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(env["PREFECT_API_URL"], 120)
+        yield env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,7 +3,8 @@ once and that the next writer repairs to a consistent state (every fact fully pr
 weights = base + ledger, a killed sleep undone byte for byte).
 
 The crashing command runs as a real subprocess (``SLEEPWAKE_CRASH_AT``, see sleepwake/faults.py)
-in its own process group, so the ephemeral Prefect server it started dies with it. The checks run
+in its own process group against the session's Prefect server (conftest.prefect_server): the
+killed run stays "Running" there, as it would on a user's server. The checks run
 in-process through ``cli.main`` (same code as the command line, without paying a start-up each).
 """
 
@@ -59,10 +60,9 @@ def test_every_crash_point_is_covered():
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    return {**os.environ, "SLEEPWAKE_CACHE": str(shared_cache(tmp_path_factory)), "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect")),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90", "TOKENIZERS_PARALLELISM": "false"}
+def env(tmp_path_factory, prefect_server):
+    return {**os.environ, **prefect_server, "SLEEPWAKE_CACHE": str(shared_cache(tmp_path_factory)),
+            "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def run_killed(args: list[str], env: dict, crash_at: str | None = None, after_s:
     except subprocess.TimeoutExpired:
         pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the crash itself (timer) or its orphans (Prefect server)
+        os.killpg(proc.pid, signal.SIGKILL)  # the crash itself (timer), and anything it started
     except ProcessLookupError:
         pass
     proc.wait()

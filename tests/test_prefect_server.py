@@ -1,8 +1,9 @@
 """The deployment path end to end: a real local Prefect server, ``prefect.yaml`` deployed, a
 process worker running one full sleep, and the run history read back (one task run per stage,
-the stage artifacts). Marked slow: the server alone takes ~15 s to start on 2 cores.
+the stage artifacts). Marked slow. The server is the session's (conftest.prefect_server), shared
+with the crash matrix.
 
-Everything Prefect runs in subprocesses with their own PREFECT_HOME, so this test neither sees
+Everything Prefect runs in subprocesses with the server's own PREFECT_HOME, so this test neither sees
 nor touches the test harness of other modules or the user's Prefect state.
 """
 
@@ -11,12 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -42,24 +39,6 @@ print(json.dumps({"state": flow_run.state.type.value, "tasks": [[t.name, t.state
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"Prefect server at {url} not healthy after {timeout_s} s")
-
-
 def prefect(args: list[str], env: dict, timeout: float = 120) -> str:
     out = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, f"prefect {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
@@ -67,25 +46,13 @@ def prefect(args: list[str], env: dict, timeout: float = 120) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """A real `prefect server`, the sleepwake work pool, and every deployment of prefect.yaml."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "SLEEPWAKE_CACHE": str(root / "cache"),
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
-    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(api, 120)
-        prefect(["work-pool", "create", "sleepwake", "--type", "process"], env)
-        prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
-        yield env
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        shutil.rmtree(root / "prefect", ignore_errors=True)
+def server(prefect_server, tmp_path_factory):
+    """The session's real `prefect server`, the sleepwake work pool, and every deployment of prefect.yaml."""
+    root = tmp_path_factory.mktemp("deployed")
+    env = {**os.environ, **prefect_server, "SLEEPWAKE_CACHE": str(root / "cache")}
+    prefect(["work-pool", "create", "sleepwake", "--type", "process", "--overwrite"], env)
+    prefect(["--no-prompt", "deploy", "--all"], env, timeout=180)
+    return env
 
 
 def run_deployment(name: str, params: dict, env: dict) -> tuple[dict, str]:
