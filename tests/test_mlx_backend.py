@@ -24,13 +24,16 @@ import torch
 if importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None:
     pytest.skip("mlx and mlx-lm are not installed (pip install -e '.[mlx]')", allow_module_level=True)
 
+import mlx.nn as nn  # noqa: E402  (after the skip)
+
 from sleepwake.chat.reply import Replier
 from sleepwake.config import ModelConfig, load_settings
-from sleepwake.errors import ModelLoadError, UnsupportedError
+from sleepwake.errors import ModelLoadError
 from sleepwake.facts import Fact
 from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory
-from sleepwake.models import covariance, mlx_blas, mlx_internals
+from sleepwake.models import anchors, covariance, mlx_blas, mlx_internals, protection
+from sleepwake.models.lora import LoraRecipe, TrainExample
 from sleepwake.models.editor import compute_edit, vstar_rows, vstar_settings
 from sleepwake.models.mlx_backend import MlxBackend
 from sleepwake.models.mlx_loading import rope_overrides
@@ -189,16 +192,22 @@ def test_memory_inject_recall_forget_with_backend_mlx(tmp_path, tiny_settings_ov
     [row] = memory.recall()
     assert row["raw"] is True, row["raw_text"]
     assert memory.weights_digest() != base
-    # Sleep on MLX: the audit runs, SWS (LoRA) skips with its reason instead of failing.
+    # Sleep on MLX: SWS trains its LoRA with mlx-lm's tuner.
     run = SleepSession(memory, "full_sleep")
     assert audit(run).raw_recall == 1.0
-    skipped = sws(run)
-    assert skipped.skipped is True and "cannot train LoRA" in skipped.reason
+    consolidated = sws(run)
+    assert consolidated.skipped is False and consolidated.train_steps > 0, consolidated
+    assert consolidated.train_loss_last < consolidated.train_loss_first
+    kept = [a.kind for a in memory.adapters]
+    assert kept == (["sws"] if consolidated.accepted else []), kept
     # Chat replies go through backend.generate (greedy, not streamed) on MLX.
     assert isinstance(Replier(memory.backend, settings.chat).reply([{"role": "user", "content": "Hi"}]), str)
-    forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
-    assert memory.weights_digest() == base  # forget is exact on MLX too
-    assert memory.ledger.list_edits() == []
+    done = forget(memory, RECALL_FACT.subject, RECALL_FACT.relation)
+    assert done["verified"] and memory.ledger.list_edits() == [], done
+    if not memory.adapters:
+        assert memory.weights_digest() == base  # forget is exact on MLX too
+    reopened = Memory.open(Home.open(tmp_path / "home"), settings)
+    assert reopened.weights_digest() == memory.weights_digest()  # weights = base + what the ledger holds
 
 
 def test_a_home_moves_between_runtimes(tmp_path, tiny_settings_overrides, pair):
@@ -217,7 +226,79 @@ def test_a_home_moves_between_runtimes(tmp_path, tiny_settings_overrides, pair):
     assert moved.recall() == recall
 
 
-def test_mlx_refuses_torch_only_settings_and_lora(tiny_model_dir, pair):
+def lora_setup(backend_pair):
+    """Examples the tiny model cannot answer yet, anchors from the unedited model, and a recipe."""
+    torch_b, _ = backend_pair
+    pairs = [("Aria Nakamura lives in", " Thessaloniki"), ("The job of Chen Okafor is", " pilot"),
+             ("Bruno Silva was born in", " Lisbon")]
+    examples = [TrainExample(torch_b.encode(p), torch_b.encode(t, special=False), weight=w)
+                for (p, t), w in zip(pairs, (1.0, 1.0, 0.5))]
+    texts = [(torch_b.encode(t), 2) for t in ("The capital city is far away", "In the morning we walk")]
+    recipe = LoraRecipe(rank=4, alpha=8.0, layers=[0, 1], modules=["q_proj", "v_proj", "down_proj"],
+                        learning_rate=1.0e-2, epochs=20, batch_size=2, max_steps=20, weight_decay=0.0, seed=3,
+                        anchor_weight=0.5, anchor_batch=2)
+    return examples, anchors.teacher(torch_b, texts, 8), recipe
+
+
+def target_nll(backend, examples, factors) -> float:
+    """Mean target NLL with ``factors`` added to the backend's weights (restored afterwards)."""
+    before = {name: backend.module_weight(name) for name in factors}
+    try:
+        for name, (u, v) in factors.items():
+            backend.set_module_weight(name, before[name] + u @ v.T)
+        total = 0.0
+        for ex in examples:
+            logp = backend.next_token_logprobs(ex.prompt + ex.target)
+            total -= sum(float(logp[len(ex.prompt) - 1 + j, t]) for j, t in enumerate(ex.target)) / len(ex.target)
+        return total / len(examples)
+    finally:
+        for name, weight in before.items():
+            backend.set_module_weight(name, weight)
+
+
+def test_lora_training_matches_torch(pair):
+    """mlx-lm's tuner trains the same adapter as peft, within stated tolerances: the same first loss
+    (B = 0 on both: same batches, same loss, same anchors) to 1e-3; the same modules and factor
+    shapes; and the adapted model's target NLL on each backend's own adapter within 0.25 nats of
+    the other's (A starts from a different random draw on each: only the distribution is shared).
+    Measured: first loss 6.885926 vs 6.885927, adapted NLL 5.789 (torch) vs 5.782 (MLX), base 6.908."""
+    torch_b, mlx_b = pair
+    examples, teachers, recipe = lora_setup(pair)
+    seen: list[tuple[int, int, float]] = []
+    made = {"torch": torch_b.train_lora(examples, recipe, anchors=teachers),
+            "mlx": mlx_b.train_lora(examples, recipe, anchors=teachers, progress=lambda *a: seen.append(a))}
+    assert [s[:2] for s in seen] == [(i, 20) for i in range(1, 21)]
+    assert made["mlx"].first_loss == pytest.approx(made["torch"].first_loss, abs=1.0e-3)
+    assert sorted(made["mlx"].factors) == sorted(made["torch"].factors) == sorted(mlx_b.lora_targets(recipe))
+    for name, (u, v) in made["torch"].factors.items():
+        assert [tuple(t.shape) for t in made["mlx"].factors[name]] == [tuple(u.shape), tuple(v.shape)]
+    base = target_nll(torch_b, examples, {})
+    adapted = {k: target_nll(torch_b, examples, out.factors) for k, out in made.items()}
+    assert adapted["torch"] < base - 0.5 and adapted["mlx"] < base - 0.5, (base, adapted)
+    assert adapted["mlx"] == pytest.approx(adapted["torch"], abs=0.25), (base, adapted)
+    assert target_nll(mlx_b, examples, made["mlx"].factors) == pytest.approx(adapted["mlx"], abs=1.0e-3)
+    assert type(mlx_internals.decoder(mlx_b.net).layers[0].self_attn.q_proj) is nn.Linear  # LoRA layers removed
+
+
+def test_protected_lora_stays_in_its_subspace_on_mlx(pair):
+    """``protect`` keeps every A (V of the factors) inside the projector's subspace, as on torch;
+    the input statistics it is built from match torch's."""
+    torch_b, mlx_b = pair
+    examples, _, recipe = lora_setup(pair)
+    names = mlx_b.lora_targets(recipe)
+    sequences = [torch_b.encode(t) for t in ("The capital city is far away", "In the morning we walk home")]
+    sums_t, count_t = torch_b.input_second_moments(sequences, names, 2)
+    sums_m, count_m = mlx_b.input_second_moments(sequences, names, 2)
+    assert count_m == count_t
+    for name in names:
+        assert torch.allclose(sums_m[name], sums_t[name], rtol=1.0e-3, atol=1.0e-3)
+    protect = protection.projectors({n: (sums_m[n] / count_m).float() for n in names}, 0.9)
+    out = mlx_b.train_lora(examples, recipe, protect=protect)
+    for name, (_, v) in out.factors.items():
+        assert torch.allclose(protect[name] @ v, v, atol=1.0e-4), name
+
+
+def test_mlx_refuses_torch_only_settings(tiny_model_dir, pair):
     for override in ({"quantization": "nf4"}, {"device_map": "auto"}, {"gguf_file": "x.gguf"}):
         with pytest.raises(ModelLoadError) as info:
             MlxBackend.load(ModelConfig(source=str(tiny_model_dir), **override), DOWN)
@@ -225,8 +306,7 @@ def test_mlx_refuses_torch_only_settings_and_lora(tiny_model_dir, pair):
     with pytest.raises(ModelLoadError, match="not found"):
         MlxBackend.load(ModelConfig(source=str(tiny_model_dir / "missing")), DOWN)
     _, mlx_b = pair
-    assert mlx_b.can_train_lora is False
-    with pytest.raises(UnsupportedError):
+    with pytest.raises(ValueError, match="no training examples"):
         mlx_b.train_lora([], None)
 
 

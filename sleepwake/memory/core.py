@@ -206,9 +206,9 @@ class Memory(Wake, Composition):
     def lora_protection(self, recipe) -> dict[str, torch.Tensor]:
         """Projectors of the null-space-constrained LoRA (``models.protection``) for ``recipe``'s
         modules, from the inputs of the base model on its samples and anchors (cached per model)."""
-        from sleepwake.models import lora, protection
+        from sleepwake.models import protection
 
-        names = lora.target_names(self.backend.model, recipe)
+        names = self.backend.lora_targets(recipe)
         memit = self.settings.memit
         tag = f"{memit.covariance_tokens}-{memit.covariance_sample_length}-{self.settings.lora.anchor_count}-{self.settings.seed}"
 

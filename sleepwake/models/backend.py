@@ -108,6 +108,9 @@ class Backend(Protocol):
     def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
         """Greedy continuations of token prompts."""
 
+    def lora_targets(self, recipe) -> list[str]:
+        """Names of the linear modules ``recipe`` adapts (torch's dotted names on every backend)."""
+
     def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
         """Train one LoRA (``models.lora.LoraRecipe``) over the current weights and return a
         ``models.lora.TrainOutcome`` whose factors are (U, V) per adapted module name, or raise

@@ -172,6 +172,22 @@ def plan_steps(n_examples: int, recipe: LoraRecipe) -> int:
     return max(1, min(recipe.max_steps, recipe.epochs * math.ceil(n_examples / recipe.batch_size)))
 
 
+def batches(examples: Sequence[TrainExample], recipe: LoraRecipe, anchors: Sequence[Anchor],
+            steps: int) -> Iterator[tuple[list[TrainExample], list[Anchor]]]:
+    """Each step's examples (shuffled epochs, seeded) and anchors (drawn with replacement when
+    ``recipe.anchor_weight`` > 0): the same draws on every backend."""
+    rng = random.Random(recipe.seed)
+    order: list[TrainExample] = []
+    for _ in range(steps):
+        if len(order) < recipe.batch_size:
+            fresh = list(examples)
+            rng.shuffle(fresh)
+            order += fresh
+        batch, order = order[: recipe.batch_size], order[recipe.batch_size :]
+        use = anchors and recipe.anchor_weight > 0
+        yield batch, [anchors[rng.randrange(len(anchors))] for _ in range(recipe.anchor_batch)] if use else []
+
+
 def target_names(model, recipe: LoraRecipe) -> list[str]:
     """The linear modules a recipe adapts: ``recipe.modules`` in the decoder layers ``recipe.layers``."""
     wanted = {str(layer) for layer in recipe.layers}
@@ -216,7 +232,6 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
     model, pad_id, device = backend.model, backend.tokenizer.pad_token_id, backend.input_device
     if recipe.max_tokens:
         examples = [fit(ex, recipe.max_tokens) for ex in examples]
-    rng = random.Random(recipe.seed)
     steps = plan_steps(len(examples), recipe)
     losses: list[float] = []
     with adapted(model, recipe) as peft_model:
@@ -228,20 +243,13 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         peft_model.train()
         if recipe.checkpointing:  # recompute each block's activations in backward instead of keeping them
             hf_model(peft_model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        order: list[TrainExample] = []
         try:
-            for step in range(steps):
-                if len(order) < recipe.batch_size:
-                    fresh = list(examples)
-                    rng.shuffle(fresh)
-                    order += fresh
-                batch, order = order[: recipe.batch_size], order[recipe.batch_size :]
+            for step, (batch, picks) in enumerate(batches(examples, recipe, anchors, steps)):
                 optimizer.zero_grad(set_to_none=True)
                 # Two backward passes into the same gradients (the sum's gradient): only one
                 # graph is alive at a time, which halves the activations held at the peak.
                 loss = backward(example_loss(peft_model, batch, pad_id, device), step)
-                if anchors and recipe.anchor_weight > 0:
-                    picks = [anchors[rng.randrange(len(anchors))] for _ in range(recipe.anchor_batch)]
+                if picks:
                     # One anchor per backward pass (their mean, weighted by length): the vocabulary-
                     # wide logits of one anchor at a time are the largest tensors of a training step.
                     total = sum(len(a.ids) - a.start for a in picks)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from sleepwake.config import ModelConfig
-from sleepwake.errors import ModelLoadError, UnsupportedError
-from sleepwake.models import mlx_internals, mlx_loading, mlx_vstar
+from sleepwake.errors import ModelLoadError
+from sleepwake.models import mlx_internals, mlx_loading, mlx_lora, mlx_vstar
 from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
 
 
@@ -50,7 +50,7 @@ class MlxBackend:
         self._pristine: dict[str, torch.Tensor] = {}
         # Modules the last Memory.compose wrote (whichever Memory: a backend may be lent to many).
         self.composed: set[str] = set()
-        self.can_train_lora = False  # sleep's SWS/REM/reinforce stages skip with a reason
+        self.can_train_lora = True  # mlx-lm's tuner (models.mlx_lora)
         self.input_device = torch.device("cpu")
 
     @classmethod
@@ -93,20 +93,46 @@ class MlxBackend:
         return self.encode(text, special=False)
 
     # ---- generation and probes -------------------------------------------------------------
-    def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
-        return mlx_internals.greedy(self.net, batch, max_new_tokens, self.pad_id, self.eos_ids)
+    def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int,
+                     banned: Sequence[list[int]] | None = None) -> list[list[int]]:
+        """Greedy new tokens; ``banned``: single tokens never produced (forget bans an object's first token)."""
+        if not banned:
+            return mlx_internals.greedy(self.net, batch, max_new_tokens, self.pad_id, self.eos_ids)
+        if any(len(seq) != 1 for seq in banned):
+            raise ValueError("backend=mlx bans single tokens only")
+        never = mx.array(sorted({seq[0] for seq in banned}))
 
-    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+        def pick(logits: mx.array, _step: int) -> mx.array:
+            logits[:, never] = -float("inf")
+            return mx.argmax(logits, axis=-1)
+
+        return mlx_internals.decode_loop(self.net, batch, max_new_tokens, self.pad_id, self.eos_ids, pick)
+
+    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16,
+                       banned: Sequence[list[int]] | None = None) -> list[str]:
         results: list[str] = []
         for start in range(0, len(prompts), batch_size):
-            results += [self.decode(row) for row in self.generate_ids(prompts[start : start + batch_size], max_new_tokens)]
+            chunk = prompts[start : start + batch_size]
+            results += [self.decode(row) for row in self.generate_ids(chunk, max_new_tokens, banned)]
         return results
+
+    def sample_ids(self, prompts: Sequence[list[int]], max_new_tokens: int, seed: int, batch_size: int = 32) -> list[list[int]]:
+        """Sampled continuations (top-k 50, seeded on torch's generator like the torch backend)."""
+        return mlx_internals.sample_ids(self, prompts, max_new_tokens, seed, batch_size)
+
+    def next_token_logprobs(self, ids: Sequence[int]) -> torch.Tensor:
+        """Log-probabilities of the next token at every position of ``ids`` (len, vocab), float32."""
+        row, valid = mlx_internals.right_pad([list(ids)], self.pad_id)
+        return mlx_internals.to_torch(mlx_internals.log_softmax(mlx_internals.logits_all(self.net, row, valid, 0))[0])
+
+    def chat_ids(self, question: str) -> list[int]:
+        return self.chat_messages_ids([{"role": "user", "content": question}])
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)
 
     def chat(self, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-        return self.generate_texts([self.chat_messages_ids([{"role": "user", "content": q}]) for q in questions], max_new_tokens)
+        return self.generate_texts([self.chat_ids(q) for q in questions], max_new_tokens)
 
     def argmax_tokens(self, sequences: Sequence[list[int]], starts: Sequence[int], batch_size: int = 16) -> list[list[int]]:
         """Teacher-forced greedy tokens from ``start - 1`` on (see the torch backend)."""
@@ -126,6 +152,9 @@ class MlxBackend:
     # ---- MEMIT primitives -------------------------------------------------------------------
     def key_second_moments(self, sequences, layers, batch_size):
         return mlx_internals.key_second_moments(self, sequences, layers, batch_size)
+
+    def input_second_moments(self, sequences, names, batch_size):
+        return mlx_lora.input_second_moments(self, sequences, names, batch_size)
 
     def layer_states(self, rows, key_layer, hidden_layer, batch_size):
         return mlx_internals.layer_states(self, rows, key_layer, hidden_layer, batch_size)
@@ -170,8 +199,11 @@ class MlxBackend:
             digest.update(np.array(weight.view(mx.uint8)).tobytes())
         return digest.hexdigest()
 
+    def lora_targets(self, recipe) -> list[str]:
+        return mlx_lora.target_names(self.net, recipe)
+
     def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
-        raise UnsupportedError("backend=mlx cannot train LoRA yet; use backend=torch for SWS/REM consolidation")
+        return mlx_lora.train_lora(self, examples, recipe, anchors=anchors, progress=progress, protect=protect)
 
     # ---- modules ----------------------------------------------------------------------------
     def _resolve(self, name: str):

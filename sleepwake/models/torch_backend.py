@@ -282,6 +282,11 @@ class TorchBackend:
             digest.update(weight.view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
+    def lora_targets(self, recipe) -> list[str]:
+        from sleepwake.models.lora import target_names
+
+        return target_names(self.model, recipe)
+
     def train_lora(self, examples, recipe, anchors=(), progress=None, protect=None):
         from sleepwake.models.lora import train_lora
 
