@@ -7,7 +7,13 @@ of every stage, so each stage reports its own peak and the night's peak is the l
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+M_MMAP_THRESHOLD = -3  # mallopt parameter number (glibc's malloc.h)
 
 
 def reset_peak_rss() -> None:
@@ -27,3 +33,23 @@ def peak_rss_gb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def return_freed_memory(threshold_mb: float) -> bool:
+    """Have glibc map every allocation of at least ``threshold_mb`` MB on its own, so freeing it
+    gives the memory back to the system (0: leave glibc's adaptive threshold). Returns whether
+    the threshold was set (False off glibc).
+
+    Why: glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so
+    the few-MB activations of LoRA training come from the heap afterwards, and the freed heap
+    stays resident. Measured on REM (bundled model, 6 steps): peak 2.25 GB with the adaptive
+    threshold, 1.73 at 2 MB, 1.76 at 1 MB, 2.20 at 4 MB; CPU time 187 s -> 221 s at 2 MB
+    (18 M minor page faults instead of 1.5 M)."""
+    if threshold_mb <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        log.debug("mallopt unavailable; heap_mmap_threshold_mb ignored")
+        return False

@@ -32,6 +32,7 @@ from sleepwake.errors import CorruptedStateError, ModelLoadError, SleepwakeError
 from sleepwake.facts import Fact
 from sleepwake.models import anchors, covariance, depth, locality, probes
 from sleepwake.models.bundled import default_cache_dir
+from sleepwake.resources import return_freed_memory
 from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.deltas import DeltaStore
 from sleepwake.storage.home import Home
@@ -69,6 +70,7 @@ def load_backend(settings: Settings):
     lent = _LENT.get(backend_key(settings))
     if lent is not None:
         return lent
+    return_freed_memory(settings.model.heap_mmap_threshold_mb)
     if settings.backend == "mlx":
         try:
             from sleepwake.models.mlx_backend import MlxBackend
