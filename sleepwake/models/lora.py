@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.utils.checkpoint
 
 from sleepwake.models import torch_internals
 from sleepwake.models.anchors import Anchor, kl_to_teacher
@@ -88,34 +87,14 @@ def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device) -> t
     # Under a device_map the decoder's output sits on the last layer's device, not the inputs'.
     targets = labels[:, 1:].to(hidden.device)  # position i predicts token i + 1
     rows, cols = (targets != -100).nonzero(as_tuple=True)
-    nll = token_nll(model.get_output_embeddings(), hidden[rows, cols], targets[rows, cols])  # (n_target_tokens,)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # (n_target_tokens, vocab)
+    nll = torch.nn.functional.cross_entropy(logits, targets[rows, cols].to(logits.device), reduction="none")
     rows = rows.to(nll.device)
     per_example = torch.zeros(len(batch), device=nll.device).index_add(0, rows, nll)
     counts = torch.zeros(len(batch), device=nll.device).index_add(0, rows, torch.ones_like(nll))
     per_example = per_example / counts.clamp(min=1.0)  # (b,)
     weights = torch.tensor([ex.weight for ex in batch], device=nll.device)
     return (per_example * weights).sum() / weights.sum()
-
-
-LOSS_CHUNK = 128  # target tokens whose vocabulary logits exist at once
-
-
-def token_nll(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """NLL (n,) of ``targets`` (n,) from final hidden states (n, d), ``LOSS_CHUNK`` rows of logits at
-    a time, each chunk recomputed in backward instead of kept. Measured on REM's dreamed replies:
-    ~800 target tokens held their (n, 49152) logits, log-softmax and gradient at once, the largest
-    tensors of a night; recomputing a chunk costs one head matmul (~1 % of a step)."""
-    targets = targets.to(hidden.device)
-
-    def chunk_nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()  # (chunk, vocab)
-        return torch.nn.functional.cross_entropy(logits, t.to(logits.device), reduction="none")
-
-    if len(targets) <= LOSS_CHUNK or not torch.is_grad_enabled():
-        return chunk_nll(hidden, targets)
-    return torch.cat([torch.utils.checkpoint.checkpoint(chunk_nll, hidden[i : i + LOSS_CHUNK], targets[i : i + LOSS_CHUNK],
-                                                        use_reentrant=False)
-                      for i in range(0, len(targets), LOSS_CHUNK)])
 
 
 def anchor_loss(model, batch: Sequence[Anchor], pad_id: int, device) -> torch.Tensor:
