@@ -22,6 +22,7 @@ from sleepwake.errors import CorruptedStateError
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.sleep import journal, pipeline
+from sleepwake.sleep import validate as validate_stage
 from sleepwake.sleep.audit import audit
 from sleepwake.sleep.curate import curate
 from sleepwake.sleep.forget import forget
@@ -240,6 +241,40 @@ def test_gate_fails_on_recall_drop(run):
     health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)  # far above: only recall can fail
     verdict = validate(run, before, health)
     assert verdict.passed is False and "recall" in verdict.failures[0]
+
+
+def lose_until_resolved(run, monkeypatch, victim):
+    """Validate's audits report ``victim`` degraded for as long as it keeps its old edit."""
+    real = validate_stage.audit_stage.audit
+
+    def audit_now(session, ids, label):
+        result = real(session, ids, label=label)
+        now = session.ledger.find_fact(victim.subject, victim.relation)
+        if now.edit_id == victim.edit_id and victim.fact_id in result.healthy_ids:
+            result.healthy_ids.remove(victim.fact_id)
+            result.degraded_ids.append(victim.fact_id)
+            result.raw_recall = round(len(result.healthy_ids) / result.n, 4)
+        return result
+
+    monkeypatch.setattr(validate_stage.audit_stage, "audit", audit_now)
+
+
+def test_validate_repairs_a_fact_the_sleep_cost_before_judging(run, monkeypatch):
+    """A fact healthy before the sleep and degraded after it (REM or the fold disturbed it; its edit is
+    unchanged) gets its edit re-solved and is audited again: the sleep passes. Switched off, it fails."""
+    before = audit(run)
+    assert before.healthy_ids, before
+    victim = next(r for r in run.ledger.list_facts() if r.fact_id == before.healthy_ids[0])
+    lose_until_resolved(run, monkeypatch, victim)
+    health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)  # only recall can fail
+    monkeypatch.setattr(run.settings.validate_, "repair_lost", False)
+    failed = validate(run, before, health)
+    assert failed.passed is False and failed.repaired == 0 and "recall" in failed.failures[0]
+    monkeypatch.setattr(run.settings.validate_, "repair_lost", True)
+    verdict = validate(run, before, health)
+    assert verdict.passed is True and verdict.repaired == 1, verdict.failures
+    assert run.ledger.find_fact(victim.subject, victim.relation).edit_id != victim.edit_id
+    assert verdict.raw_recall_after == before.raw_recall
 
 
 def test_an_interrupted_sleep_is_undone_by_the_next_writer(run, settings):

@@ -82,6 +82,11 @@ class ValidateConfig(BaseModel):
         "above it the sleep is rolled back (SWS undoes its own pass at the same limit). The few facts "
         "within it are refreshed by the next night's maintain: a sleep is not thrown away for one fact.",
     )
+    repair_lost: bool = Field(
+        True, description="Before judging, re-solve (maintain's null-space refresh) the edits of audited facts "
+        "this sleep cost their raw recall, and audit again: REM and the fold can disturb a fact after SWS's own "
+        "repair (measured: a 6-night run lost its night 5, 16 -> 15 facts, to this).",
+    )
     min_locality: float = Field(
         9.0e-1, ge=0, le=1,
         description="Smallest teacher-forced locality on the unrelated probe sample: the share of the "

@@ -173,6 +173,7 @@ class ValidateResult(StageResult):
     raw_recall_after: float | None = None
     chat_recall_after: float | None = None
     degraded_after: int = 0
+    repaired: int = 0
     locality: float | None = None
     greedy_unchanged: float | None = None
     leak: float | None = None

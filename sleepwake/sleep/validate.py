@@ -5,7 +5,9 @@ perplexity rose over ``validate.max_ppl_increase`` (relative to before the sleep
 ``validate.max_drift`` from the base model; raw recall of the audited facts dropped more than
 ``validate.max_recall_drop``; teacher-forced locality on the unrelated probe sample fell under
 ``validate.min_locality`` or its leak rose over ``validate.max_leak``; or a forgotten object came
-back. The post-change audit is handed to the report, which saves its verdicts if the sleep is kept.
+back. Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own
+repair) get their edits re-solved and are audited again (``validate.repair_lost``). The post-change
+audit is handed to the report, which saves its verdicts if the sleep is kept.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from sleepwake.sleep.session import SleepSession
 def validate(session: SleepSession, before: AuditResult, health: HealthResult) -> ValidateResult:
     started = time.perf_counter()
     cfg = session.settings.validate_
-    after = audit_stage.audit(session, [v["fact_id"] for v in before.verdicts], label="validate-audit")
+    audited = [v["fact_id"] for v in before.verdicts]
+    after = audit_stage.audit(session, audited, label="validate-audit")
+    repaired = repair_lost(session, before, after) if cfg.enabled and cfg.repair_lost else 0
+    if repaired:
+        after = audit_stage.audit(session, audited, label="validate-audit")
     ppl = session.memory.perplexity()
     local = locality_stage.measure_sample(session)
     resurfaced = forgetting.resurfaced(session)
@@ -52,11 +58,23 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
         perplexity_after=round(ppl, 4), perplexity_increase=round(increase, 6),
         perplexity_drift=None if drift is None else round(drift, 6), raw_recall_before=recall_before,
         raw_recall_after=recall_after, chat_recall_after=after.chat_recall, degraded_after=after.degraded,
+        repaired=repaired,
         locality=local.get("locality"), greedy_unchanged=local.get("greedy_unchanged"), leak=local.get("leak"),
         forgotten_resurfaced=resurfaced, audit=after)
     result.rows = [{"gate": gate, "before": _round(b), "after": _round(a), "limit": limit, "passed": ok}
                    for gate, b, a, limit, ok, _ in checks]
     return finish(session, result, started)
+
+
+def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> int:
+    """Facts healthy before the sleep and degraded now, their edits still in place: re-solved on the
+    weights as they are now (the other edits held by the null-space constraint, as in SWS's repair),
+    inside this sleep's snapshot, so a rollback still restores everything. Returns how many."""
+    lost = set(before.healthy_ids) & set(after.degraded_ids)
+    rows = [r for r in session.ledger.list_facts() if r.fact_id in lost and r.edit_id is not None]
+    if rows:
+        session.memory.refresh_many(rows)
+    return len(rows)
 
 
 def _round(value):
