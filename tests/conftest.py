@@ -247,9 +247,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_healthy(url: str, timeout_s: float) -> None:
+def wait_healthy(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"Prefect server for {url} exited with {process.returncode} (port taken?)")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -273,11 +275,15 @@ def prefect_server(tmp_path_factory) -> dict[str, str]:
                                env={**os.environ, **env}, cwd=root, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        wait_healthy(env["PREFECT_API_URL"], 120)
+        wait_healthy(env["PREFECT_API_URL"], 120, process)
         yield env
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -228,11 +228,13 @@ def test_a_full_queue_is_429_and_the_api_key_is_required(tmp_path, tiny_settings
             release.wait()
 
         busy = running.engine.submit(hold)  # the worker is busy with this
-        assert started.wait(30)
-        waiting = running.engine.submit(lambda: None)  # and one waits: the queue is full
-        with pytest.raises(openai.RateLimitError):
-            running.ask("Hi", max_tokens=2)
-        release.set()
+        try:
+            assert started.wait(30)
+            waiting = running.engine.submit(lambda: None)  # and one waits: the queue is full
+            with pytest.raises(openai.RateLimitError):
+                running.ask("Hi", max_tokens=2)
+        finally:
+            release.set()
         busy.result(timeout=30), waiting.result(timeout=30)  # the queue has drained
         assert running.ask("Hi", max_tokens=2).choices[0].message is not None
         wrong = openai.OpenAI(base_url=f"{running.url}/v1", api_key="guess", max_retries=0)

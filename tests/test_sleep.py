@@ -272,7 +272,7 @@ def test_validate_repairs_a_fact_the_sleep_cost_before_judging(run, monkeypatch)
     assert failed.passed is False and failed.repaired == 0 and "recall" in failed.failures[0]
     monkeypatch.setattr(run.settings.validate_, "repair_lost", True)
     verdict = validate(run, before, health)
-    assert verdict.passed is True and verdict.repaired == 1, verdict.failures
+    assert verdict.passed is True and verdict.repaired >= 1, verdict.failures
     assert run.ledger.find_fact(victim.subject, victim.relation).edit_id != victim.edit_id
     assert verdict.raw_recall_after == before.raw_recall
 

@@ -96,6 +96,7 @@ class MlxBackend:
     def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int,
                      banned: Sequence[list[int]] | None = None) -> list[list[int]]:
         """Greedy new tokens; ``banned``: single tokens never produced (forget bans an object's first token)."""
+        banned = [seq for seq in banned or [] if seq]  # an empty encoding bans nothing (as on torch)
         if not banned:
             return mlx_internals.greedy(self.net, batch, max_new_tokens, self.pad_id, self.eos_ids)
         if any(len(seq) != 1 for seq in banned):

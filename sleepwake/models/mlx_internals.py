@@ -239,16 +239,16 @@ def sample_sequences(backend, n_tokens: int, length: int, seed: int, batch_size:
 
 def sample_ids(backend, prompts: Sequence[list[int]], max_new_tokens: int, seed: int, batch_size: int) -> list[list[int]]:
     """Sampled continuations of token prompts (the torch backend's ``sample_ids``: top-k 50 on
-    torch's generator, seeded; a row is cut after its end-of-sequence token)."""
+    torch's generator, seeded; a row is cut after the tokenizer's end-of-sequence token)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     out: list[list[int]] = []
+    eos = backend.tokenizer.eos_token_id
     try:
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
             for row in decode_loop(backend.net, batch, max_new_tokens, backend.pad_id, backend.eos_ids, top_k_pick(50)):
-                ends = [i for i, token in enumerate(row) if token in backend.eos_ids]
-                out.append(row[: ends[0] + 1] if ends else row)
+                out.append(row[: row.index(eos) + 1] if eos in row else row)
     finally:
         torch.random.set_rng_state(state)
     return out

@@ -107,6 +107,8 @@ def example_batch(batch: Sequence[recipes.TrainExample], pad_id: int) -> dict[st
     rows, cols, tokens = [], [], []
     for i, ex in enumerate(batch):
         for j, token in enumerate(ex.target):
+            if len(ex.prompt) + j < 1:  # the first token of a prompt-less example has no predictor
+                continue
             rows.append(i)
             cols.append(len(ex.prompt) + j - 1)  # position p predicts token p + 1
             tokens.append(token)
@@ -158,11 +160,11 @@ def adapted(net, recipe: recipes.LoraRecipe, names: Sequence[str]):
     """``net`` with mlx-lm LoRA layers on ``names`` (only they train); removed, unfused, afterwards."""
     trainable = bool(tree_flatten(net.trainable_parameters()))
     mx.random.seed(recipe.seed)  # A's uniform init: same data, same adapter
-    net.freeze()
-    layers = [(name, LoRALinear.from_base(_module(net, name), r=recipe.rank,
-                                          scale=recipe.alpha / recipe.rank, dropout=0.0)) for name in names]
-    net.update_modules(tree_unflatten(layers))
     try:
+        net.freeze()
+        layers = [(name, LoRALinear.from_base(_module(net, name), r=recipe.rank,
+                                              scale=recipe.alpha / recipe.rank, dropout=0.0)) for name in names]
+        net.update_modules(tree_unflatten(layers))
         yield dict(layers)
     finally:
         remove_lora_layers(net)

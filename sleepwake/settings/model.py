@@ -42,11 +42,11 @@ class ModelConfig(BaseModel):
         "none", description="'nf4': 4-bit weights via bitsandbytes (CUDA only).")
     trust_remote_code: bool = Field(
         False, description="Allow model code shipped with a hub checkpoint to run.")
-    heap_mmap_threshold_mb: float = Field(2.0, ge=0, description=(
+    heap_mmap_threshold_mb: float = Field(2.0, ge=0, le=32, description=(
         "glibc only: CPU allocations of at least this many MB get their own mapping, returned to the "
         "system when freed. Measured on REM's LoRA (bundled model): peak resident memory 2.25 -> 1.75 GB "
         "for ~15 % more CPU time. 0 keeps glibc's adaptive threshold, under which freed training "
-        "tensors stay resident."))
+        "tensors stay resident. glibc accepts at most 32 MB."))
 
     @field_validator("device")
     @classmethod

@@ -12,13 +12,16 @@ audit is handed to the report, which saves its verdicts if the sleep is kept.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from sleepwake.faults import crash_point
-from sleepwake.sleep import audit as audit_stage, forgetting, locality as locality_stage
+from sleepwake.sleep import audit as audit_stage, forgetting, journal, locality as locality_stage
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import AuditResult, HealthResult, ValidateResult
 from sleepwake.sleep.session import SleepSession
+
+log = logging.getLogger(__name__)
 
 
 def validate(session: SleepSession, before: AuditResult, health: HealthResult) -> ValidateResult:
@@ -26,9 +29,9 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
     cfg = session.settings.validate_
     audited = [v["fact_id"] for v in before.verdicts]
     after = audit_stage.audit(session, audited, label="validate-audit")
-    repaired = repair_lost(session, before, after) if cfg.enabled and cfg.repair_lost else 0
-    if repaired:
-        after = audit_stage.audit(session, audited, label="validate-audit")
+    repaired = repair_lost(session, before, after) if cfg.enabled and cfg.repair_lost else []
+    if repaired:  # judged again on the audited facts plus every fact whose edit was re-solved
+        after = audit_stage.audit(session, sorted(set(audited) | set(repaired)), label="validate-audit")
     ppl = session.memory.perplexity()
     local = locality_stage.measure_sample(session)
     resurfaced = forgetting.resurfaced(session)
@@ -58,7 +61,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
         perplexity_after=round(ppl, 4), perplexity_increase=round(increase, 6),
         perplexity_drift=None if drift is None else round(drift, 6), raw_recall_before=recall_before,
         raw_recall_after=recall_after, chat_recall_after=after.chat_recall, degraded_after=after.degraded,
-        repaired=repaired,
+        repaired=len(repaired),
         locality=local.get("locality"), greedy_unchanged=local.get("greedy_unchanged"), leak=local.get("leak"),
         forgotten_resurfaced=resurfaced, audit=after)
     result.rows = [{"gate": gate, "before": _round(b), "after": _round(a), "limit": limit, "passed": ok}
@@ -66,15 +69,23 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
     return finish(session, result, started)
 
 
-def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> int:
+def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> list[int]:
     """Facts healthy before the sleep and degraded now, their edits still in place: re-solved on the
     weights as they are now (the other edits held by the null-space constraint, as in SWS's repair),
-    inside this sleep's snapshot, so a rollback still restores everything. Returns how many."""
+    under a stage snapshot inside this sleep's, so a failed repair is undone and the sleep is judged
+    unrepaired. Returns the ids of every fact whose edit was re-solved (companions included)."""
     lost = set(before.healthy_ids) & set(after.degraded_ids)
     rows = [r for r in session.ledger.list_facts() if r.fact_id in lost and r.edit_id is not None]
-    if rows:
-        session.memory.refresh_many(rows)
-    return len(rows)
+    if not rows:
+        return []
+    edits = {r.fact_id: r.edit_id for r in session.ledger.list_facts()}
+    try:
+        with journal.stage(session, "validate-repair"):
+            session.memory.refresh_many(rows)
+    except Exception as exc:  # noqa: BLE001  (judge the sleep as it stood; the stage restored it)
+        log.warning("validate: repairing %d fact(s) failed (%s); judging without it", len(rows), exc)
+        return []
+    return [r.fact_id for r in session.ledger.list_facts() if edits.get(r.fact_id) != r.edit_id]
 
 
 def _round(value):
