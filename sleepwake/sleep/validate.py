@@ -70,12 +70,14 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult) -
 
 
 def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> list[int]:
-    """Facts healthy before the sleep and degraded now, their edits still in place: re-solved on the
-    weights as they are now (the other edits held by the null-space constraint, as in SWS's repair),
-    under a stage snapshot inside this sleep's, so a failed repair is undone and the sleep is judged
-    unrepaired. Returns the ids of every fact whose edit was re-solved (companions included)."""
+    """Facts healthy before the sleep and degraded now: their edits re-solved on the weights as they
+    are now (the other edits held by the null-space constraint, as in SWS's repair); a consolidated
+    fact with no edit left gets a fresh one at stage 0, as maintain would re-wake it the next night
+    (a 6-night run lost its night 5 to a fact with raw recall before the sleep and no edit to repair). Under a stage snapshot inside
+    this sleep's, so a failed repair is undone and the sleep is judged unrepaired. Returns the ids of
+    every fact whose edit changed (companions included)."""
     lost = set(before.healthy_ids) & set(after.degraded_ids)
-    rows = [r for r in session.ledger.list_facts() if r.fact_id in lost and r.edit_id is not None]
+    rows = [r for r in session.ledger.list_facts() if r.fact_id in lost]
     if not rows:
         return []
     edits = {r.fact_id: r.edit_id for r in session.ledger.list_facts()}
