@@ -208,10 +208,7 @@ class MlxBackend:
 
     # ---- modules ----------------------------------------------------------------------------
     def _resolve(self, name: str):
-        node = self.net
-        for part in name.split(".") if name else []:
-            node = node[int(part)] if isinstance(node, list) else getattr(node, part)
-        return node
+        return mlx_internals.module_at(self.net, name)
 
     def _linear(self, name: str):
         try:

@@ -55,6 +55,14 @@ def decoder(model):
     return model.model
 
 
+def module_at(model, name: str):
+    """The submodule at a dotted torch-style name (``model.layers.4.mlp.down_proj``; "" is the model)."""
+    node = model
+    for part in name.split(".") if name else []:
+        node = node[int(part)] if isinstance(node, list) else getattr(node, part)
+    return node
+
+
 def head(model, hidden: mx.array) -> mx.array:
     """Logits from final-norm hidden states (tied models project with the embedding)."""
     if "lm_head" in model:

@@ -34,7 +34,8 @@ from mlx_lm.tuner.utils import remove_lora_layers
 
 from sleepwake.models import lora as recipes
 from sleepwake.models.anchors import Anchor
-from sleepwake.models.mlx_internals import decoder, head, log_softmax, right_pad, run_blocks, to_mlx, to_torch
+from sleepwake.models.mlx_internals import (decoder, head, log_softmax, module_at, right_pad, run_blocks, to_mlx,
+                                             to_torch)
 
 
 def target_names(net, recipe: recipes.LoraRecipe) -> list[str]:
@@ -65,7 +66,7 @@ def input_second_moments(backend, sequences, names: Sequence[str], batch_size: i
     """Sum over all real tokens of x x^T (float64, in torch) for the input x of each named linear
     module, and the token count (``torch_internals.input_second_moments``)."""
     net = backend.net
-    recorders = {name: Recorder(_module(net, name)) for name in names}
+    recorders = {name: Recorder(module_at(net, name)) for name in names}
     sums: dict[str, torch.Tensor] = {}
     count = 0
     net.update_modules(tree_unflatten(list(recorders.items())))
@@ -162,7 +163,7 @@ def adapted(net, recipe: recipes.LoraRecipe, names: Sequence[str]):
     mx.random.seed(recipe.seed)  # A's uniform init: same data, same adapter
     try:
         net.freeze()
-        layers = [(name, LoRALinear.from_base(_module(net, name), r=recipe.rank,
+        layers = [(name, LoRALinear.from_base(module_at(net, name), r=recipe.rank,
                                               scale=recipe.alpha / recipe.rank, dropout=0.0)) for name in names]
         net.update_modules(tree_unflatten(layers))
         yield dict(layers)
@@ -171,13 +172,6 @@ def adapted(net, recipe: recipes.LoraRecipe, names: Sequence[str]):
         if trainable:
             net.unfreeze()
         net.eval()
-
-
-def _module(net, name: str):
-    node = net
-    for part in name.split("."):
-        node = node[int(part)] if isinstance(node, list) else getattr(node, part)
-    return node
 
 
 class Progress(TrainingCallback):
