@@ -26,7 +26,6 @@ Sleeper = Callable[[str, Sequence[str]], dict]
 # (table name, row) -> None: called as each point is measured (progress, live artifacts)
 Progress = Callable[[str, dict], None]
 HELD_OUT = "I was wondering about something. {}"  # a chat wording no training example uses
-_LIVE: dict[str, "Lab"] = {}  # labs whose points run as Prefect tasks find them by id
 
 
 @dataclass
@@ -85,14 +84,6 @@ class Lab:
             self.backends[key] = self.backend if same else load_backend(settings)
         return self.backends[key]
 
-    def register(self) -> str:
-        lab_id = f"lab-{id(self):x}"
-        _LIVE[lab_id] = self
-        return lab_id
-
-    def release(self) -> None:
-        _LIVE.pop(f"lab-{id(self):x}", None)
-
     def pool(self, size: int) -> list[PoolFact]:
         """The experiment's seeded pool of ``size`` facts; experiments that inject in waves take one
         pool for all of them and slice it (``generate_pool(n)`` deals subjects and relations
@@ -108,13 +99,6 @@ class Lab:
 
     def sleep(self, home_dir: str, extra: Sequence[str] = ()) -> dict:
         return self.sleeper(home_dir, [*self.overrides, *extra])
-
-
-def lookup(lab_id: str) -> Lab:
-    try:
-        return _LIVE[lab_id]
-    except KeyError:
-        raise RuntimeError(f"experiment lab {lab_id} is not live in this process") from None
 
 
 def inject_one_by_one(memory, pool: Sequence[PoolFact], track: Sequence[PoolFact] | None = None,

@@ -26,7 +26,7 @@ from sleepwake.settings.experiment import (
 )
 from sleepwake.flows.full_sleep import full_sleep
 from sleepwake.sleep.session import new_run_id
-from sleepwake.tasks.experiment import publish_experiment, sweep_point
+from sleepwake.tasks.experiment import publish_experiment, sweep_point_for
 
 
 def section_overrides(experiment: BaseModel | None) -> list[str]:
@@ -53,17 +53,13 @@ def _progress(table: str, row: dict) -> None:
 def _fan_out(devices: list[str]):
     """Run a sweep's points through Prefect tasks, as many at once as there are distinct devices."""
     def fan_out(lab, point, values: list) -> list[list[dict]]:
-        lab_id = lab.register()
+        sweep_point = sweep_point_for(lab)
         distinct = list(dict.fromkeys(devices))  # a device named twice still runs one point at a time
         results = []
-        try:
-            for start in range(0, len(values), len(distinct)):
-                chunk = values[start:start + len(distinct)]
-                futures = [sweep_point.submit(lab_id, point.__name__, value, device)
-                           for value, device in zip(chunk, distinct)]
-                results += [future.result() for future in futures]
-        finally:
-            lab.release()
+        for start in range(0, len(values), len(distinct)):
+            chunk = values[start:start + len(distinct)]
+            futures = [sweep_point.submit(point.__name__, value, device) for value, device in zip(chunk, distinct)]
+            results += [future.result() for future in futures]
         return results
     return fan_out
 

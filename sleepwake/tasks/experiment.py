@@ -7,14 +7,18 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from sleepwake.experiments.lab import lookup
 from sleepwake.experiments.summary import render_markdown
 from sleepwake.experiments.sweeps import run_point_on
 
 
-@task(name="sweep-point", cache_policy=NO_CACHE, persist_result=False)
-def sweep_point(lab_id: str, point_name: str, value: float, device: str) -> list[dict]:
-    return run_point_on(lookup(lab_id), point_name, value, device)
+def sweep_point_for(lab):
+    """The ``sweep-point`` task bound to one live lab. The lab (it holds loaded models) is captured
+    by the closure rather than passed as an argument or found in a module-level registry, so
+    Prefect records only the point's name, value and device."""
+    @task(name="sweep-point", cache_policy=NO_CACHE, persist_result=False)
+    def sweep_point(point_name: str, value: float, device: str) -> list[dict]:
+        return run_point_on(lab, point_name, value, device)
+    return sweep_point
 
 
 @task(name="publish-experiment", cache_policy=NO_CACHE, persist_result=False)
