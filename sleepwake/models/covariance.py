@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sleepwake.config import MemitConfig
-from sleepwake.models.memit import constrained_metric, null_space_basis, shrink_covariance
+from sleepwake.models.memit import constrain_metric_, null_space_basis, shrink_covariance
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,20 @@ class LayerStats:
         (soft: those directions cost more; the trace ratio makes ``weight`` independent of the
         model's key scale); ``protect`` keys are a hard constraint (dW k_p = 0, metric P C P + Q Q^T).
         """
-        cov = self.cov.double()
+        cov = self.cov.to(torch.float64, copy=True)  # a copy: the add below is in place
         if contrast is not None and contrast.numel() and weight > 0:
-            c = contrast.double()
-            moment = (c.T @ c) / c.shape[0]  # (d_ff, d_ff)
-            cov = cov + weight * (cov.trace() / moment.trace().clamp_min(1e-12)) * moment
+            c = contrast.double()  # (m, d_ff)
+            # M = c^T c / m is added in place, never formed: each (d_ff, d_ff) float64 temporary is
+            # ~19 MB at d_ff=1536, and this metric is the peak of a wake's resident memory.
+            # tr(M) = ||c||_F^2 / m.
+            trace_m = (c * c).sum() / c.shape[0]
+            cov.addmm_(c.T, c, alpha=float(weight * cov.trace() / trace_m.clamp_min(1e-12)) / c.shape[0])
         elif protect is None or protect.numel() == 0:
             return self.cholesky(), None
         basis = None
         if protect is not None and protect.numel():
             basis = null_space_basis(protect.to(self.cov)).double()
-            cov = constrained_metric(cov, basis)
+            cov = constrain_metric_(cov, basis)  # cov is this call's own copy
         return torch.linalg.cholesky(cov), basis
 
 
@@ -114,10 +117,10 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
             os.replace(tmp, path)
     stats = {}
     for layer in layers:
-        measured = raw[layer]
+        measured = raw.pop(layer)  # dropped as it goes: the raw and shrunk copies never all coexist
         assert measured is not None  # every missing layer was estimated above
-        cov = shrink_covariance(measured.double(), cfg.covariance_shrinkage)
-        stats[layer] = LayerStats(cov=cov.float())
+        stats[layer] = LayerStats(cov=shrink_covariance(measured.double(), cfg.covariance_shrinkage).float())
+        del measured
     return stats
 
 

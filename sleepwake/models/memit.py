@@ -54,10 +54,11 @@ def shrink_covariance(cov: torch.Tensor, shrinkage: float, ridge: float = 1.0e-6
     Why: a covariance from a finite sample is noisy in its small eigen-directions, and the
     update divides by them (C^-1); shrinkage keeps those directions from exploding the update.
     """
-    diag = torch.diagonal(cov)  # (d_ff,)
-    shrunk = (1.0 - shrinkage) * cov + shrinkage * torch.diag(diag)
+    diag = torch.diagonal(cov).clone()  # (d_ff,)
     eps = ridge * diag.mean().clamp_min(1.0e-12)
-    return shrunk + eps * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    shrunk = cov * (1.0 - shrinkage)  # one (d_ff, d_ff) copy; the rest is on its diagonal
+    torch.diagonal(shrunk).add_(shrinkage * diag + eps)
+    return shrunk
 
 
 def null_space_basis(protect: torch.Tensor, rel_tol: float = 1.0e-6) -> torch.Tensor:
@@ -80,9 +81,22 @@ def constrained_metric(cov: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """P C P + Q Q^T (d_ff, d_ff): invertible, and its inverse is (P C P)^+ on range(P)."""
     if basis.shape[1] == 0:
         return cov
-    pc = project_out(cov, basis)  # P C
-    pcp = project_out(pc.T, basis).T  # P C P
-    return pcp + basis @ basis.T
+    return constrain_metric_(cov.clone(), basis)
+
+
+def constrain_metric_(cov: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """:func:`constrained_metric` in place on ``cov`` (d_ff, d_ff), with no other (d_ff, d_ff)
+    temporary: at d_ff=1536 each is ~19 MB of float64, and this metric is a wake's memory peak.
+    P C P = C - Q (Q^T C) - (C Q) Q^T + Q (Q^T C Q) Q^T, every product (d_ff, p) or (p, p)."""
+    if basis.shape[1] == 0:
+        return cov
+    basis = basis.to(cov.dtype)
+    cq = cov @ basis  # (d_ff, p); C is symmetric, so Q^T C = (C Q)^T
+    qcq = basis.T @ cq  # (p, p)
+    cov.addmm_(basis, cq.T, alpha=-1.0)  # - Q Q^T C
+    cov.addmm_(cq, basis.T, alpha=-1.0)  # - C Q Q^T
+    cov.addmm_(basis @ (qcq + torch.eye(qcq.shape[0], dtype=cov.dtype)), basis.T)  # + Q (Q^T C Q + I) Q^T
+    return cov
 
 
 def solve_update(
