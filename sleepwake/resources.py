@@ -35,6 +35,20 @@ def peak_rss_gb() -> float | None:
     return None
 
 
+def trim_heap() -> bool:
+    """Give the freed middle of glibc's heap back to the system (``malloc_trim``); False off glibc.
+
+    Why: allocations under the mmap threshold (see :func:`return_freed_memory`) come from the heap,
+    and a freed block below the heap's top stays resident. Called after work that frees many such
+    blocks at once: measured after one fact's v* optimisation, anonymous memory 0.475 -> 0.395 GB.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def return_freed_memory(threshold_mb: float) -> bool:
     """Have glibc map every allocation of at least ``threshold_mb`` MB on its own, so freeing it
     gives the memory back to the system (0: leave glibc's adaptive threshold). Returns whether

@@ -27,6 +27,7 @@ from sleepwake.models.backend import VStarRow, VStarSettings
 from sleepwake.models.covariance import LayerStats
 from sleepwake.models.entities import contrast_subjects
 from sleepwake.models.memit import LayerUpdate, apply_factors, check_finite, distribute_residual, solve_update
+from sleepwake.resources import trim_heap
 
 log = logging.getLogger(__name__)
 ESSENCE_TEMPLATE = "{} is a"  # MEMIT's KL prompt: what the model says right after the subject
@@ -201,6 +202,7 @@ def compute_edit(
     reps, owner = key_groups(facts)
     rows = vstar_rows(backend, facts, contexts, owner)
     deltas, anchor, vstats = optimize_targets(backend, rows, len(reps), top, cfg)
+    trim_heap()  # v*'s freed activations, before the solve's (d_ff, d_ff) metrics: the wake's peak
     z_star = anchor + deltas  # (n, d_model)
     # With a zero weight the contrast keys would be computed (a forward per layer) and ignored.
     contrast = contrast_rows(backend, facts, cfg.contrast_subjects) if cfg.contrast_weight > 0 else []
