@@ -9,6 +9,7 @@ tests/test_memory.py's module docstring).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -261,3 +262,15 @@ def test_sleep_on_a_missing_home_is_one_line_and_creates_nothing(tmp_path, capsy
     code, out, err = run(capsys, ["nap", *options(missing, tiny_settings_overrides)])
     assert code != 0 and err.count("\n") == 1 and "no sleepwake home" in err
     assert not (missing / "ledger.duckdb").exists()
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`sleepwake config list | head -1`: the closed pipe ends the command quietly (status 141)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sleepwake.cli", "config", "list"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr

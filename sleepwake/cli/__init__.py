@@ -8,6 +8,7 @@ mistakes exit non-zero with one ``sleepwake: error: ...`` line and no traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -31,7 +32,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sleepwake: interrupted; the home is consistent (changes are atomic)", file=sys.stderr)
         return 130
-    print(json.dumps(result, indent=2, default=str) if args.json else render_text(args.command, result))
+    try:
+        print(json.dumps(result, indent=2, default=str) if args.json else render_text(args.command, result))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `sleepwake status --json | head`: the reader left; the work is done
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141  # what a shell reports for SIGPIPE
     return 0
 
 
