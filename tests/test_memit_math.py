@@ -124,7 +124,9 @@ def test_null_space_constraint_leaves_protected_keys_untouched():
 def test_constrained_metric_and_project_out():
     cov = random_cov(D_FF, 2)
     basis = null_space_basis(protected_keys())
+    untouched = cov.clone()
     metric = constrained_metric(cov, basis)
+    assert torch.equal(cov, untouched)  # the pure form; memit.constrain_metric_ works in place
     torch.testing.assert_close(metric, metric.T, atol=1e-12, rtol=0)
     torch.linalg.cholesky(metric)  # SPD
     proj = torch.eye(D_FF, dtype=F64) - basis @ basis.T
@@ -310,3 +312,16 @@ def test_merge_factors_sums_products_at_minimal_rank():
     # Repeated refresh of the same directions keeps the rank at the span, not the number of terms.
     u3, _ = merge_factors([(u1, v1), (2 * u1, v1), (u1[:, :1], v1[:, :1])])
     assert u3.shape[1] == 2
+
+
+def test_the_contrast_metric_is_c_plus_the_scaled_moment_and_leaves_the_stats_alone():
+    """metric_for adds w * tr(C)/tr(M) * M, M = c^T c / m, in place on its own copy of C."""
+    from sleepwake.models.covariance import LayerStats
+
+    cov = random_cov(D_FF, 4).float()
+    stats = LayerStats(cov=cov.clone())
+    contrast = torch.randn(6, D_FF)
+    chol, basis = stats.metric_for(None, contrast, 0.5)
+    c, m = cov.double(), contrast.double().T @ contrast.double() / 6
+    torch.testing.assert_close(chol @ chol.T, c + 0.5 * (c.trace() / m.trace()) * m, atol=1e-9, rtol=1e-9)
+    assert basis is None and torch.equal(stats.cov, cov)
