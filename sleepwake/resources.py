@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 from pathlib import Path
 
@@ -35,6 +36,13 @@ def peak_rss_gb() -> float | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    """The C library, looked up once: ``find_library`` runs ``ldconfig`` in a subprocess, and
+    :func:`trim_heap` is called on every wake."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def trim_heap() -> bool:
     """Give the freed middle of glibc's heap back to the system (``malloc_trim``); False off glibc.
 
@@ -43,8 +51,7 @@ def trim_heap() -> bool:
     blocks at once: measured after one fact's v* optimisation, anonymous memory 0.475 -> 0.395 GB.
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
+        return bool(_libc().malloc_trim(0))
     except (OSError, AttributeError):
         return False
 
@@ -62,8 +69,7 @@ def return_freed_memory(threshold_mb: float) -> bool:
     if threshold_mb <= 0:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
+        return bool(_libc().mallopt(M_MMAP_THRESHOLD, int(threshold_mb * 1024 * 1024)))
     except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
         log.debug("mallopt unavailable; heap_mmap_threshold_mb ignored")
         return False
