@@ -137,10 +137,10 @@ def contrast_keys(backend, contrast, layer: int, batch_size: int) -> torch.Tenso
 def optimize_targets(backend, rows: Sequence[VStarRow], n_groups: int, layer: int, cfg: MemitConfig):
     """v* for every key group, ``cfg.vstar_facts`` groups per optimisation.
 
-    Each group's delta only moves its own rows, so chunks are independent problems; a chunk of
-    ~16 facts keeps the batched forward/backward efficient on a CPU without holding the
-    activations of hundreds of rows at once. Returns deltas (n, d_model), anchors (n, d_model)
-    and the merged stats."""
+    Each group's delta only moves its own rows, so chunks are independent problems. The chunk
+    is small (default 4) because the backward keeps every row's activations above the edit: on
+    2 CPU cores 4 facts per pass ran as fast as 16 at ~60 % of the peak memory. Returns deltas
+    (n, d_model), anchors (n, d_model) and the merged stats."""
     settings = vstar_settings(cfg)
     deltas, anchors, steps, nll, mean_steps = [], [], [], [], []
     for start in range(0, n_groups, cfg.vstar_facts):
