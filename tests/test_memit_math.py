@@ -25,6 +25,7 @@ from sleepwake.models.memit import (
     distribute_residual,
     null_space_basis,
     project_out,
+    ridge,
     shrink_covariance,
     solve_update,
 )
@@ -82,6 +83,27 @@ def test_larger_lambda_shrinks_the_update():
     norms = [dense(*solve_update(keys, residuals, chol, lam)).norm().item() for lam in (0.0, 1.0, 10.0, 100.0, 1000.0)]
     assert all(a > b for a, b in zip(norms, norms[1:])), norms
     assert norms[-1] < 0.5 * norms[0]
+
+
+def test_relative_lambda_is_the_absolute_lambda_scaled_by_the_grams_mean_diagonal():
+    keys, residuals, cov, chol = problem(seed=7)
+    gram = keys @ torch.linalg.inv(cov) @ keys.T  # (n, n) = K C^-1 K^T
+    assert ridge(gram, 0.5, 0.0) == 0.5
+    absolute = 0.5 + 0.2 * float(gram.diagonal().mean())
+    assert ridge(gram, 0.5, 0.2) == pytest.approx(absolute, rel=1e-12)
+    torch.testing.assert_close(dense(*solve_update(keys, residuals, chol, 0.5, relative=0.2)),
+                               dense(*solve_update(keys, residuals, chol, absolute)), atol=1e-10, rtol=1e-9)
+
+
+def test_relative_lambda_damps_near_collinear_keys_more_than_distinct_ones():
+    """Two facts whose keys nearly coincide but whose targets differ need a large update to be told
+    apart; the relative ridge shrinks that update far more than it shrinks a well-separated pair's."""
+    keys, residuals, _, chol = problem(seed=9, n=2)
+    twins = torch.stack([keys[0], keys[0] + 1e-2 * keys[1]])
+    def shrink(k: torch.Tensor) -> float:
+        free = dense(*solve_update(k, residuals, chol, 0.0)).norm()
+        return float(dense(*solve_update(k, residuals, chol, 0.0, relative=0.1)).norm() / free)
+    assert shrink(twins) < 0.1 < 0.8 < shrink(keys)
 
 
 def test_solve_update_keeps_input_dtype():

@@ -216,7 +216,7 @@ def compute_edit(
             soft = contrast_keys(backend, contrast, layer, cfg.batch_size)
             hard = None if protect is None else protect.get(layer)
             chol, basis = stats[layer].metric_for(hard, soft, cfg.contrast_weight)
-            u, v = solve_update(keys, residual, chol, cfg.lambda_reg, basis)
+            u, v = solve_update(keys, residual, chol, cfg.lambda_reg, basis, cfg.relative_lambda)
             update = LayerUpdate(layer=layer, u=u, v=v, keys=keys)
             check_finite(update)
             updates.append(update)

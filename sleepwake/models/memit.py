@@ -105,11 +105,13 @@ def solve_update(
     metric_chol: torch.Tensor,
     lambda_reg: float,
     basis: torch.Tensor | None = None,
+    relative: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve for (U, V) with dW = U V^T (Woodbury form of  R K^T (K K^T + lambda C)^-1).
 
     ``keys`` (n, d_ff), ``residuals`` (n, d_model), ``metric_chol`` the lower Cholesky factor
-    of C (or of the constrained metric when ``basis`` Q of protected keys is given).
+    of C (or of the constrained metric when ``basis`` Q of protected keys is given). The ridge
+    is ``ridge(gram, lambda_reg, relative)``.
     Computed in float64: the n x n system can be ill-conditioned when facts share a subject.
     """
     dtype = keys.dtype
@@ -124,9 +126,21 @@ def solve_update(
         v = project_out(v, basis.double())  # exact: V^T k_p = 0 for protected keys
     gram = k_t.T @ v  # (n, n) = K C^-1 K^T
     n = gram.shape[0]
-    system = gram + lambda_reg * torch.eye(n, dtype=gram.dtype, device=gram.device)
+    system = gram + ridge(gram, lambda_reg, relative) * torch.eye(n, dtype=gram.dtype, device=gram.device)
     u = torch.linalg.solve(system, r).T  # (d_model, n) = R^T (lambda I + K C^-1 K^T)^-1
     return u.to(dtype), v.to(dtype)
+
+
+def ridge(gram: torch.Tensor, lambda_reg: float, relative: float) -> float:
+    """lambda in (lambda I + K C^-1 K^T): the papers' absolute ``lambda_reg`` plus ``relative``
+    times the mean of diag(K C^-1 K^T) (n, n).
+
+    Why relative: k C^-1 k^T is about d_ff for a key like the statistics' own, so an absolute
+    lambda means a different damping on every model. The damping matters for batches: keys of
+    facts that share a relation template are nearly collinear, the Gram matrix has small
+    eigenvalues, and an undamped solve separates them with large weight changes (drift).
+    """
+    return lambda_reg + relative * float(gram.diagonal().mean()) if gram.numel() else lambda_reg
 
 
 def distribute_residual(target: torch.Tensor, current: torch.Tensor, layers_left: int) -> torch.Tensor:
