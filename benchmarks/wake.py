@@ -68,17 +68,10 @@ def neighbourhood_score(memory, prompts, owners, base_texts) -> float:
 
 def top1_margins(memory, prompts) -> list[float]:
     """Per prompt, the current model's log-probability gap (nats) between its first and second
-    choice of the next token: how firmly the greedy answer is held (NaN without a torch model)."""
-    import torch
-
-    if getattr(memory.backend, "model", None) is None:
-        return [float("nan")] * len(prompts)
+    choice of the next token: how firmly the greedy answer is held (any backend)."""
     margins = []
     for prompt in prompts:
-        ids = torch.tensor([memory.backend.encode(prompt)], device=memory.backend.input_device)
-        with torch.no_grad():
-            logprobs = torch.log_softmax(memory.backend.model(input_ids=ids).logits[0, -1].float(), dim=-1)
-        top = logprobs.topk(2).values
+        top = memory.backend.next_token_logprobs(memory.backend.encode(prompt))[-1].topk(2).values
         margins.append(float(top[0] - top[1]))
     return margins
 

@@ -136,9 +136,10 @@ def ridge(gram: torch.Tensor, lambda_reg: float, relative: float) -> float:
     times the mean of diag(K C^-1 K^T) (n, n).
 
     Why relative: k C^-1 k^T grows with d_ff (5,000-12,000 on the bundled model's edit layers,
-    d_ff 1536), so an absolute lambda means a different damping on every model. The damping matters for batches: keys of
-    facts that share a relation template are nearly collinear, the Gram matrix has small
-    eigenvalues, and an undamped solve separates them with large weight changes (drift).
+    d_ff 1536), so an absolute lambda means a different damping on every model. The damping
+    matters for batches: keys of facts that share a relation template are nearly collinear, the
+    Gram matrix has small eigenvalues, and an undamped solve separates them with large weight
+    changes (drift).
     """
     return lambda_reg + relative * float(gram.diagonal().mean()) if gram.numel() else lambda_reg
 

@@ -78,8 +78,8 @@ class MemitConfig(BaseModel):
         "Covariance weight lambda in W' = W + R K^T (K K^T + lambda C)^-1."))
     relative_lambda: float = Field(5.0e-2, ge=0, description=(
         "Added to lambda: this share of the mean of diag(K C^-1 K^T) (thousands; it grows with d_ff), "
-        "so the damping means the same on every model. It shrinks the directions that only separate near-collinear keys (facts "
-        "sharing a relation), which is where a batched solve's drift comes from."))
+        "so the damping means the same on every model. It shrinks the directions that only separate "
+        "near-collinear keys (facts sharing a relation), which is where a batched solve's drift comes from."))
     covariance_tokens: int = Field(
         4096, gt=0, description="Tokens of model-generated text used to estimate C (a few times d_ff is "
         "enough with shrinkage: on the bundled model 4096 gave the recall and drift of 32768 at 1/8 of the "
