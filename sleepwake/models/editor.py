@@ -178,6 +178,7 @@ def vstar_settings(cfg: MemitConfig) -> VStarSettings:
     return VStarSettings(
         steps=cfg.v_steps, lr=cfg.v_lr, clamp_norm=cfg.v_clamp_norm, kl_factor=cfg.v_kl_factor,
         weight_decay=cfg.v_weight_decay, stop_loss=cfg.v_stop_loss, batch_size=cfg.batch_size,
+        checkpointing=cfg.vstar_checkpointing,
     )
 
 
