@@ -11,6 +11,8 @@ The whole module skips where mlx or mlx-lm is not installed (``pip install -e ".
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import os
@@ -138,6 +140,17 @@ def test_memit_delta_matches(pair, memit_settings, tmp_path_factory):
         assert ((dense_m - dense_t).norm() / dense_t.norm()).item() < 1.0e-3
     for layer in (1, 2):  # compute_edit leaves the weights as they were
         assert torch.equal(mlx_b.get_weight(layer), torch_b.get_weight(layer))
+
+
+def test_checkpointed_vstar_matches_plain_on_mlx(pair, memit_settings):
+    """mx.checkpoint changes what the backward keeps, never the delta it finds."""
+    _, mlx_b = pair
+    rows = vstar_rows(mlx_b, [RECALL_FACT], ["", "The city. "])
+    settings = dataclasses.replace(vstar_settings(memit_settings), steps=6)
+    plain, _, _ = mlx_b.optimize_target(rows, 1, 1, dataclasses.replace(settings, checkpointing=False))
+    checked, _, _ = mlx_b.optimize_target(rows, 1, 1, dataclasses.replace(settings, checkpointing=True))
+    assert plain.abs().sum() > 0
+    assert torch.allclose(checked, plain, atol=1.0e-5, rtol=1.0e-4)
 
 
 def test_weights_read_write_and_digest(pair):

@@ -9,6 +9,7 @@ blocks above L, only on the suffix (lookup .. end), attending to the recorded pr
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 from sleepwake.models import mlx_blas  # noqa: F401  (first: MLX must find the fast BLAS)
@@ -45,15 +46,21 @@ class Suffix:
         self.fact_of_row = mx.array(np.array([r.fact for r in rows], dtype=np.int32))
         mx.eval(self.base, self.cache)
 
-    def hidden(self, delta: mx.array) -> mx.array:
-        """Final-norm hidden states (B, S, d) with ``delta[fact]`` added at each row's lookup."""
+    def hidden(self, delta: mx.array, checkpointing: bool = False) -> mx.array:
+        """Final-norm hidden states (B, S, d) with ``delta[fact]`` added at each row's lookup.
+        ``checkpointing``: each block's activations are recomputed in the backward, not kept."""
         shift = delta[self.fact_of_row].astype(self.base.dtype)[:, None, :]
         h = mx.concatenate([self.base[:, :1] + shift, self.base[:, 1:]], axis=1)
         layers = decoder(self.net).layers
         mask = attention_mask(self.key_valid, h.shape[1])
         for index in range(self.layer + 1, len(layers)):
-            h = block_forward(layers[index], h, self.offsets, mask, self.cache[index])[0]
+            block = partial(_block_output, layers[index], self.offsets, mask, self.cache[index])
+            h = (mx.checkpoint(block) if checkpointing else block)(h)
         return decoder(self.net).norm(h)
+
+
+def _block_output(block, offsets, mask, past, h: mx.array) -> mx.array:
+    return block_forward(block, h, offsets, mask, past)[0]
 
 
 def targets(rows: Sequence[VStarRow], n_facts: int) -> dict[str, mx.array]:
@@ -90,7 +97,7 @@ def optimize_target(backend, rows: Sequence[VStarRow], n_facts: int, layer: int,
     anchor_norm = mx.linalg.norm(anchor, axis=-1)
 
     def objective(delta, reference):
-        hidden = suffix.hidden(delta)
+        hidden = suffix.hidden(delta, cfg.checkpointing)
         logp = log_softmax(head(backend.net, hidden[gather["rows"], gather["positions"]]))
         token_nll = -mx.take_along_axis(logp, gather["tokens"][:, None], axis=-1)[:, 0]
         per_fact = token_nll @ gather["average"]

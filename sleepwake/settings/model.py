@@ -129,7 +129,7 @@ class MemitConfig(BaseModel):
         "blocks above the edit (~18 MB per row on the bundled model), and on 2 CPU cores 4 facts "
         "per pass were as fast as 16 (95 s against 100 s for 20 facts) at 1.55 GB peak RSS instead of 2.72.")
     vstar_checkpointing: bool = Field(
-        True, description="Gradient checkpointing in v* (torch backend): the backward recomputes each "
+        True, description="Gradient checkpointing in v* (torch and MLX): the backward recomputes each "
         "block above the edit instead of keeping its activations (20 facts on the bundled model: peak "
         "RSS 1.31 GB instead of 1.59, for ~23 % more wake time; off is the faster choice where memory is ample).")
 
