@@ -36,7 +36,7 @@ def test_checkpointed_vstar_equals_plain_vstar(backend, tiny_settings_overrides,
     rows = vstar_rows(backend, FACTS, ["", "The city. ", "Some words here. "])
     calls = []
     monkeypatch.setattr(torch_vstar, "checkpoint", lambda *a, **k: calls.append(1) or checkpoint(*a, **k))
-    plain, _, plain_stats = backend.optimize_target(rows, 2, 1, settings)
+    plain, _, plain_stats = backend.optimize_target(rows, 2, 1, dataclasses.replace(settings, checkpointing=False))
     assert not calls
     checked, _, checked_stats = backend.optimize_target(rows, 2, 1, dataclasses.replace(settings, checkpointing=True))
     assert len(calls) >= 2 * checked_stats["steps"]  # both blocks above layer 1, at every step
@@ -46,10 +46,16 @@ def test_checkpointed_vstar_equals_plain_vstar(backend, tiny_settings_overrides,
 
 
 def test_checkpointing_is_undone_after_vstar(backend, tiny_settings_overrides):
+    """Blocks get back exactly the forward they had: none, or a wrapper of their own (accelerate
+    puts its device-map hook there)."""
     settings = vstar_settings(load_settings(None, [*tiny_settings_overrides, "memit.v_steps=2"]).memit)
     rows = vstar_rows(backend, FACTS[:1], ["", "The city. "])
+    blocks = decoder_layers(backend.model)
+    own = blocks[3].forward
+    blocks[3].forward = lambda *a, **k: own(*a, **k)
+    hooked = blocks[3].forward
     backend.optimize_target(rows, 1, 1, dataclasses.replace(settings, checkpointing=True))
-    assert all("forward" not in vars(block) for block in decoder_layers(backend.model))
+    assert "forward" not in vars(blocks[2]) and vars(blocks[3])["forward"] is hooked
 
 
 def test_prefix_cache_is_read_not_grown():

@@ -139,15 +139,21 @@ def checkpoint_upper_blocks(backend, layer: int, enabled: bool):
     v*'s backward otherwise holds every row's activations in those blocks (~18 MB per row on the
     bundled model, the batched wake's memory peak); checkpointed, each block keeps its input and
     is recomputed once in the backward. The instance's ``forward`` is shadowed, not the block
-    replaced, so attributes the decoder loop reads on its blocks stay in place."""
+    replaced, so attributes the decoder loop reads on its blocks stay in place; an instance
+    ``forward`` already there (accelerate's device-map hook) is wrapped and put back after."""
     blocks = list(decoder_layers(backend.model))[layer + 1:] if enabled else []
+    saved: list[tuple[torch.nn.Module, object]] = []
     try:
         for block in blocks:
+            saved.append((block, vars(block).get("forward")))
             block.forward = _checkpointed(block.forward)
         yield
     finally:
-        for block in blocks:
-            del block.forward
+        for block, own in saved:
+            if own is None:
+                del block.forward
+            else:
+                block.forward = own
 
 
 def _checkpointed(forward):
