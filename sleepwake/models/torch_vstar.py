@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +142,7 @@ def checkpoint_upper_blocks(backend, layer: int, enabled: bool):
     replaced, so attributes the decoder loop reads on its blocks stay in place; an instance
     ``forward`` already there (accelerate's device-map hook) is wrapped and put back after."""
     blocks = list(decoder_layers(backend.model))[layer + 1:] if enabled else []
-    saved: list[tuple[torch.nn.Module, object]] = []
+    saved: list[tuple[torch.nn.Module, Callable | None]] = []
     try:
         for block in blocks:
             saved.append((block, vars(block).get("forward")))
