@@ -12,7 +12,6 @@ The whole module skips where mlx or mlx-lm is not installed (``pip install -e ".
 from __future__ import annotations
 
 import dataclasses
-
 import importlib.util
 import json
 import os

@@ -44,7 +44,7 @@ class VStarSettings:
     weight_decay: float
     stop_loss: float
     batch_size: int
-    checkpointing: bool = False  # recompute the blocks above the edit in the backward (torch)
+    checkpointing: bool = False  # recompute the blocks above the edit in the backward (torch and MLX)
 
 
 class Backend(Protocol):
