@@ -147,6 +147,7 @@ def tiny_settings_overrides(tiny_model_dir: Path) -> list[str]:
         "memit.layers=[1,2]",
         "memit.covariance_tokens=2048",
         "memit.covariance_sample_length=32",
+        "memit.covariance_max_tokens=2048",  # no growth at night: tests/test_statistics.py covers it
         "memit.context_count=2",
         "memit.context_length=5",
         "memit.v_steps=40",

@@ -166,6 +166,15 @@ class Memory(Wake, Composition):
             self._stats = covariance.load_or_estimate(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
         return self._stats
 
+    def grow_stats(self) -> tuple[int, int]:
+        """One more slice of key statistics, sampled from the base model (``covariance.grow``):
+        (tokens added, tokens in the estimate now). The next edit solves with the larger estimate."""
+        with self.base_weights():
+            grown = covariance.grow(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+        if grown[0]:
+            self._stats = None
+        return grown
+
     def contexts(self) -> list[str]:
         if self._contexts is None:
             self._contexts = covariance.load_or_make_contexts(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)

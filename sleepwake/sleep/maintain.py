@@ -6,6 +6,7 @@ constraint that the outputs at every other stored edit's keys stay unchanged, an
 edit replaces its old one in one ledger transaction (``Memory.refresh_many``). A consolidated fact
 the LoRA lost (stage 3, no edit) is woken again: it gets a fresh edit at stage 0 and SWS will
 consolidate it anew. Facts the audit did not look at tonight are protected like the healthy ones.
+First, MEMIT's key statistics grow by one slice until ``memit.covariance_max_tokens``.
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
     with journal.stage(session, "maintain"):
         targets = choose_targets(session, before.degraded_ids, missing_ids)
         pending = len(set(before.degraded_ids) | set(missing_ids))
+        # The key statistics grow by one slice a night (a cache beside the home, not the home's
+        # state, so a rollback leaves it): tonight's refresh and tomorrow's wake solve with it.
+        added, tokens = memory.grow_stats() if cfg.enabled else (0, 0)
+        grown = {"statistics_tokens_added": added, "statistics_tokens": tokens}
         if not cfg.enabled or not targets:
-            return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending), started)
+            return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending, **grown), started)
         refreshed = {r.fact_id for r in targets}
         new_edits = memory.refresh_many(targets)  # every other edit's outputs held
         crash_point("maintain:after-refresh")
@@ -48,5 +53,5 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         recovered = sum(1 for row in table if row["recalled_after"])
         result = MaintainResult(refreshed=len(refreshed), recovered=recovered, still_degraded=len(table) - recovered,
                                 rewoken=sum(1 for r in targets if r.stage == 3), pending=pending - len(refreshed),
-                                rows=table)
+                                rows=table, **grown)
         return finish(session, result, started)

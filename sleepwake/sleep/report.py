@@ -53,6 +53,8 @@ class Report(StageResult):
     refreshed: int = 0
     pruned: int = 0
     refreshed_undone: int = 0
+    statistics_tokens: int | None = Field(None, description="Tokens in MEMIT's key statistics after the night "
+                                          "(maintain grows them a slice a night up to memit.covariance_max_tokens).")
     perplexity_before: float | None = None
     perplexity_after: float | None = None
     locality: float | None = None
@@ -116,6 +118,7 @@ def report(session: SleepSession, outcome: str, *results: StageResult | None) ->
         degraded_before=audit.degraded if audit else None, degraded_after=degraded_after,
         refreshed=maintain.refreshed if maintain and kept else 0, pruned=curate.pruned if curate and kept else 0,
         refreshed_undone=maintain.refreshed if maintain and not kept else 0,
+        statistics_tokens=maintain.statistics_tokens or None if maintain else None,
         perplexity_before=health.perplexity if health else None,
         perplexity_after=after.perplexity_after if after else (health.perplexity if health else None),
         locality=validate.locality if validate else None, leak=validate.leak if validate else None,
@@ -152,6 +155,8 @@ def render_markdown(r: Report) -> str:
         lines += [f"Audited {r.audited} of {r.facts} facts (every fact at least every {r.coverage_nights} nights).", ""]
     lines += [f"Refreshed {r.refreshed}, pruned {r.pruned}; {r.facts} facts, {r.edits} MEMIT edits, {r.adapters} "
               f"adapter(s) ({r.adapter_bytes / 1e6:.1f} MB); convergence: **{r.convergence}**; drowsiness {r.drowsiness:.2f}.", ""]
+    if r.statistics_tokens:
+        lines += [f"MEMIT's key statistics: {r.statistics_tokens} tokens of the model's own text.", ""]
     if r.locality is not None:
         lines += [f"Locality on unrelated prompts {fmt(r.locality)}, leak {fmt(r.leak)}.", ""]
     if r.failures:

@@ -103,6 +103,8 @@ class MaintainResult(StageResult):
     rewoken: int = 0
     pending: int = 0
     skipped: bool = False
+    statistics_tokens_added: int = Field(0, description="Tokens of key statistics sampled tonight.")
+    statistics_tokens: int = Field(0, description="Tokens in MEMIT's key-statistics estimate after tonight.")
 
 
 class SwsResult(StageResult):

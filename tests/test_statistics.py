@@ -1,0 +1,123 @@
+"""MEMIT's key statistics grow a slice per sleep (``models.covariance.grow``) on the tiny model.
+
+The first edit samples one slice of ``memit.covariance_tokens``; each full sleep's maintain stage
+adds one more, from the base weights, until ``memit.covariance_max_tokens``. C is then the
+token-weighted mean of the slices, and an unreadable slice is dropped and sampled again.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from sleepwake.config import load_settings
+from sleepwake.facts import Fact
+from sleepwake.memory import Memory
+from sleepwake.models import covariance
+from sleepwake.models.memit import shrink_covariance
+from sleepwake.sleep.audit import audit
+from sleepwake.sleep.maintain import maintain
+from sleepwake.sleep.report import report
+from sleepwake.sleep.session import SleepSession
+from sleepwake.storage.home import Home
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SLICE = 512
+
+
+@pytest.fixture(scope="module")
+def memory(tmp_path_factory, tiny_settings_overrides):
+    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
+                                    f"memit.covariance_max_tokens={3 * SLICE}"])
+    home = Home.open(tmp_path_factory.mktemp("statistics") / "home")
+    opened = Memory.open(home, settings)
+    opened.cache_dir = tmp_path_factory.mktemp("statistics-cache")  # its own: slices are counted
+    return opened
+
+
+def by_hand(memory: Memory, parts: int) -> dict[int, torch.Tensor]:
+    """The estimate recomputed from the slice files: token-weighted mean, then shrinkage."""
+    cfg = memory.settings.memit
+    folder = covariance.stats_dir(memory.cache_dir, memory.backend.fingerprint)
+    out = {}
+    for layer in cfg.edit_layers():
+        total, tokens = 0, 0
+        for part in range(parts):
+            path = covariance.slice_path(folder, cfg, memory.settings.seed, part, layer)
+            with safe_open(str(path), framework="pt") as handle:
+                count = int(handle.metadata()["tokens"])
+            total = total + load_file(str(path))["cov"].double() * count
+            tokens += count
+        out[layer] = shrink_covariance(total / tokens, cfg.covariance_shrinkage).float()
+    return out
+
+
+def assert_estimate(memory: Memory, parts: int) -> None:
+    memory._stats = None
+    for layer, want in by_hand(memory, parts).items():
+        assert torch.allclose(memory.stats()[layer].cov, want, atol=1e-6, rtol=1e-5), layer
+
+
+def test_statistics_grow_a_slice_at_a_time_and_stop_at_the_maximum(memory):
+    first = {layer: s.cov.clone() for layer, s in memory.stats().items()}
+    assert_estimate(memory, 1)
+    assert memory.grow_stats() == (SLICE, 2 * SLICE)
+    assert_estimate(memory, 2)
+    assert not torch.allclose(memory.stats()[1].cov, first[1])  # a new sample, not slice 0 again
+    assert memory.grow_stats() == (SLICE, 3 * SLICE)
+    assert memory.grow_stats() == (0, 3 * SLICE)  # full: nothing sampled
+    assert_estimate(memory, 3)
+
+
+def test_an_unreadable_slice_is_dropped_and_sampled_again(memory):
+    while memory.grow_stats()[0]:
+        pass
+    cfg, folder = memory.settings.memit, covariance.stats_dir(memory.cache_dir, memory.backend.fingerprint)
+    want = by_hand(memory, 3)
+    broken = covariance.slice_path(folder, cfg, memory.settings.seed, 2, cfg.edit_layers()[0])
+    broken.write_bytes(broken.read_bytes()[:-1000])  # a truncated write
+    assert_estimate(memory, 2)  # the two slices before it
+    assert not broken.exists()
+    assert memory.grow_stats() == (SLICE, 3 * SLICE)  # the next sleep samples it again ...
+    for layer, cov in by_hand(memory, 3).items():  # ... the same way (its own seed)
+        assert torch.allclose(cov, want[layer], atol=1e-6, rtol=1e-5)
+
+
+def test_no_growth_when_the_maximum_is_one_slice(memory):
+    memory.settings = memory.settings.model_copy(
+        update={"memit": memory.settings.memit.model_copy(update={"covariance_max_tokens": SLICE})})
+    try:
+        assert memory.grow_stats() == (0, SLICE)
+    finally:
+        memory.settings = memory.settings.model_copy(
+            update={"memit": memory.settings.memit.model_copy(update={"covariance_max_tokens": 3 * SLICE})})
+
+
+def test_maintain_grows_the_statistics_from_the_base_weights(tmp_path, tiny_settings_overrides, monkeypatch):
+    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
+                                    f"memit.covariance_max_tokens={2 * SLICE}"])
+    memory = Memory.open(Home.open(tmp_path / "home"), settings)
+    memory.cache_dir = tmp_path / "cache"
+    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    with memory.base_weights():
+        base = memory.backend.get_weight(1).clone()
+    edited = memory.backend.get_weight(1).clone()
+    assert not torch.equal(base, edited)
+    seen = []
+    grow = covariance.grow
+    monkeypatch.setattr(covariance, "grow", lambda backend, *a, **k: seen.append(backend.get_weight(1).clone())
+                        or grow(backend, *a, **k))
+    session = SleepSession(memory, "full_sleep")
+    first = maintain(session, audit(session))
+    assert (first.statistics_tokens_added, first.statistics_tokens) == (SLICE, 2 * SLICE)
+    assert torch.equal(seen[0], base)  # sampled from the unedited model ...
+    assert torch.equal(memory.backend.get_weight(1), edited)  # ... and the edits composed again after
+    second = maintain(session, audit(session))
+    assert (second.statistics_tokens_added, second.statistics_tokens) == (0, 2 * SLICE)
+    recorded = [m["value"] for m in session.history.metrics if m["name"] == "statistics_tokens"]
+    assert recorded == [2 * SLICE, 2 * SLICE]  # in the run's metrics, so the report and the UI show it
+    night = report(session, "kept", second)
+    assert night.statistics_tokens == 2 * SLICE and f"key statistics: {2 * SLICE} tokens" in night.note
