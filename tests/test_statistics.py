@@ -121,3 +121,19 @@ def test_maintain_grows_the_statistics_from_the_base_weights(tmp_path, tiny_sett
     assert recorded == [2 * SLICE, 2 * SLICE]  # in the run's metrics, so the report and the UI show it
     night = report(session, "kept", second)
     assert night.statistics_tokens == 2 * SLICE and f"key statistics: {2 * SLICE} tokens" in night.note
+
+
+def test_a_cache_that_cannot_be_written_does_not_fail_the_night(tmp_path, tiny_settings_overrides, monkeypatch):
+    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
+                                    f"memit.covariance_max_tokens={2 * SLICE}"])
+    memory = Memory.open(Home.open(tmp_path / "home"), settings)
+    memory.cache_dir = tmp_path / "cache"
+    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(covariance, "estimate_slice", full_disk)
+    session = SleepSession(memory, "full_sleep")
+    result = maintain(session, audit(session))
+    assert result.statistics_tokens_added == 0 and result.statistics_tokens == 0

@@ -11,6 +11,7 @@ First, MEMIT's key statistics grow by one slice until ``memit.covariance_max_tok
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Sequence
 
@@ -21,12 +22,25 @@ from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import AuditResult, MaintainResult
 from sleepwake.sleep.session import SleepSession
 
+log = logging.getLogger(__name__)
+
 
 def choose_targets(session: SleepSession, degraded_ids: Sequence[int], missing_ids: Sequence[int]) -> list:
     rows = {r.fact_id: r for r in session.ledger.list_facts()}
     ordered = [fid for fid in missing_ids if fid in rows]
     ordered += sorted(fid for fid in degraded_ids if fid in rows and fid not in ordered)
     return [rows[fid] for fid in ordered[: session.settings.maintain.max_refresh]]
+
+
+def grow_statistics(memory) -> dict:
+    """One more slice of key statistics; a cache that cannot be written (a full disk) costs the
+    night nothing: the wake keeps solving with the estimate it has."""
+    try:
+        added, tokens = memory.grow_stats()
+    except OSError as exc:
+        log.warning("key statistics not grown tonight: %s", exc)
+        return {}
+    return {"statistics_tokens_added": added, "statistics_tokens": tokens}
 
 
 def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[int] = ()) -> MaintainResult:
@@ -37,8 +51,7 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         pending = len(set(before.degraded_ids) | set(missing_ids))
         # The key statistics grow by one slice a night (a cache beside the home, not the home's
         # state, so a rollback leaves it): tonight's refresh and tomorrow's wake solve with it.
-        added, tokens = memory.grow_stats() if cfg.enabled else (0, 0)
-        grown = {"statistics_tokens_added": added, "statistics_tokens": tokens}
+        grown = grow_statistics(memory) if cfg.enabled else {}
         if not cfg.enabled or not targets:
             return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending, **grown), started)
         refreshed = {r.fact_id for r in targets}
