@@ -25,7 +25,10 @@ import torch
 if importlib.util.find_spec("mlx") is None or importlib.util.find_spec("mlx_lm") is None:
     pytest.skip("mlx and mlx-lm are not installed (pip install -e '.[mlx]')", allow_module_level=True)
 
-import mlx.nn as nn  # noqa: E402  (after the skip)
+# mlx_blas before mlx itself: it makes an optimised BLAS global first, and with mlx already
+# imported it does nothing (then the bundled-model tests below would always skip on Linux).
+from sleepwake.models import mlx_blas  # noqa: E402, I001  (after the skip)
+import mlx.nn as nn  # noqa: E402
 
 from sleepwake.chat.reply import Replier
 from sleepwake.config import ModelConfig, load_settings
@@ -33,7 +36,7 @@ from sleepwake.errors import ModelLoadError
 from sleepwake.facts import Fact
 from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory
-from sleepwake.models import anchors, covariance, mlx_blas, mlx_internals, protection
+from sleepwake.models import anchors, covariance, mlx_internals, protection
 from sleepwake.models.lora import LoraRecipe, TrainExample
 from sleepwake.models.editor import compute_edit, vstar_rows, vstar_settings
 from sleepwake.models.mlx_backend import MlxBackend
@@ -365,3 +368,29 @@ def test_bundled_model_injects_and_recalls_five_facts_with_backend_mlx(tmp_path)
     print(f"mlx bundled: raw recall {sum(raw)}/5, {sum(seconds) / 5:.1f} s per fact, {time.perf_counter() - start:.0f} s in all")
     assert [r["status"] for r in injected] == ["stored"] * 5
     assert sum(raw) / len(raw) >= 0.8, json.loads(recall.stdout)["facts"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not mlx_blas.fast(), reason="MLX on the reference BLAS would take too long (install OpenBLAS)")
+def test_bundled_model_sleeps_with_backend_mlx(tmp_path):
+    """A full sleep on ``backend=mlx`` consolidates the 5 facts into the chat pathway (SWS with
+    mlx-lm's tuner, REM, fold, validate) and is kept."""
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("\n".join(json.dumps(f) for f in BUNDLED_FACTS) + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "SLEEPWAKE_CACHE"} | {
+        "TOKENIZERS_PARALLELISM": "false", "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    home = ["--home", str(tmp_path / "home"), "--set", "backend=mlx"]
+
+    def cli(*args: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "sleepwake.cli", *args, *home, "--json"],
+                              capture_output=True, text=True, env=env, timeout=2400)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)
+
+    cli("inject", "--facts", str(facts))
+    report = cli("sleep")
+    assert report["outcome"] == "kept" and report["sws_accepted"] is True, report
+    assert report["raw_recall_after"] >= 0.8 and report["chat_recall_after"] >= 0.8, report
+    assert report["chat_recall_after"] > report["chat_recall_before"], report
+    assert report["adapters"] == 1
