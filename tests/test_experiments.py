@@ -334,3 +334,15 @@ def test_forgetting_experiment_steps(tmp_path, tiny_settings_overrides, cache_en
     assert steps[1]["facts"] == 3 and steps[1]["forgotten_probes"] >= 3  # raw, paraphrases, chat
     assert "forget_drift" in steps[1] and {"new_raw", "old_raw", "new_chat", "old_chat"} <= set(steps[-1])
     assert result.summary["forgotten"] == 1 and (tmp_path / "results.json").exists()
+
+
+def test_comparative_experiments_hold_the_key_statistics_fixed():
+    """Sleeps grow MEMIT's key statistics; a sweep's later variants must not solve with more."""
+    from sleepwake.experiments.runner import fixed_statistics
+
+    assert fixed_statistics("locality", None, ["memit.covariance_tokens=2048"]) == [
+        "memit.covariance_tokens=2048", "memit.covariance_max_tokens=2048"]
+    assert fixed_statistics("ablation", None, []) == ["memit.covariance_max_tokens=4096"]
+    assert fixed_statistics("longevity", None, []) == []  # one memory's lifetime: they grow
+    assert fixed_statistics("locality", None, ["memit.covariance_max_tokens = 8192"]) == [
+        "memit.covariance_max_tokens = 8192"]  # the user's choice stands

@@ -34,6 +34,24 @@ EXPERIMENTS: dict[str, Callable[[Lab], ExperimentResult]] = {
     "forgetting": run_forgetting,
 }
 
+# Experiments that follow one memory through its nights, whose key statistics grow as a user's
+# would; every other experiment compares variants and holds them fixed (see fixed_statistics).
+GROWING_STATISTICS = {"longevity"}
+
+
+def fixed_statistics(name: str, config: str | None, overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus, for comparative experiments, ``memit.covariance_max_tokens`` pinned to
+    ``covariance_tokens``: sleeps grow MEMIT's key statistics a slice a night, and a later variant
+    would otherwise solve its wake and refresh with more tokens than an earlier one. A
+    ``covariance_max_tokens`` given with --set is kept."""
+    from sleepwake.config import load_settings
+
+    named = any(o.split("=", 1)[0].strip() == "memit.covariance_max_tokens" for o in overrides)
+    if name in GROWING_STATISTICS or named:
+        return list(overrides)
+    tokens = load_settings(config, list(overrides)).memit.covariance_tokens
+    return [*overrides, f"memit.covariance_max_tokens={tokens}"]
+
 
 def check_name(name: str) -> str:
     if name not in EXPERIMENTS:
@@ -60,6 +78,7 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
 
     check_name(name)
     out = prepare_out(out)
+    overrides = fixed_statistics(name, config, overrides)
     settings = load_settings(config, list(overrides))
     started = time.perf_counter()
     backend = load_backend(settings)
