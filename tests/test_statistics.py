@@ -28,14 +28,26 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SLICE = 512
 
 
+def open_memory(folder, overrides: list[str], slices: int) -> Memory:
+    """A memory on the tiny model whose statistics grow to ``slices`` slices of ``SLICE`` tokens,
+    in a cache of its own (slices are counted)."""
+    settings = load_settings(None, [*overrides, f"memit.covariance_tokens={SLICE}",
+                                    f"memit.covariance_max_tokens={slices * SLICE}"])
+    memory = Memory.open(Home.open(folder / "home"), settings)
+    memory.cache_dir = folder / "cache"
+    return memory
+
+
+def one_fact_memory(folder, overrides: list[str]) -> Memory:
+    """Two slices at most, one stored fact (so the composed weights differ from the base)."""
+    memory = open_memory(folder, overrides, 2)
+    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    return memory
+
+
 @pytest.fixture(scope="module")
 def memory(tmp_path_factory, tiny_settings_overrides):
-    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
-                                    f"memit.covariance_max_tokens={3 * SLICE}"])
-    home = Home.open(tmp_path_factory.mktemp("statistics") / "home")
-    opened = Memory.open(home, settings)
-    opened.cache_dir = tmp_path_factory.mktemp("statistics-cache")  # its own: slices are counted
-    return opened
+    return open_memory(tmp_path_factory.mktemp("statistics"), tiny_settings_overrides, 3)
 
 
 def by_hand(memory: Memory, parts: int) -> dict[int, torch.Tensor]:
@@ -97,11 +109,7 @@ def test_no_growth_when_the_maximum_is_one_slice(memory):
 
 
 def test_maintain_grows_the_statistics_from_the_base_weights(tmp_path, tiny_settings_overrides, monkeypatch):
-    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
-                                    f"memit.covariance_max_tokens={2 * SLICE}"])
-    memory = Memory.open(Home.open(tmp_path / "home"), settings)
-    memory.cache_dir = tmp_path / "cache"
-    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    memory = one_fact_memory(tmp_path, tiny_settings_overrides)
     with memory.base_weights():
         base = memory.backend.get_weight(1).clone()
     edited = memory.backend.get_weight(1).clone()
@@ -124,11 +132,7 @@ def test_maintain_grows_the_statistics_from_the_base_weights(tmp_path, tiny_sett
 
 
 def test_a_cache_that_cannot_be_written_does_not_fail_the_night(tmp_path, tiny_settings_overrides, monkeypatch):
-    settings = load_settings(None, [*tiny_settings_overrides, f"memit.covariance_tokens={SLICE}",
-                                    f"memit.covariance_max_tokens={2 * SLICE}"])
-    memory = Memory.open(Home.open(tmp_path / "home"), settings)
-    memory.cache_dir = tmp_path / "cache"
-    memory.inject([Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+    memory = one_fact_memory(tmp_path, tiny_settings_overrides)
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

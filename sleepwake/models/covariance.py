@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from sleepwake.config import MemitConfig
 from sleepwake.models.memit import constrain_metric_, null_space_basis, shrink_covariance
@@ -131,11 +131,9 @@ def estimate_slice(backend, cfg: MemitConfig, cache_dir: Path, seed: int, part: 
         sequences = backend.sample_sequences(cfg.covariance_tokens, cfg.covariance_sample_length, seed + 1000 * part)
     sums, count = backend.key_second_moments(sequences, layers, cfg.batch_size)
     for layer in layers:
-        path = slice_path(folder, cfg, seed, part, layer)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"cov": (sums[layer] / max(count, 1)).float().contiguous()}, str(tmp), metadata={"tokens": str(count)})
-        os.replace(tmp, path)
+        moment = (sums[layer] / max(count, 1)).float().contiguous()
+        atomic_write_bytes(slice_path(folder, cfg, seed, part, layer),
+                           save({"cov": moment}, metadata={"tokens": str(count)}))
 
 
 def complete_slices(folder: Path, cfg: MemitConfig, seed: int, layers: list[int]) -> int:
@@ -155,6 +153,15 @@ def complete_slices(folder: Path, cfg: MemitConfig, seed: int, layers: list[int]
     return done
 
 
+def ensure_first_slice(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers: list[int]) -> int:
+    """Estimate slice 0 for the layers that lack it (its samples are cached, so a partial slice is
+    completed from the same text). Returns the number of complete slices: 1."""
+    folder = stats_dir(cache_dir, backend.fingerprint)
+    missing = [layer for layer in layers if slice_tokens(slice_path(folder, cfg, seed, 0, layer)) is None]
+    estimate_slice(backend, cfg, cache_dir, seed, 0, missing)
+    return 1
+
+
 def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> tuple[int, int]:
     """Add the next missing slice (one per call; none once the estimate is full).
 
@@ -162,8 +169,8 @@ def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> 
     the statistics describe the unedited model."""
     layers = list(layers if layers is not None else cfg.edit_layers())
     done = complete_slices(stats_dir(cache_dir, backend.fingerprint), cfg, seed, layers)
-    if done == 0:  # no first slice yet (a cleared cache): the next edit estimates it anyway
-        load_or_estimate(backend, cfg, cache_dir, seed, layers)
+    if done == 0:  # no first slice yet (a cleared cache): the next edit would estimate it anyway
+        ensure_first_slice(backend, cfg, cache_dir, seed, layers)
         return cfg.covariance_tokens, cfg.covariance_tokens
     if done >= slice_count(cfg):
         return 0, done * cfg.covariance_tokens
@@ -176,11 +183,7 @@ def load_or_estimate(backend, cfg: MemitConfig, cache_dir: Path, seed: int, laye
     estimated now when missing, averaged with the later slices past sleeps have added."""
     layers = list(layers if layers is not None else cfg.edit_layers())
     folder = stats_dir(cache_dir, backend.fingerprint)
-    parts = complete_slices(folder, cfg, seed, layers)
-    if parts == 0:
-        missing = [layer for layer in layers if slice_tokens(slice_path(folder, cfg, seed, 0, layer)) is None]
-        estimate_slice(backend, cfg, cache_dir, seed, 0, missing)
-        parts = 1
+    parts = complete_slices(folder, cfg, seed, layers) or ensure_first_slice(backend, cfg, cache_dir, seed, layers)
     stats = {}
     for layer in layers:
         total, tokens = None, 0
