@@ -141,3 +141,47 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_night(tmp_path, tiny_s
     session = SleepSession(memory, "full_sleep")
     result = maintain(session, audit(session))
     assert result.statistics_tokens_added == 0 and result.statistics_tokens == 0
+
+
+def slices_cached(memory: Memory) -> int:
+    cfg = memory.settings.memit
+    folder = covariance.stats_dir(memory.cache_dir, memory.backend.fingerprint)
+    return covariance.complete_slices(folder, cfg, memory.settings.seed, cfg.edit_layers())
+
+
+PEOPLE = ["Aria Nakamura", "Bruno Castell", "Chiara Lindqvist", "Dmitri Osei", "Elena Marsh"]
+
+
+def hometowns(names: list[str], relation: str = "The hometown of {}") -> list[Fact]:
+    return [Fact(subject=name, relation=relation, object=town)
+            for name, town in zip(names, ["Thessaloniki", "Valparaiso", "Tromso", "Kumasi", "Hobart"])]
+
+
+def test_a_large_batch_grows_the_statistics_before_its_solve(tmp_path, tiny_settings_overrides):
+    memory = open_memory(tmp_path, [*tiny_settings_overrides, "memit.covariance_facts_per_slice=2"], 3)
+    memory.inject(hometowns(PEOPLE[:1]))
+    assert slices_cached(memory) == 1  # one fact: the first slice only
+    memory.inject(hometowns(PEOPLE[1:4]))
+    assert slices_cached(memory) == 2  # three facts at two per slice
+    memory.inject(hometowns(PEOPLE, "The favourite city of {}"))
+    assert slices_cached(memory) == 3  # five new facts would want three: the maximum
+    assert_estimate(memory, 3)  # and the next solve uses all of them
+
+
+def test_the_batch_rule_can_be_turned_off(tmp_path, tiny_settings_overrides):
+    memory = open_memory(tmp_path, [*tiny_settings_overrides, "memit.covariance_facts_per_slice=0"], 3)
+    memory.inject(hometowns(PEOPLE))
+    assert slices_cached(memory) == 1
+    assert covariance.slices_for(memory.settings.memit, 10_000) == 1
+
+
+def test_a_batch_whose_slices_cannot_be_written_is_still_stored(tmp_path, tiny_settings_overrides, monkeypatch):
+    memory = open_memory(tmp_path, [*tiny_settings_overrides, "memit.covariance_facts_per_slice=2"], 3)
+    memory.stats()  # slice 0, written
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(covariance, "estimate_slice", full_disk)
+    outcomes = memory.inject(hometowns(PEOPLE[:4]))
+    assert [o.status for o in outcomes] == ["stored"] * 4 and slices_cached(memory) == 1

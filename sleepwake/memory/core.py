@@ -166,14 +166,30 @@ class Memory(Wake, Composition):
             self._stats = covariance.load_or_estimate(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
         return self._stats
 
-    def grow_stats(self) -> tuple[int, int]:
-        """One more slice of key statistics, sampled from the base model (``covariance.grow``):
-        (tokens added, tokens in the estimate now). The next edit solves with the larger estimate."""
+    def grow_stats(self, upto: int | None = None) -> tuple[int, int]:
+        """One more slice of key statistics (unless there are ``upto`` already), sampled from the
+        base model (``covariance.grow``): (tokens added, tokens in the estimate now). The next
+        edit solves with the larger estimate."""
         with self.base_weights():
-            grown = covariance.grow(self.backend, self.settings.memit, self.cache_dir, self.settings.seed)
+            grown = covariance.grow(self.backend, self.settings.memit, self.cache_dir, self.settings.seed, upto=upto)
         if grown[0]:
             self._stats = None
         return grown
+
+    def stats_for(self, n_facts: int) -> None:
+        """Grow the key statistics to the slices a solve of ``n_facts`` needs
+        (``memit.covariance_facts_per_slice``) before it runs, so a large first batch does not
+        wait three nights for them. A cache that cannot be written leaves the estimate as it is."""
+        need = covariance.slices_for(self.settings.memit, n_facts)
+        if need <= 1:
+            return
+        try:
+            added, tokens = self.grow_stats(upto=need)
+            while added:
+                log.info("a solve of %d facts: key statistics now %d tokens", n_facts, tokens)
+                added, tokens = self.grow_stats(upto=need)
+        except OSError as exc:
+            log.warning("key statistics not grown for a batch of %d facts: %s", n_facts, exc)
 
     def contexts(self) -> list[str]:
         if self._contexts is None:

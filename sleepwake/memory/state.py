@@ -40,6 +40,9 @@ class MemoryState:
     def stats(self) -> dict[int, LayerStats]:
         raise NotImplementedError  # Memory provides it
 
+    def stats_for(self, n_facts: int) -> None:
+        raise NotImplementedError  # Memory provides it
+
     def contexts(self) -> list[str]:
         raise NotImplementedError  # Memory provides it
 

@@ -84,6 +84,7 @@ class Wake(MemoryState):
     def solve_groups(self, facts: Sequence[Fact], replaces: Sequence[int], protect: dict | None = None) -> tuple[list[Group], dict]:
         """Solve ``facts`` as one batch on the weights without the ``replaces`` edits (when
         ``protect`` is None, as wake does) and split the update into one edit per key group."""
+        self.stats_for(len(facts))
         self.compose(skip=replaces if protect is None else ())
         try:
             result = self.compute(facts, protect, exclude=replaces)

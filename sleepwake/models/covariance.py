@@ -101,6 +101,15 @@ def slice_count(cfg: MemitConfig) -> int:
     return max(1, -(-cfg.covariance_max_tokens // cfg.covariance_tokens))
 
 
+def slices_for(cfg: MemitConfig, n_facts: int) -> int:
+    """Slices a solve of ``n_facts`` facts should have: one per ``covariance_facts_per_slice``,
+    within ``slice_count`` (a batch's n x n system separates its keys only as well as C is
+    estimated; 0 turns the rule off)."""
+    if cfg.covariance_facts_per_slice <= 0:
+        return 1
+    return min(slice_count(cfg), max(1, -(-n_facts // cfg.covariance_facts_per_slice)))
+
+
 def slice_path(folder: Path, cfg: MemitConfig, seed: int, part: int, layer: int) -> Path:
     """Slice 0 keeps the name caches had before the estimate could grow."""
     tag = f"{cfg.covariance_tokens}-{cfg.covariance_sample_length}-{seed}" + (f"-s{part}" if part else "")
@@ -162,8 +171,9 @@ def ensure_first_slice(backend, cfg: MemitConfig, cache_dir: Path, seed: int, la
     return 1
 
 
-def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> tuple[int, int]:
-    """Add the next missing slice (one per call; none once the estimate is full).
+def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None, upto: int | None = None) -> tuple[int, int]:
+    """Add the next missing slice (one per call; none once the estimate has ``upto`` slices, by
+    default all ``slice_count``).
 
     Returns (tokens added, tokens in the estimate now). Call it with the base weights composed:
     the statistics describe the unedited model."""
@@ -172,7 +182,7 @@ def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> 
     if done == 0:  # no first slice yet (a cleared cache): the next edit would estimate it anyway
         ensure_first_slice(backend, cfg, cache_dir, seed, layers)
         return cfg.covariance_tokens, cfg.covariance_tokens
-    if done >= slice_count(cfg):
+    if done >= min(slice_count(cfg), upto or slice_count(cfg)):
         return 0, done * cfg.covariance_tokens
     estimate_slice(backend, cfg, cache_dir, seed, done, layers)  # every layer: one sample behind a slice
     return cfg.covariance_tokens, (done + 1) * cfg.covariance_tokens
