@@ -76,12 +76,12 @@ class MemitConfig(BaseModel):
         "Module path template of the edited MLP output projection; '{}' is the layer."))
     lambda_reg: float = Field(1.0e-1, ge=0, description=(
         "Covariance weight lambda in W' = W + R K^T (K K^T + lambda C)^-1."))
-    relative_lambda: float = Field(2.0e-1, ge=0, description=(
+    relative_lambda: float = Field(5.0e-1, ge=0, description=(
         "Added to lambda: this share of the mean of diag(K C^-1 K^T) (thousands; it grows with d_ff), "
         "so the damping means the same on every model. It shrinks the directions that only separate "
         "near-collinear keys (facts sharing a relation), which is where a batched solve's drift comes from. "
-        "Tuning pool, 50 facts in one batch: 0.05 / 0.2 / 0.5 / 1.0 gave drift +2.5 / +1.5 / +1.3 / +1.1 %, "
-        "paraphrase 0.65 / 0.65 / 0.62 / 0.58, raw 0.96-0.98."))
+        "Tuning pool, 50 facts in one batch, 16384-token statistics: 0.2 / 0.5 gave drift +0.60 / +0.35 %, "
+        "paraphrase 0.63 / 0.62, raw 0.96 (on 4096 tokens 0.05 / 0.2 / 0.5 / 1.0: +2.5 / +1.5 / +1.3 / +1.1 %)."))
     covariance_tokens: int = Field(
         4096, gt=0, description="Tokens of model-generated text sampled for C before the first edit, and the "
         "size of each slice a sleep adds (see covariance_max_tokens). 4096 keeps a first run near a minute "
@@ -134,10 +134,11 @@ class MemitConfig(BaseModel):
         "vstar_facts, one covariance-regularised solve per layer); each key group is still stored as "
         "its own edit, so forget and refresh stay per fact. 'inject --one-by-one' solves one at a time.")
     vstar_facts: int = Field(
-        4, gt=0, description="Facts whose target vectors are optimised together in one batched "
-        "forward/backward. Small on purpose: the backward holds every row's activations in the "
-        "blocks above the edit (~18 MB per row on the bundled model), and on 2 CPU cores 4 facts "
-        "per pass were as fast as 16 (95 s against 100 s for 20 facts) at 1.55 GB peak RSS instead of 2.72.")
+        2, gt=0, description="Facts whose target vectors are optimised together in one batched "
+        "forward/backward. Small on purpose: every row in a pass adds activations, and on CPU cores "
+        "bigger passes buy no speed (4 facts per pass as fast as 16, at 1.55 GB peak RSS instead of 2.72 "
+        "before checkpointing; with it, 20 facts: 2 per pass 1.17 GB and 259 s, 4 per pass 1.23 GB and "
+        "274 s, one thread). A GPU preset can raise it.")
     vstar_checkpointing: bool = Field(
         True, description="Gradient checkpointing in v* (torch and MLX): the backward recomputes each "
         "block above the edit instead of keeping its activations (20 facts on the bundled model: peak "
