@@ -125,6 +125,7 @@ def test_maintain_grows_the_statistics_from_the_base_weights(tmp_path, tiny_sett
     assert torch.equal(memory.backend.get_weight(1), edited)  # ... and the edits composed again after
     second = maintain(session, audit(session))
     assert (second.statistics_tokens_added, second.statistics_tokens) == (0, 2 * SLICE)
+    assert len(seen) == 1  # full: the second night did not decompose the edits to sample nothing
     recorded = [m["value"] for m in session.history.metrics if m["name"] == "statistics_tokens"]
     assert recorded == [2 * SLICE, 2 * SLICE]  # in the run's metrics, so the report and the UI show it
     night = report(session, "kept", second)
@@ -144,9 +145,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_night(tmp_path, tiny_s
 
 
 def slices_cached(memory: Memory) -> int:
-    cfg = memory.settings.memit
-    folder = covariance.stats_dir(memory.cache_dir, memory.backend.fingerprint)
-    return covariance.complete_slices(folder, cfg, memory.settings.seed, cfg.edit_layers())
+    return covariance.slices_done(memory.backend, memory.settings.memit, memory.cache_dir, memory.settings.seed)
 
 
 PEOPLE = ["Aria Nakamura", "Bruno Castell", "Chiara Lindqvist", "Dmitri Osei", "Elena Marsh"]

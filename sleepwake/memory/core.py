@@ -170,8 +170,14 @@ class Memory(Wake, Composition):
         """One more slice of key statistics (unless there are ``upto`` already), sampled from the
         base model (``covariance.grow``): (tokens added, tokens in the estimate now). The next
         edit solves with the larger estimate."""
+        cfg, seed = self.settings.memit, self.settings.seed
+        done = covariance.slices_done(self.backend, cfg, self.cache_dir, seed)
+        if done and done >= covariance.target_slices(cfg, upto):
+            # Nothing to sample: skip base_weights' two recompositions of every edit (a large
+            # wake and every night after the estimate is full would otherwise pay them).
+            return 0, done * cfg.covariance_tokens
         with self.base_weights():
-            grown = covariance.grow(self.backend, self.settings.memit, self.cache_dir, self.settings.seed, upto=upto)
+            grown = covariance.grow(self.backend, cfg, self.cache_dir, seed, upto=upto)
         if grown[0]:
             self._stats = None
         return grown

@@ -101,6 +101,11 @@ def slice_count(cfg: MemitConfig) -> int:
     return max(1, -(-cfg.covariance_max_tokens // cfg.covariance_tokens))
 
 
+def target_slices(cfg: MemitConfig, upto: int | None = None) -> int:
+    """Slices ``grow`` stops at: ``upto`` when given, never past ``slice_count``."""
+    return min(slice_count(cfg), upto) if upto else slice_count(cfg)
+
+
 def slices_for(cfg: MemitConfig, n_facts: int) -> int:
     """Slices a solve of ``n_facts`` facts should have: one per ``covariance_facts_per_slice``,
     within ``slice_count`` (a batch's n x n system separates its keys only as well as C is
@@ -145,6 +150,12 @@ def estimate_slice(backend, cfg: MemitConfig, cache_dir: Path, seed: int, part: 
                            save({"cov": moment}, metadata={"tokens": str(count)}))
 
 
+def slices_done(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None) -> int:
+    """Complete slices cached for ``layers`` (default: the edit layers): headers only, milliseconds."""
+    layers = list(layers if layers is not None else cfg.edit_layers())
+    return complete_slices(stats_dir(cache_dir, backend.fingerprint), cfg, seed, layers)
+
+
 def complete_slices(folder: Path, cfg: MemitConfig, seed: int, layers: list[int]) -> int:
     """How many slices, from 0 on without a gap, are cached and readable for every one of
     ``layers``. An unreadable file is removed, so the slice is sampled again (never trusted)."""
@@ -178,11 +189,11 @@ def grow(backend, cfg: MemitConfig, cache_dir: Path, seed: int, layers=None, upt
     Returns (tokens added, tokens in the estimate now). Call it with the base weights composed:
     the statistics describe the unedited model."""
     layers = list(layers if layers is not None else cfg.edit_layers())
-    done = complete_slices(stats_dir(cache_dir, backend.fingerprint), cfg, seed, layers)
+    done = slices_done(backend, cfg, cache_dir, seed, layers)
     if done == 0:  # no first slice yet (a cleared cache): the next edit would estimate it anyway
         ensure_first_slice(backend, cfg, cache_dir, seed, layers)
         return cfg.covariance_tokens, cfg.covariance_tokens
-    if done >= min(slice_count(cfg), upto or slice_count(cfg)):
+    if done >= target_slices(cfg, upto):
         return 0, done * cfg.covariance_tokens
     estimate_slice(backend, cfg, cache_dir, seed, done, layers)  # every layer: one sample behind a slice
     return cfg.covariance_tokens, (done + 1) * cfg.covariance_tokens
