@@ -147,6 +147,44 @@ def test_sws_advances_only_facts_that_pass_and_follows_the_schedule(run, monkeyp
     assert not SnapshotStore(memory.home.root).open_snapshots()  # the stage closed its snapshot
 
 
+def test_sws_second_round_trains_the_facts_that_failed_and_rehearses_the_rest(run, monkeypatch):
+    memory = run.memory
+    run.memory.settings = run.settings.model_copy(update={"sws": run.settings.sws.model_copy(update={"rounds": 3})})
+    rows = memory.ledger.list_facts()
+    late = rows[1].fact.prompt()  # fails the first gate, passes after the second round
+    gates: list[int] = []
+
+    def probe(backend, facts, cfg):
+        gates.append(len(facts))
+        ok = [len(gates) > 1 or f.prompt() != late for f in facts]
+        return [probes.FactProbe(raw=hit, raw_text="", chat=hit, chat_text="") for hit in ok]
+
+    trained: list[list] = []
+    real_train = sws_stage.consolidate.train
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
+        trained.append(list(facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    result = sws_stage.sws(run)
+    assert result.accepted and result.rounds == 2 and result.advanced == len(rows)
+    assert [len(f) for f in trained] == [len(rows), 1] and trained[1][0].prompt() == late
+    assert gates == [len(rows), len(rows)]  # every gated fact gated again; no third round once all pass
+    assert [a.kind for a in adapter_rows.list_adapters(memory.ledger)] == ["sws", "sws"]
+    assert all(r.stage == 1 for r in memory.ledger.list_facts())
+
+
+def test_sws_rounds_stop_when_every_fact_passes(run, monkeypatch):
+    run.memory.settings = run.settings.model_copy(update={"sws": run.settings.sws.model_copy(update={"rounds": 2})})
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=True, raw_text="", chat=True, chat_text="") for _ in facts])
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    result = sws_stage.sws(run)
+    assert result.accepted and result.rounds == 1
+    assert [a.kind for a in adapter_rows.list_adapters(run.memory.ledger)] == ["sws"]
+
+
 def test_sws_settle_reverts_a_fact_that_loses_raw_recall_at_its_new_scale(run, monkeypatch):
     memory = run.memory
     first = memory.ledger.list_facts()[0].fact_id

@@ -204,6 +204,10 @@ class SwsConfig(BaseModel):
     train_without_memit: bool = Field(
         True, description="Train with the trained facts' MEMIT edits switched off, so the LoRA "
         "learns what it must carry alone instead of what MEMIT already answers.")
+    rounds: int = Field(
+        1, ge=1, description="LoRA rounds per SWS pass: round 1 trains every unconsolidated fact; each further "
+        "round (only while some fail their gate) trains those that failed, rehearses those that passed, and "
+        "gates again. Each round adds an adapter; the night's fold merges them.")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
     replay_size: int = Field(16, ge=0, description="Replay buffer items mixed into each SWS: "
                              "consolidated facts and logged conversation turns, sampled by priority.")

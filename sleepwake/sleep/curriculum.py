@@ -78,13 +78,14 @@ def replay_examples(backend, consolidated: Sequence[tuple[Fact, datetime | None]
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     items: list[tuple[float, Callable[[], TrainExample]]] = []
     for fact, when in consolidated:
-        items.append((_priority(when, now, decay), partial(_fact_replay, backend, fact)))
+        items.append((_priority(when, now, decay), partial(rehearsal_example, backend, fact)))
     for turn in turns:
         items.append((_priority(turn.get("ts"), now, decay), partial(_turn_replay, backend, turn)))
     return [build() for build in _weighted_sample(items, size, random.Random(seed))]
 
 
-def _fact_replay(backend, fact: Fact) -> TrainExample:
+def rehearsal_example(backend, fact: Fact) -> TrainExample:
+    """A fact's chat question answered with its statement: how a fact is replayed or rehearsed."""
     return chat_example(backend, [_user(chat_question(fact))], statement(fact))
 
 

@@ -117,6 +117,7 @@ class SwsResult(StageResult):
     examples: int = 0
     replay: int = 0
     adapter_id: int | None = None
+    rounds: int = 0
     advanced: int = 0
     reverted_at_settle: int = 0
     repaired: int = 0

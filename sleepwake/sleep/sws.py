@@ -5,7 +5,9 @@
    facts): chat Q&A, raw completions, identity, plus a bounded replay of older facts and logged
    conversation turns (``curriculum``), with those facts' MEMIT edits switched off
    (``sws.train_without_memit``). Facts at stages 1-2 are carried by the consolidated adapter and
-   only replayed, so a night's training does not grow with the memory.
+   only replayed, so a night's training does not grow with the memory. With ``sws.rounds`` > 1,
+   facts that fail the gate (step 4) get a further round: another LoRA on them alone, the passed
+   ones rehearsed, then the gate again.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
 4. Switch every stage < 3 fact's edit to scale 0; per fact, through the adapters alone: chat
    recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit
@@ -53,10 +55,14 @@ def sws(session: SleepSession) -> SwsResult:
         raw_before = raw_hits(session, gated)
         locality_before = locality_stage.start_locality(session)
         result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4))
+        switched_off = edit_ids if cfg.train_without_memit else set()
         if trained or forgets:
-            train_pass(session, trained, forgets, edit_ids if cfg.train_without_memit else set(), result)
+            examples, result.replay = training_examples(session, trained)
+            examples += forgetting.training_examples(session, forgets)
+            train_pass(session, examples, switched_off, [r.fact for r in trained], result)
         memory.compose(skip=edit_ids)  # isolate the adapters: every gated fact's MEMIT at 0
         table, stages = gate_facts(session, gated)
+        table, stages = extra_rounds(session, trained, gated, switched_off, edit_ids, (table, stages), result)
         forget_stages = forgetting.advance(session, forgets)
         stages, raw_after = settle(session, gated, stages)
         if cfg.repair_disturbed and sum(raw_before) > sum(raw_after):
@@ -98,20 +104,45 @@ def sws(session: SleepSession) -> SwsResult:
         return finish(session, result, started)
 
 
-def train_pass(session: SleepSession, trained, forgets, switched_off: set[int], result: SwsResult) -> None:
-    """Train tonight's LoRA with ``switched_off`` edits out of the weights and store it."""
+def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult) -> None:
+    """Train one LoRA on ``examples`` with ``switched_off`` edits out of the weights and store it
+    (each round of a night adds one adapter; the fold merges them)."""
     memory = session.memory
-    examples, replay = training_examples(session, trained)
-    examples += forgetting.training_examples(session, forgets)
     memory.compose(skip=switched_off)
     try:
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws", [r.fact for r in trained])
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws", facts)
     finally:
         memory.compose()
-    result.adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)
+    adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)
+    result.adapter_id = result.adapter_id or adapter_id
     crash_point("sws:after-adapter")
-    result.examples, result.replay, result.train_steps = len(examples), replay, outcome.steps
-    result.train_loss_first, result.train_loss_last = round(outcome.first_loss, 4), round(outcome.last_loss, 4)
+    result.rounds += 1
+    result.examples, result.train_steps = result.examples + len(examples), result.train_steps + outcome.steps
+    if result.train_loss_first is None:
+        result.train_loss_first = round(outcome.first_loss, 4)
+    result.train_loss_last = round(outcome.last_loss, 4)
+
+
+def extra_rounds(session: SleepSession, trained, gated, switched_off: set[int], edit_ids: set[int], gate, result: SwsResult):
+    """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate, with
+    the ones that passed rehearsed (their chat question), then every gated fact is gated again.
+    A night's extra cost follows what did not consolidate; a night where all pass pays nothing.
+    Returns the last (table, stages)."""
+    table, stages = gate
+    for _ in range(session.settings.sws.rounds - 1):
+        failing = [r for r in trained if stages[r.fact_id] == r.stage]
+        if not failing:
+            break
+        passed = [r.fact for r in trained if stages[r.fact_id] > r.stage]
+        backend = session.memory.backend
+        examples = curriculum.fact_examples(backend, [r.fact for r in failing], session.settings.sws.train_raw)
+        examples += [curriculum.rehearsal_example(backend, fact) for fact in passed]
+        examples += curriculum.identity_examples(backend, session.settings.sws.identity_weight)
+        examples += replay_examples(session)
+        train_pass(session, examples, switched_off, [r.fact for r in failing], result)
+        session.memory.compose(skip=edit_ids)
+        table, stages = gate_facts(session, gated)
+    return table, stages
 
 
 def reject(session: SleepSession, snap, result: SwsResult, reason: str, started: float) -> SwsResult:
@@ -128,14 +159,20 @@ def raw_hits(session: SleepSession, rows) -> list[bool]:
 def training_examples(session: SleepSession, trained) -> tuple[list, int]:
     """Tonight's facts, identity pairs and the bounded replay buffer, as token examples; returns
     (examples, replay items)."""
-    memory, cfg = session.memory, session.settings.sws
-    backend = memory.backend
+    backend, cfg = session.memory.backend, session.settings.sws
     examples = curriculum.fact_examples(backend, [r.fact for r in trained], cfg.train_raw) if trained else []
     examples += curriculum.identity_examples(backend, cfg.identity_weight)
+    replay = replay_examples(session)
+    return examples + replay, len(replay)
+
+
+def replay_examples(session: SleepSession) -> list:
+    """The bounded replay of older (consolidated) facts and logged turns; the same draw in every
+    round of a night (seeded)."""
+    memory, cfg = session.memory, session.settings.sws
     older = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 1]
     turns = conversation_turns(memory.ledger)
-    replay = curriculum.replay_examples(backend, older, turns, cfg.replay_size, cfg.replay_decay, session.settings.seed)
-    return examples + replay, len(replay)
+    return curriculum.replay_examples(memory.backend, older, turns, cfg.replay_size, cfg.replay_decay, session.settings.seed)
 
 
 def conversation_turns(ledger, limit: int = 200) -> list[dict]:
