@@ -1,6 +1,6 @@
 """Null-space-constrained LoRA (sleepwake/models/protection.py) on the tiny random Llama.
 
-The math: P annihilates the top-energy input directions and keeps the rest. The training: every
+The math: the projection removes the top-energy input directions and keeps the rest. The training: every
 A row stays in P's subspace, so the adapter barely moves what the model computes on the ordinary
 text the subspace was estimated from, while an unconstrained adapter of the same recipe does.
 """
@@ -22,19 +22,22 @@ pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
 
 @hsettings(max_examples=25, deadline=None)
 @given(st.integers(4, 24), st.floats(0.3, 0.999), st.integers(0, 10_000))
-def test_projector_removes_the_top_energy_directions(dim, energy, seed):
+def test_projection_removes_the_top_energy_directions(dim, energy, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(4 * dim, dim, generator=g) * torch.logspace(1, -2, dim)  # (n, d), decaying scales
     moment = x.T @ x / x.shape[0]
     basis = protection.top_subspace(moment, energy)
-    p = protection.projector(moment, energy)
     values = torch.linalg.eigvalsh(moment.double()).flip(0)
     k = basis.shape[1]
     assert float(values[:k].sum() / values.sum()) >= energy - 1e-6  # holds the energy asked for
     assert k == 1 or float(values[: k - 1].sum() / values.sum()) < energy + 1e-6  # and no more directions
-    torch.testing.assert_close(p @ p, p, atol=1e-4, rtol=0)  # a projector
-    torch.testing.assert_close(p @ basis, torch.zeros_like(basis), atol=1e-4, rtol=0)  # kills the top subspace
-    assert protection.projectors({"m": moment}, 0.0) == {}  # energy 0: unconstrained
+    a = torch.randn(3, dim, generator=g)  # (r, in)
+    projected = protection.project(a, basis)
+    torch.testing.assert_close(projected @ basis, torch.zeros(3, k), atol=1e-4, rtol=0)  # out of the top subspace
+    torch.testing.assert_close(protection.project(projected, basis), projected, atol=1e-4, rtol=0)  # idempotent
+    torch.testing.assert_close(projected, a @ (torch.eye(dim) - basis @ basis.T), atol=1e-4, rtol=1e-4)  # A (I - U U^T)
+    assert protection.bases({"m": moment}, 0.0) == {}  # energy 0: unconstrained
+    assert protection.bases({"m": moment}, energy)["m"].shape == basis.shape
 
 
 def test_constrained_adapter_leaves_ordinary_text_alone(tmp_path, tiny_settings_overrides):
@@ -51,8 +54,8 @@ def test_constrained_adapter_leaves_ordinary_text_alone(tmp_path, tiny_settings_
     examples = [TrainExample(ids, backend.encode(" Thessaloniki", special=False))]
     free = train_lora(backend, examples, recipe)
     held = train_lora(backend, examples, recipe, protect=protect)
-    for name, (u, v) in held.factors.items():  # V = A^T: every A row in P's subspace
-        torch.testing.assert_close(protect[name] @ v, v, atol=1e-4, rtol=1e-3)
+    for name, (u, v) in held.factors.items():  # V = A^T: every A row orthogonal to the protected basis
+        torch.testing.assert_close(protect[name].T @ v, torch.zeros(protect[name].shape[1], v.shape[1]), atol=1e-4, rtol=0)
     ordinary = [a.ids for a in memory.base_anchors()][:8]
 
     def moved(factors) -> float:
@@ -70,3 +73,30 @@ def test_constrained_adapter_leaves_ordinary_text_alone(tmp_path, tiny_settings_
         return total / len(factors)
 
     assert moved(held.factors) < 0.35 * moved(free.factors)
+
+
+def test_bases_are_cached_per_energy_and_rebuilt_when_unreadable(tmp_path):
+    """The first call builds U_k from the (cached) moments; later calls read the bases alone; another
+    energy is another basis; a truncated basis file is rebuilt, never trusted."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 8, generator=g) * torch.logspace(1, -2, 8)
+    calls = []
+
+    class Backend:
+        def input_second_moments(self, sequences, names, batch_size):
+            calls.append(list(names))
+            return {n: x.T @ x for n in names}, x.shape[0]
+
+    def build(energy):
+        return protection.load_or_build(Backend(), ["a", "b"], lambda: [[1, 2]], tmp_path, "t", energy, 2)
+
+    first = build(0.9)
+    assert calls == [["a", "b"]] and set(first) == {"a", "b"}
+    again = build(0.9)
+    assert calls == [["a", "b"]]  # neither moments nor bases recomputed
+    torch.testing.assert_close(again["a"], first["a"])
+    other = build(0.5)
+    assert calls == [["a", "b"]] and other["a"].shape[1] < first["a"].shape[1]  # from the cached moments
+    protection.cache_file(tmp_path, "t", "a", "basis0.9").write_bytes(b"truncated")
+    torch.testing.assert_close(build(0.9)["a"], first["a"])
+    assert build(0.0) == {}

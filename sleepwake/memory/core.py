@@ -237,8 +237,9 @@ class Memory(Wake, Composition):
         return made
 
     def lora_protection(self, recipe) -> dict[str, torch.Tensor]:
-        """Projectors of the null-space-constrained LoRA (``models.protection``) for ``recipe``'s
-        modules, from the inputs of the base model on its samples and anchors (cached per model)."""
+        """Protected input subspaces U_k (in, k) of the null-space-constrained LoRA
+        (``models.protection``) for ``recipe``'s modules, from the inputs of the base model on its
+        samples and anchors at ``lora.protect_energy`` (cached per model and energy)."""
         from sleepwake.models import protection
 
         names = self.backend.lora_targets(recipe)
@@ -250,10 +251,9 @@ class Memory(Wake, Composition):
             return samples + [a.ids for a in self.base_anchors()]
 
         with self.base_weights():
-            moments = protection.load_or_estimate(self.backend, names, sequences,
-                                                  covariance.stats_dir(self.cache_dir, self.backend.fingerprint), tag,
-                                                  memit.batch_size)
-        return protection.projectors(moments, self.settings.lora.protect_energy)
+            return protection.load_or_build(self.backend, names, sequences,
+                                            covariance.stats_dir(self.cache_dir, self.backend.fingerprint), tag,
+                                            self.settings.lora.protect_energy, memit.batch_size)
 
     # ---- read-only views ----------------------------------------------------------------------
     def facts(self) -> list[Fact]:

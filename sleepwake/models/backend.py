@@ -116,7 +116,7 @@ class Backend(Protocol):
         """Train one LoRA (``models.lora.LoraRecipe``) over the current weights and return a
         ``models.lora.TrainOutcome`` whose factors are (U, V) per adapted module name, or raise
         :class:`sleepwake.errors.UnsupportedError` when this runtime cannot train. ``protect``:
-        projector per module name that LoRA A is kept orthogonal to (``models.protection``)."""
+        basis U_k (in, k) per module name that LoRA A is kept orthogonal to (``models.protection``)."""
 
 
 def chat_text(tokenizer, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:

@@ -23,6 +23,7 @@ import torch
 
 from sleepwake.models import torch_internals
 from sleepwake.models.anchors import Anchor, kl_to_teacher
+from sleepwake.models.protection import project
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +202,8 @@ def target_names(model, recipe: LoraRecipe) -> list[str]:
 
 
 class Projection:
-    """Keeps each adapted module's A in its allowed subspace: A <- A P (``models.protection``),
-    at the start and after every optimizer step (projected gradient descent)."""
+    """Keeps each adapted module's A out of its protected subspace: A <- A (I - U_k U_k^T)
+    (``models.protection``), at the start and after every optimizer step (projected gradient descent)."""
 
     def __init__(self, peft_model, protect: dict[str, torch.Tensor] | None):
         from peft.tuners.lora import LoraLayer
@@ -217,8 +218,8 @@ class Projection:
 
     @torch.no_grad()
     def apply(self) -> None:
-        for weight, p in self.pairs:
-            weight.copy_(weight @ p)
+        for weight, basis in self.pairs:  # weight: A (r, in); basis: U_k (in, k)
+            weight.copy_(project(weight, basis))
 
 
 def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
@@ -226,7 +227,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                protect: dict[str, torch.Tensor] | None = None) -> TrainOutcome:
     """Train one LoRA on ``examples`` over the backend's current (composed) weights; with
     ``anchors`` and ``recipe.anchor_weight`` > 0 the loss adds the KL anchor of :func:`anchor_loss`;
-    ``protect`` (module name -> projector P (in, in)) keeps each A in P's subspace."""
+    ``protect`` (module name -> protected basis U_k (in, k)) keeps each A orthogonal to U_k."""
     if not examples:
         raise ValueError("no training examples")
     model, pad_id, device = backend.model, backend.tokenizer.pad_token_id, backend.input_device

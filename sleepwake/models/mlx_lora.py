@@ -185,8 +185,9 @@ class Progress(TrainingCallback):
         self.project()
 
     def project(self) -> None:
-        for layer, p in self.pairs:  # torch keeps A (r, in) <- A P; here A is (in, r): A <- P A (P symmetric)
-            layer.lora_a = (p @ layer.lora_a.astype(mx.float32)).astype(layer.lora_a.dtype)
+        for layer, basis in self.pairs:  # torch keeps A (r, in) <- A - (A U) U^T; here A is (in, r): A <- A - U (U^T A)
+            a = layer.lora_a.astype(mx.float32)
+            layer.lora_a = (a - basis @ (basis.T @ a)).astype(layer.lora_a.dtype)
         mx.eval([layer.lora_a for layer, _ in self.pairs])
 
     def on_train_loss_report(self, info: dict) -> None:
