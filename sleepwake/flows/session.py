@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from functools import partial
 from types import SimpleNamespace
 from typing import Iterator
 
 from sleepwake.config import Settings, load_settings
+from sleepwake.resources import trim_heap
 from sleepwake.sleep import journal
 from sleepwake.sleep.session import SleepSession, active
 
@@ -32,6 +34,10 @@ def sleep_session(home: str | None, settings: Settings, kind: str, create: bool 
 
     home_obj = Home.existing(home, create)
     with home_obj.write_lock(settings.sleep.lock_wait_s):
+        # A long-lived process (serve's auto-sleep, an experiment's nights) starts each sleep from
+        # its live memory, not from the heap the last sleep's freed tensors left resident.
+        gc.collect()
+        trim_heap()
         memory = Memory.open(home_obj, settings)
         session = SleepSession(memory, kind, flow_run_id=flow_run.id)
         memory.ledger.start_run(session.run_id, kind, session.flow_run_id)

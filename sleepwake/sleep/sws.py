@@ -27,6 +27,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sleepwake.faults import crash_point
@@ -55,14 +56,14 @@ def sws(session: SleepSession) -> SwsResult:
         raw_before = raw_hits(session, gated)
         locality_before = locality_stage.start_locality(session)
         result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4))
-        switched_off = edit_ids if cfg.train_without_memit else set()
+        plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set())
         if trained or forgets:
-            examples, result.replay = training_examples(session, trained)
-            examples += forgetting.training_examples(session, forgets)
-            train_pass(session, examples, switched_off, [r.fact for r in trained], result)
+            plan.shared, result.replay = shared_examples(session)
+            examples = curriculum.fact_examples(memory.backend, [r.fact for r in trained], cfg.train_raw) if trained else []
+            examples += plan.shared + forgetting.training_examples(session, forgets)
+            train_pass(session, examples, plan.switched_off, [r.fact for r in trained], result)
         memory.compose(skip=edit_ids)  # isolate the adapters: every gated fact's MEMIT at 0
-        table, stages = gate_facts(session, gated)
-        table, stages = extra_rounds(session, trained, gated, switched_off, edit_ids, (table, stages), result)
+        table, stages = extra_rounds(session, plan, gate_facts(session, gated), result)
         forget_stages = forgetting.advance(session, forgets)
         stages, raw_after = settle(session, gated, stages)
         if cfg.repair_disturbed and sum(raw_before) > sum(raw_after):
@@ -123,25 +124,34 @@ def train_pass(session: SleepSession, examples: list, switched_off: set[int], fa
     result.train_loss_last = round(outcome.last_loss, 4)
 
 
-def extra_rounds(session: SleepSession, trained, gated, switched_off: set[int], edit_ids: set[int], gate, result: SwsResult):
+@dataclass
+class Pass:
+    """What every round of one SWS pass shares."""
+
+    trained: list  # tonight's facts (stage 0 rows)
+    gated: list  # every fact the gate checks (stage < 3 rows)
+    edit_ids: set[int]  # the gated facts' edits: at scale 0 while gating
+    switched_off: set[int]  # edits out of the weights while training (``sws.train_without_memit``)
+    shared: list = field(default_factory=list)  # identity pairs and the night's replay, the same every round
+
+
+def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict[int, int]], result: SwsResult):
     """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate, with
     the ones that passed rehearsed (their chat question), then every gated fact is gated again.
     A night's extra cost follows what did not consolidate; a night where all pass pays nothing.
     Returns the last (table, stages)."""
     table, stages = gate
     for _ in range(session.settings.sws.rounds - 1):
-        failing = [r for r in trained if stages[r.fact_id] == r.stage]
+        failing = [r for r in plan.trained if stages[r.fact_id] == r.stage]
         if not failing:
             break
-        passed = [r.fact for r in trained if stages[r.fact_id] > r.stage]
+        passed = [r.fact for r in plan.trained if stages[r.fact_id] > r.stage]
         backend = session.memory.backend
         examples = curriculum.fact_examples(backend, [r.fact for r in failing], session.settings.sws.train_raw)
-        examples += [curriculum.rehearsal_example(backend, fact) for fact in passed]
-        examples += curriculum.identity_examples(backend, session.settings.sws.identity_weight)
-        examples += replay_examples(session)
-        train_pass(session, examples, switched_off, [r.fact for r in failing], result)
-        session.memory.compose(skip=edit_ids)
-        table, stages = gate_facts(session, gated)
+        examples += [curriculum.rehearsal_example(backend, fact) for fact in passed] + plan.shared
+        train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result)
+        session.memory.compose(skip=plan.edit_ids)
+        table, stages = gate_facts(session, plan.gated)
     return table, stages
 
 
@@ -156,19 +166,14 @@ def raw_hits(session: SleepSession, rows) -> list[bool]:
     return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
 
 
-def training_examples(session: SleepSession, trained) -> tuple[list, int]:
-    """Tonight's facts, identity pairs and the bounded replay buffer, as token examples; returns
-    (examples, replay items)."""
-    backend, cfg = session.memory.backend, session.settings.sws
-    examples = curriculum.fact_examples(backend, [r.fact for r in trained], cfg.train_raw) if trained else []
-    examples += curriculum.identity_examples(backend, cfg.identity_weight)
+def shared_examples(session: SleepSession) -> tuple[list, int]:
+    """Identity pairs and the bounded replay buffer, as token examples; returns (examples, replay items)."""
     replay = replay_examples(session)
-    return examples + replay, len(replay)
+    return curriculum.identity_examples(session.memory.backend, session.settings.sws.identity_weight) + replay, len(replay)
 
 
 def replay_examples(session: SleepSession) -> list:
-    """The bounded replay of older (consolidated) facts and logged turns; the same draw in every
-    round of a night (seeded)."""
+    """The bounded replay of older (consolidated) facts and logged turns (seeded)."""
     memory, cfg = session.memory, session.settings.sws
     older = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 1]
     turns = conversation_turns(memory.ledger)
