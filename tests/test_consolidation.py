@@ -143,7 +143,9 @@ def test_sws_advances_only_facts_that_pass_and_follows_the_schedule(run, monkeyp
     for fact_id, row in after.items():
         assert row.stage == (1 if fact_id in passing else 0)
         assert edits[row.edit_id].scale == (0.5 if fact_id in passing else 1.0)
-    assert [a.kind for a in adapter_rows.list_adapters(memory.ledger)] == ["sws"]
+    # The failing facts got every further round (sws.rounds), each round one adapter until the fold.
+    assert result.rounds == memory.settings.sws.rounds
+    assert [a.kind for a in adapter_rows.list_adapters(memory.ledger)] == ["sws"] * result.rounds
     assert not SnapshotStore(memory.home.root).open_snapshots()  # the stage closed its snapshot
 
 

@@ -205,9 +205,10 @@ class SwsConfig(BaseModel):
         True, description="Train with the trained facts' MEMIT edits switched off, so the LoRA "
         "learns what it must carry alone instead of what MEMIT already answers.")
     rounds: int = Field(
-        1, ge=1, description="LoRA rounds per SWS pass: round 1 trains every unconsolidated fact; each further "
+        2, ge=1, description="LoRA rounds per SWS pass: round 1 trains every unconsolidated fact; each further "
         "round (only while some fail their gate) trains those that failed, rehearses those that passed, and "
-        "gates again. Each round adds an adapter; the night's fold merges them.")
+        "gates again. Each round adds an adapter; the night's fold merges them. 2: chat recall after a night of "
+        "50 facts 0.78 -> 0.98 on held-out facts (docs/results.md).")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
     replay_size: int = Field(16, ge=0, description="Replay buffer items mixed into each SWS: "
                              "consolidated facts and logged conversation turns, sampled by priority.")
