@@ -22,7 +22,8 @@ from sleepwake.config import load_settings
 from sleepwake.errors import CorruptedStateError
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
-from sleepwake.sleep import journal, pipeline
+from sleepwake.models import probes
+from sleepwake.sleep import audit as audit_stage, journal, pipeline
 from sleepwake.sleep import validate as validate_stage
 from sleepwake.sleep.audit import audit
 from sleepwake.sleep.curate import curate
@@ -204,6 +205,26 @@ def test_maintain_wakes_a_consolidated_fact_the_adapters_lost(run):
     result = maintain(run, before)
     woken = memory.ledger.find_fact("Bruno Silva", "lives in")
     assert result.rewoken >= 1 and woken.stage == 0 and woken.edit_id is not None
+
+
+def test_maintain_sends_a_consolidated_fact_that_lost_its_chat_answer_back_to_sws(run, monkeypatch):
+    """Raw kept, chat lost, no edit to refresh: the fact goes back to stage 0 (tonight's SWS trains it),
+    at most ``maintain.max_reconsolidate`` a night; an unconsolidated fact failing chat is left to SWS."""
+    memory = run.memory
+    rows = memory.ledger.list_facts()
+    for row in rows[:2]:
+        memory.ledger.prune_edits([row.edit_id])
+        memory.ledger.set_stage(row.fact_id, 3)
+    memory.reload()
+    monkeypatch.setattr(audit_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=True, raw_text="", chat=False, chat_text="") for _ in facts])
+    before = audit(run)
+    assert sorted(before.chat_lost_ids) == sorted(r.fact_id for r in rows[:2]) and before.degraded_ids == []
+    with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_reconsolidate": 1}))
+    result = maintain(run, before)
+    stages = {r.fact_id: r.stage for r in memory.ledger.list_facts()}
+    assert result.reconsolidating == 1 and sorted(stages[r.fact_id] for r in rows[:2]) == [0, 3]
+    assert all(stages[r.fact_id] == r.stage for r in rows[2:])
 
 
 def test_a_failing_stage_restores_its_own_snapshot_so_a_retry_starts_clean(run):

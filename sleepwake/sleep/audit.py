@@ -52,4 +52,6 @@ def summarize(rows, results) -> dict:
         "degraded": n - len(healthy),
         "healthy_ids": healthy,
         "degraded_ids": [r.fact_id for r, p in zip(rows, results) if not p.raw],
+        # Consolidated facts (no edit left to refresh) that still complete raw but no longer answer in chat.
+        "chat_lost_ids": [r.fact_id for r, p in zip(rows, results) if r.stage == 3 and p.raw and p.chat is False],
     }

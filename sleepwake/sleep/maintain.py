@@ -5,7 +5,9 @@ first, then the oldest) are re-solved as ONE MEMIT batch on the current weights 
 constraint that the outputs at every other stored edit's keys stay unchanged, and each one's new
 edit replaces its old one in one ledger transaction (``Memory.refresh_many``). A consolidated fact
 the LoRA lost (stage 3, no edit) is woken again: it gets a fresh edit at stage 0 and SWS will
-consolidate it anew. Facts the audit did not look at tonight are protected like the healthy ones.
+consolidate it anew. A consolidated fact that still completes raw but lost its chat answer has no
+edit to refresh: it goes back to stage 0 (``maintain.max_reconsolidate`` a night) and tonight's SWS
+trains it again. Facts the audit did not look at tonight are protected like the healthy ones.
 First, MEMIT's key statistics grow by one slice until ``memit.covariance_max_tokens``.
 """
 
@@ -21,6 +23,7 @@ from sleepwake.sleep import journal
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import AuditResult, MaintainResult
 from sleepwake.sleep.session import SleepSession
+from sleepwake.storage import adapters as adapter_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,10 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         # The key statistics grow by one slice a night (a cache beside the home, not the home's
         # state, so a rollback leaves it): tonight's refresh and tomorrow's wake solve with it.
         grown = grow_statistics(memory) if cfg.enabled else {}
+        again = reconsolidate(session, before.chat_lost_ids) if cfg.enabled else 0
         if not cfg.enabled or not targets:
-            return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending, **grown), started)
+            return finish(session, MaintainResult(skipped=not cfg.enabled, pending=pending, reconsolidating=again, **grown),
+                          started)
         refreshed = {r.fact_id for r in targets}
         new_edits = memory.refresh_many(targets)  # every other edit's outputs held
         crash_point("maintain:after-refresh")
@@ -66,5 +71,18 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         recovered = sum(1 for row in table if row["recalled_after"])
         result = MaintainResult(refreshed=len(refreshed), recovered=recovered, still_degraded=len(table) - recovered,
                                 rewoken=sum(1 for r in targets if r.stage == 3), pending=pending - len(refreshed),
-                                rows=table, **grown)
+                                reconsolidating=again, rows=table, **grown)
         return finish(session, result, started)
+
+
+def reconsolidate(session: SleepSession, chat_lost_ids: Sequence[int]) -> int:
+    """Send up to ``maintain.max_reconsolidate`` consolidated facts that lost their chat answer back
+    to stage 0, in one transaction; returns how many. Inside maintain's snapshot: a rolled-back
+    night restores their stages."""
+    rows = {r.fact_id: r for r in session.ledger.list_facts()}
+    lost = [fid for fid in chat_lost_ids if fid in rows and rows[fid].stage == 3]
+    lost = sorted(lost)[: session.settings.maintain.max_reconsolidate]
+    if lost:
+        adapter_rows.commit_consolidation(session.ledger, {fid: 0 for fid in lost}, {})
+        session.memory.reload()
+    return len(lost)

@@ -89,6 +89,7 @@ class AuditResult(StageResult):
     degraded: int = 0
     healthy_ids: list[int] = Field(default_factory=list)
     degraded_ids: list[int] = Field(default_factory=list)
+    chat_lost_ids: list[int] = Field(default_factory=list, description="Consolidated facts whose chat answer was lost (raw kept).")
     verdicts: list[dict] = Field(default_factory=list, description="Per-fact audit rows (saved when kept).")
 
     def summary(self) -> dict:
@@ -101,6 +102,7 @@ class MaintainResult(StageResult):
     recovered: int = 0
     still_degraded: int = 0
     rewoken: int = 0
+    reconsolidating: int = Field(0, description="Consolidated facts that lost their chat answer, sent back to SWS tonight.")
     pending: int = 0
     skipped: bool = False
     statistics_tokens_added: int = Field(0, description="Tokens of key statistics sampled tonight.")
