@@ -100,3 +100,17 @@ def test_bases_are_cached_per_energy_and_rebuilt_when_unreadable(tmp_path):
     protection.cache_file(tmp_path, "t", "a", "basis0.9").write_bytes(b"truncated")
     torch.testing.assert_close(build(0.9)["a"], first["a"])
     assert build(0.0) == {}
+
+
+def test_cached_bases_need_no_base_weights(tmp_path, tiny_settings_overrides, monkeypatch):
+    """The first call estimates the moments under the base weights; once the bases are cached a
+    pass neither recomposes the weights nor estimates anything."""
+    settings = load_settings(None, [*tiny_settings_overrides, "lora.protect_energy=0.9"])
+    memory = Memory.open(Home.open(tmp_path / "home"), settings)
+    recipe = LoraRecipe(rank=2, alpha=4.0, layers=[1], modules=["q_proj", "down_proj"], learning_rate=1.0e-2,
+                        epochs=1, batch_size=1, max_steps=1, weight_decay=0.0, seed=0)
+    first = memory.lora_protection(recipe)
+    monkeypatch.setattr(memory, "base_weights", lambda: pytest.fail("base weights composed for cached bases"))
+    monkeypatch.setattr(memory.backend, "input_second_moments", lambda *a: pytest.fail("moments estimated again"))
+    again = memory.lora_protection(recipe)
+    assert sorted(again) == sorted(first) and all(torch.equal(again[n], first[n]) for n in first)

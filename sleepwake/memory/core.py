@@ -250,10 +250,11 @@ class Memory(Wake, Composition):
             samples = covariance.load_or_sample_sequences(self.backend, memit, self.cache_dir, self.settings.seed)
             return samples + [a.ids for a in self.base_anchors()]
 
-        with self.base_weights():
-            return protection.load_or_build(self.backend, names, sequences,
-                                            covariance.stats_dir(self.cache_dir, self.backend.fingerprint), tag,
-                                            self.settings.lora.protect_energy, memit.batch_size)
+        # The base weights are composed only if the moments must be estimated (a new model): with the
+        # bases cached, a pass pays no recomposition for them.
+        return protection.load_or_build(self.backend, names, sequences,
+                                        covariance.stats_dir(self.cache_dir, self.backend.fingerprint), tag,
+                                        self.settings.lora.protect_energy, memit.batch_size, under=self.base_weights)
 
     # ---- read-only views ----------------------------------------------------------------------
     def facts(self) -> list[Fact]:

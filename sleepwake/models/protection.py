@@ -27,9 +27,11 @@ moments are cached per model beside the covariance statistics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -65,17 +67,17 @@ def cache_file(folder: Path, tag: str, name: str, kind: str = "inputs") -> Path:
 
 
 def load_or_build(backend, names: list[str], sequences_fn, folder: Path, tag: str, energy: float,
-                  batch_size: int) -> dict[str, torch.Tensor]:
+                  batch_size: int, under: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
     """U_k of each module (name -> (in, k) float32) at ``energy``, cached in ``folder`` beside the
-    moments they come from (those are loaded, or estimated by :func:`load_or_estimate`, only for
-    modules whose basis is not cached yet)."""
+    moments they come from (those are loaded, or estimated by :func:`load_or_estimate` inside
+    ``under()``, only for modules whose basis is not cached yet)."""
     if energy <= 0:
         return {}
     kind = f"basis{energy:.6g}"
     found = {name: tensor for name in names if (tensor := read_cached(cache_file(folder, tag, name, kind), "basis")) is not None}
     missing = [n for n in names if n not in found]
     if missing:
-        built = bases(load_or_estimate(backend, missing, sequences_fn, folder, tag, batch_size), energy)
+        built = bases(load_or_estimate(backend, missing, sequences_fn, folder, tag, batch_size, under), energy)
         for name, basis in built.items():
             write_cached(cache_file(folder, tag, name, kind), "basis", basis.contiguous(), {"energy": str(energy)})
         found.update(built)
@@ -100,15 +102,17 @@ def write_cached(path: Path, key: str, tensor: torch.Tensor, metadata: dict[str,
     os.replace(tmp, path)
 
 
-def load_or_estimate(backend, names: list[str], sequences_fn, folder: Path, tag: str,
-                     batch_size: int) -> dict[str, torch.Tensor]:
+def load_or_estimate(backend, names: list[str], sequences_fn, folder: Path, tag: str, batch_size: int,
+                     under: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, torch.Tensor]:
     """Second moment of each module's input (name -> (in, in) float32), cached in ``folder``;
-    ``sequences_fn()`` gives the token sequences to estimate from (called only when needed)."""
+    ``sequences_fn()`` gives the token sequences to estimate from, run inside ``under()`` (the base
+    weights), both only when needed."""
     found = {name: tensor for name in names if (tensor := read_cached(cache_file(folder, tag, name), "moment")) is not None}
     missing = [n for n in names if n not in found]
     if missing:
         log.info("estimating the inputs of %d adapted modules (once per model)", len(missing))
-        sums, count = backend.input_second_moments(sequences_fn(), missing, batch_size)
+        with under():
+            sums, count = backend.input_second_moments(sequences_fn(), missing, batch_size)
         for name in missing:
             found[name] = (sums.pop(name) / max(count, 1)).float().contiguous()
             write_cached(cache_file(folder, tag, name), "moment", found[name], {"tokens": str(count)})
