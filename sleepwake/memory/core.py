@@ -107,7 +107,6 @@ class Memory(Wake, Composition):
         self.cache_dir = cache_dir
         self._factors: dict[int, dict[str, torch.Tensor]] = {}
         self._adapter_factors: dict[int, dict[str, torch.Tensor]] = {}
-        self._adapter_sums: dict[str, tuple[tuple[int, ...], torch.Tensor | float]] = {}
         self._stats: dict | None = None
         self._contexts: list[str] | None = None
         self.tolerate_corrupt = tolerate_corrupt
@@ -156,7 +155,6 @@ class Memory(Wake, Composition):
         self.adapters = adapter_rows.list_adapters(self.ledger)
         self._factors.clear()
         self._adapter_factors.clear()
-        self._adapter_sums.clear()
         self.corrupted.clear()
         self.compose()
 

@@ -35,7 +35,6 @@ class MemoryState:
     composed_as: tuple[tuple[int, ...], bool, dict[int, float]]
     _factors: dict[int, dict[str, torch.Tensor]]
     _adapter_factors: dict[int, dict[str, torch.Tensor]]
-    _adapter_sums: dict[str, tuple[tuple[int, ...], torch.Tensor | float]]
 
     def stats(self) -> dict[int, LayerStats]:
         raise NotImplementedError  # Memory provides it
