@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable, ContextManager
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from sleepwake.models.covariance import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,8 @@ def read_cached(path: Path, key: str) -> torch.Tensor | None:
 
 
 def write_cached(path: Path, key: str, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
-    """Write through a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file({key: tensor}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    """Through a temporary file and a rename (``covariance.atomic_write_bytes``): a reader never sees half a file."""
+    atomic_write_bytes(path, save({key: tensor}, metadata=metadata))
 
 
 def load_or_estimate(backend, names: list[str], sequences_fn, folder: Path, tag: str, batch_size: int,
