@@ -239,6 +239,34 @@ def test_sws_repairs_a_fact_the_adapter_disturbed_instead_of_undoing_the_pass(ru
     assert adapter_rows.list_adapters(memory.ledger)
 
 
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_sws_repairs_again_what_the_first_repair_disturbed(run, monkeypatch, rounds):
+    """A re-solve that costs a neighbour its raw recall: a second repair round mends it and the pass
+    is kept; with one round the pass is undone and its result names the lost fact."""
+    memory = run.memory
+    memory.settings.sws.repair_rounds = rounds
+    victim, neighbour = memory.ledger.list_facts()[:2]
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
+        probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+
+    def raw(rows):  # the victim is lost until re-solved; that re-solve costs the neighbour
+        edits = {r.fact_id: r.edit_id for r in rows}
+        victim_new = edits[victim.fact_id] != victim.edit_id
+        return [not (r.fact_id == victim.fact_id and not victim_new)
+                and not (r.fact_id == neighbour.fact_id and victim_new and r.edit_id == neighbour.edit_id) for r in rows]
+
+    calls = []
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda session, rows: raw(rows) if calls.append(1) or len(calls) > 1
+                        else [True] * len(rows))
+    result = sws_stage.sws(run)
+    if rounds == 2:
+        assert result.accepted is True and result.repaired == 2 and result.lost_ids == [], result.reason
+    else:
+        assert result.accepted is False and result.lost_ids == [neighbour.fact_id], result.reason
+        assert f"fact ids [{neighbour.fact_id}]" in result.reason
+
+
 def test_sws_without_repair_undoes_a_pass_that_disturbed_a_fact(run, monkeypatch):
     memory = run.memory
     memory.settings.sws.repair_disturbed = False

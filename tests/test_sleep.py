@@ -258,6 +258,15 @@ def test_failed_gate_rolls_back_byte_exact(run):
     assert result.outcome == "rolled_back" and result.raw_recall_after == before.raw_recall
 
 
+def test_the_report_says_why_a_pass_was_undone(run):
+    from sleepwake.sleep.results import RemResult, SwsResult
+
+    sws = SwsResult(accepted=False, reason="raw recall fell 99 -> 93 of 100 facts (lost: fact ids [7])")
+    result = report(run, "kept", sws, RemResult(accepted=True))
+    assert result.sws_accepted is False and result.sws_reason == sws.reason and result.rem_reason is None
+    assert f"SWS undone: {sws.reason}" in result.note and "REM undone" not in result.note
+
+
 def test_gate_fails_on_recall_drop(run):
     before = AuditResult(raw_recall=1.0)
     health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)  # far above: only recall can fail

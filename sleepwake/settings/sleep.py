@@ -221,6 +221,9 @@ class SwsConfig(BaseModel):
         True, description="When the new adapter costs a fact its raw recall (its edit unchanged), re-solve "
         "that fact's edit on the weights with the adapter inside the pass (maintain's null-space refresh) "
         "instead of undoing the whole pass.")
+    repair_rounds: int = Field(
+        2, ge=1, le=5, description="How many times a pass re-solves the facts still disturbed after the "
+        "previous repair (each round settles the stages again; a re-solve can move a neighbour).")
     benchmark_max_drop: float = Field(
         1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
         "answered correctly may fall by at most this much, else the whole SWS is rolled back.")

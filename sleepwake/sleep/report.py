@@ -45,7 +45,9 @@ class Report(StageResult):
     facts_per_stage: dict[str, int] = Field(default_factory=dict)
     sws_accepted: bool | None = None
     sws_advanced: int = 0
+    sws_reason: str | None = Field(None, description="Why SWS undid its own pass (or was skipped), when it did.")
     rem_accepted: bool | None = None
+    rem_reason: str | None = Field(None, description="Why REM undid its own pass (or was skipped), when it did.")
     reinforce_accepted: bool | None = None
     folded: bool | None = None
     degraded_before: int | None = None
@@ -113,6 +115,7 @@ def report(session: SleepSession, outcome: str, *results: StageResult | None) ->
         facts_per_stage={str(k): v for k, v in counts["facts_per_stage"].items()},
         sws_accepted=None if not sws or sws.skipped else sws.accepted, sws_advanced=sws.advanced if sws and kept else 0,
         rem_accepted=None if not rem or rem.skipped else rem.accepted,
+        sws_reason=sws.reason if sws else None, rem_reason=rem.reason if rem else None,
         reinforce_accepted=None if not reinforced or reinforced.skipped else reinforced.accepted,
         folded=None if not fold else (not fold.skipped and kept),
         degraded_before=audit.degraded if audit else None, degraded_after=degraded_after,
@@ -165,7 +168,10 @@ def render_markdown(r: Report) -> str:
     lines += [f"| {STAGE_NAMES[int(k)]} | {v} |" for k, v in sorted(r.facts_per_stage.items())]
     verdict = {None: "did not run", True: "kept", False: "undone"}
     lines += ["", f"SWS {verdict[r.sws_accepted]} ({r.sws_advanced} facts moved a stage on); REM {verdict[r.rem_accepted]}; "
-              f"adapters {'folded into one' if r.folded else 'not folded'}.", "", "| stage | seconds | peak memory (GB) |", "|---|---|---|"]
+              f"adapters {'folded into one' if r.folded else 'not folded'}.", ""]
+    lines += [f"{name} undone: {why}" for name, ok, why in (("SWS", r.sws_accepted, r.sws_reason), ("REM", r.rem_accepted, r.rem_reason))
+              if ok is False and why]
+    lines += ["", "| stage | seconds | peak memory (GB) |", "|---|---|---|"]
     peaks = r.stage_peak_rss_gb
     lines += [f"| {name} | {secs:.2f} | {fmt(peaks.get(name))} |" for name, secs in r.stage_seconds.items()]
     return "\n".join(lines)

@@ -123,6 +123,8 @@ class SwsResult(StageResult):
     advanced: int = 0
     reverted_at_settle: int = 0
     repaired: int = 0
+    lost_ids: list[int] = Field(default_factory=list, description="Gated facts whose raw recall this pass lost "
+                                "(after repair); more than validate.max_recall_drop of them undo the pass.")
     benchmark_before: float | None = None
     benchmark_after: float | None = None
     lora_chat_recall: float | None = None
