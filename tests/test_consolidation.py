@@ -76,6 +76,19 @@ def test_train_lora_learns_and_leaves_the_model_unwrapped(run):
     assert {n.split(".")[2] for n in outcome.factors} == {"1", "2", "3"}
 
 
+def test_micro_batches_accumulate_the_whole_batch_update(run):
+    """``lora.micro_batch``: parts of a step's batch, each weighted by its share, give the step the
+    whole batch's gradient (so the same adapter, up to float rounding), with only a part alive."""
+    backend = run.memory.backend
+    examples = curriculum.fact_examples(backend, FACTS, train_raw=True)[:6]
+    examples[1] = TrainExample(examples[1].prompt, examples[1].target, weight=3.0)  # unequal weights
+    whole = train_lora(backend, examples, recipe(batch_size=6, max_steps=2, epochs=2))
+    parts = train_lora(backend, examples, recipe(batch_size=6, max_steps=2, epochs=2, micro_batch=4))
+    assert whole.first_loss == pytest.approx(parts.first_loss, rel=1e-5)
+    for name, (u, v) in whole.factors.items():
+        assert torch.allclose(u @ v.T, parts.factors[name][0] @ parts.factors[name][1].T, atol=1e-5), name
+
+
 def test_anchor_term_keeps_the_adapted_model_closer_to_the_frozen_one_on_ordinary_text(run):
     backend = run.memory.backend
     examples = curriculum.fact_examples(backend, FACTS, train_raw=True)

@@ -34,6 +34,7 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
     started = time.perf_counter()
     memory.inject([p.fact for p in new], source="experiment")
     inject_s = time.perf_counter() - started
+    del memory  # the sleep opens its own; this one's caches (factors, key statistics) must not ride along
     reset_peak_rss()
     report = sleep_row(lab.sleep(home_dir, cfg.longevity_sleep))
     peak = max([peak_rss_gb() or 0.0, *(report.get("stage_peak_rss_gb") or {}).values()])  # stages restart it

@@ -56,6 +56,7 @@ class LoraRecipe:
     anchor_tokens: int = 64
     checkpointing: bool = False  # gradient checkpointing: less memory, about a quarter more compute
     max_tokens: int = 0  # 0 = no limit; else the prompt is cut from the left to fit with its target
+    micro_batch: int = 0  # examples per forward/backward (gradients accumulate to the step); 0 = the whole batch
 
 
 @dataclass
@@ -168,6 +169,17 @@ def backward(loss: torch.Tensor, step: int) -> float:
     return loss.item()
 
 
+def micro_batches(batch: Sequence[TrainExample], size: int) -> Iterator[tuple[list[TrainExample], float]]:
+    """``batch`` in parts of ``size`` examples (0: whole), each with its share of the batch's weight:
+    the shares' sum of the parts' weighted means is the batch's weighted mean, so the accumulated
+    gradient is the whole batch's while only one part's activations and logits are alive."""
+    size = size or len(batch)
+    total = sum(ex.weight for ex in batch)
+    for start in range(0, len(batch), size):
+        part = list(batch[start:start + size])
+        yield part, sum(ex.weight for ex in part) / total
+
+
 def plan_steps(n_examples: int, recipe: LoraRecipe) -> int:
     """Iterations scale with the data (paper 4): ``epochs`` passes, capped at ``max_steps``."""
     return max(1, min(recipe.max_steps, recipe.epochs * math.ceil(n_examples / recipe.batch_size)))
@@ -247,9 +259,12 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         try:
             for step, (batch, picks) in enumerate(batches(examples, recipe, anchors, steps)):
                 optimizer.zero_grad(set_to_none=True)
-                # Two backward passes into the same gradients (the sum's gradient): only one
-                # graph is alive at a time, which halves the activations held at the peak.
-                loss = backward(example_loss(peft_model, batch, pad_id, device), step)
+                # Several backward passes into the same gradients (the sum's gradient): only one
+                # part's graph is alive at a time, so the activations and target logits held at the
+                # peak are a micro-batch's, not the batch's (``lora.micro_batch``).
+                loss = 0.0
+                for part, share in micro_batches(batch, recipe.micro_batch):
+                    loss += backward(share * example_loss(peft_model, part, pad_id, device), step)
                 if picks:
                     # One anchor per backward pass (their mean, weighted by length): the vocabulary-
                     # wide logits of one anchor at a time are the largest tensors of a training step.

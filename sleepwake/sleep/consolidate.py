@@ -37,7 +37,8 @@ def recipe(settings, learning_rate: float | None = None, epochs: int | None = No
                       learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
-                      anchor_tokens=cfg.anchor_tokens, checkpointing=cfg.checkpointing, max_tokens=cfg.max_tokens)
+                      anchor_tokens=cfg.anchor_tokens, checkpointing=cfg.checkpointing, max_tokens=cfg.max_tokens,
+                      micro_batch=cfg.micro_batch)
 
 
 def anchor_set(memory, facts: Sequence[Fact] = ()) -> list[Anchor]:
