@@ -39,21 +39,29 @@ def cell(value) -> str:
     return str(value)
 
 
+def spec(name: str) -> tuple[str, list[str]]:
+    """The columns of ``name``; a partial run (``partial/longevity500-…``) takes its experiment's."""
+    stem = name.removeprefix("partial/")
+    return COLUMNS.get(stem) or next(columns for known, columns in COLUMNS.items() if stem.startswith(known))
+
+
 def table(name: str, result: dict) -> str:
-    key, columns = COLUMNS[name]
+    key, columns = spec(name)
     rows = result["tables"][key]
     present = [c for c in columns if any(c in row for row in rows)]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in present) + " |" for row in rows]
-    return "\n".join(lines) + f"\n\n(`docs/results/{name}.json`, {result['seconds']:.0f} s)"
+    source = f"`docs/results/{name}.json`, " + (f"{result['seconds']:.0f} s" if result.get("seconds")
+                                                 else f"{len(rows)} finished so far: a partial run")
+    return "\n".join(lines) + f"\n\n({source})"
 
 
 def render(text: str | None = None) -> str:
     text = PAGE.read_text(encoding="utf-8") if text is None else text
-    for path in sorted(RESULTS.glob("*.json")):
-        name = path.stem
+    for path in [*sorted(RESULTS.glob("*.json")), *sorted(RESULTS.glob("partial/longevity*.json"))]:
+        name = path.relative_to(RESULTS).with_suffix("").as_posix()
         block = table(name, json.loads(path.read_text(encoding="utf-8")))
-        pattern = re.compile(rf"(<!-- results:{name} -->\n).*?(<!-- /results:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
         text = pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(2), text)
     return text
 
