@@ -187,8 +187,10 @@ def test_maintain_replaces_degraded_edits_in_place_and_protects_healthy_keys(run
 
 def test_maintain_respects_max_refresh_and_disabled(run):
     before = audit(run)
-    with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_refresh": 1}))
-    assert maintain(run, before).refreshed == 1
+    with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_refresh": 1}),
+                  validate_=run.settings.validate_.model_copy(update={"locality_sample": 4}))
+    refreshed = maintain(run, before)
+    assert refreshed.refreshed == 1 and 0.0 <= refreshed.locality <= 1.0  # validate's floor may start there
     with_settings(run, maintain=run.settings.maintain.model_copy(update={"enabled": False}))
     result = maintain(run, before)
     assert result.refreshed == 0 and result.skipped is True
@@ -272,6 +274,21 @@ def test_gate_fails_on_recall_drop(run):
     health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)  # far above: only recall can fail
     verdict = validate(run, before, health)
     assert verdict.passed is False and "recall" in verdict.failures[0]
+
+
+def test_locality_floor_starts_where_maintains_refreshes_left_it(run, monkeypatch):
+    """Refreshes re-store the day's facts (MEMIT, like wake): a sleep whose consolidation leaves locality
+    where they put it passes; judged from before the refreshes alone it would fail."""
+    from sleepwake.sleep.results import MaintainResult
+
+    monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {"locality": 0.895, "leak": 0.0})
+    before = AuditResult(raw_recall=0.0)  # recall cannot fail
+    health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.903)
+    failed = validate(run, before, health)
+    assert failed.passed is False and failed.failures == ["locality fell to 0.895 (limit 0.900)"]
+    kept = validate(run, before, health, MaintainResult(refreshed=3, locality=0.893))
+    assert kept.passed is True, kept.failures
+    assert validate(run, before, health, MaintainResult(refreshed=3, locality=0.95)).passed is False  # only ever lower
 
 
 def lose_until_resolved(run, monkeypatch, victim):

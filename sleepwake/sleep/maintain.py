@@ -19,7 +19,7 @@ from typing import Sequence
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep import journal
+from sleepwake.sleep import journal, locality as locality_stage
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import AuditResult, MaintainResult
 from sleepwake.sleep.session import SleepSession
@@ -72,6 +72,8 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         result = MaintainResult(refreshed=len(refreshed), recovered=recovered, still_degraded=len(table) - recovered,
                                 rewoken=sum(1 for r in targets if r.stage == 3), pending=pending - len(refreshed),
                                 reconsolidating=again, rows=table, **grown)
+        # Refreshing re-stores facts the day stored, like wake: validate's locality floor starts from here.
+        result.locality = locality_stage.start_locality(session)
         return finish(session, result, started)
 
 

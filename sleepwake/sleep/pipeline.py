@@ -75,7 +75,7 @@ def full_sleep(stages) -> Report:
         consolidated = stages.sws()
         dreamed = stages.rem()
         folded = stages.fold()
-        verdict = stages.validate(before, health)
+        verdict = stages.validate(before, health, maintained)
         undone = None if verdict.passed else stages.rollback(pre)
     except BaseException:
         stages.abandon(pre)  # a stage failed for good: the pre-sleep state comes back now

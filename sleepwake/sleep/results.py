@@ -107,6 +107,8 @@ class MaintainResult(StageResult):
     skipped: bool = False
     statistics_tokens_added: int = Field(0, description="Tokens of key statistics sampled tonight.")
     statistics_tokens: int = Field(0, description="Tokens in MEMIT's key-statistics estimate after tonight.")
+    locality: float | None = Field(None, description="Locality on the validate sample after tonight's refreshes "
+                                   "(measured only when something was refreshed).")
 
 
 class SwsResult(StageResult):

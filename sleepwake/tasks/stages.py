@@ -73,8 +73,9 @@ def fold(run_id: str) -> FoldResult:
 
 
 @stage_task("validate")
-def validate(run_id: str, audited: AuditResult, health: HealthResult) -> ValidateResult:
-    return run_stage("validate", run_id, audited, health)
+def validate(run_id: str, audited: AuditResult, health: HealthResult,
+             maintained: MaintainResult | None = None) -> ValidateResult:
+    return run_stage("validate", run_id, audited, health, maintained)
 
 
 @stage_task("rollback")
