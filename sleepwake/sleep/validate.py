@@ -76,7 +76,7 @@ def start_locality(health: HealthResult, maintained: MaintainResult | None) -> f
     left it lower. A refresh re-stores facts the day stored (MEMIT, as wake does), and the floor
     blames the sleep's consolidation, not wake's edits: night 2 of the 500-fact run was rolled back
     (its three refreshes and REM's kept pass with it) for locality 0.895 under 0.900, when REM had
-    left it where the refreshes had."""
+    kept it no lower than the refreshes had left it (REM's own gate starts there)."""
     values = [v for v in (health.locality, maintained.locality if maintained else None) if v is not None]
     return min(values) if values else None
 
