@@ -280,6 +280,21 @@ def test_sws_repairs_again_what_the_first_repair_disturbed(run, monkeypatch, rou
         assert f"fact ids [{neighbour.fact_id}]" in result.reason
 
 
+def test_sws_trains_at_most_max_trained_facts_the_longest_waiting_first(run, monkeypatch):
+    memory = run.memory
+    memory.settings.sws.max_trained = 2
+    rows = memory.ledger.list_facts()
+    newest = max(rows, key=lambda r: (r.updated_at, r.fact_id))
+    trained = []
+    real = sws_stage.train_pass
+    monkeypatch.setattr(sws_stage, "train_pass", lambda session, examples, off, facts, result: (
+        trained.append([f.key for f in facts]), real(session, examples, off, facts, result))[1])
+    result = sws_stage.sws(run)
+    assert result.trained == 2 and result.gated == len(rows) == 3
+    assert trained[0] and newest.fact.key not in trained[0] and len(trained[0]) == 2
+    assert sws_stage.waiting_longest(rows, 0) == sorted(rows, key=lambda r: (r.updated_at, r.fact_id))
+
+
 def test_sws_without_repair_undoes_a_pass_that_disturbed_a_fact(run, monkeypatch):
     memory = run.memory
     memory.settings.sws.repair_disturbed = False

@@ -45,7 +45,7 @@ def sws(session: SleepSession) -> SwsResult:
     memory, cfg = session.memory, session.settings.sws
     with journal.stage(session, "sws") as snap:
         gated = [r for r in memory.ledger.list_facts() if r.stage < 3]
-        trained = [r for r in gated if r.stage == 0]
+        trained = waiting_longest([r for r in gated if r.stage == 0], cfg.max_trained)
         forgets = forgetting.unsettled(session)
         why_not = consolidate.cannot_train(memory)
         if not cfg.enabled or why_not or not (gated or forgets):
@@ -155,6 +155,13 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
     return table, stages
+
+
+def waiting_longest(rows, cap: int) -> list:
+    """At most ``cap`` (0: all) of ``rows``, those stored or refreshed longest ago first: every fact
+    is trained within a bounded number of nights, and a backlog never makes one pass larger."""
+    order = sorted(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0, r.fact_id))  # undated first
+    return order[:cap] if cap else order
 
 
 def reject(session: SleepSession, snap, result: SwsResult, reason: str, started: float) -> SwsResult:
