@@ -70,7 +70,7 @@ def sws(session: SleepSession) -> SwsResult:
             gated, stages, raw_after, result.repaired = repair(session, gated, stages, raw_before, raw_after)
         # The validate gate's tolerance (a fact or two at most); more than that and the pass is undone
         # here (else the gate would undo the whole sleep, SWS's progress with it).
-        result.lost_ids = [r.fact_id for r, before, after in zip(gated, raw_before, raw_after) if before and not after]
+        result.lost_ids = [r.fact_id for r in lost(gated, raw_before, raw_after)]
         if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
             result.rows = table
             return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts "
@@ -235,15 +235,20 @@ def repair(session: SleepSession, rows, stages: dict[int, int], raw_before: list
     Returns (the gated rows as stored now, stages, raw hits, facts repaired)."""
     memory, repaired = session.memory, set()
     for _ in range(session.settings.sws.repair_rounds):
-        lost = [r for r, before, after in zip(rows, raw_before, raw_after) if before and not after and r.edit_id is not None]
-        if not lost:
+        disturbed = [r for r in lost(rows, raw_before, raw_after) if r.edit_id is not None]
+        if not disturbed:
             break
-        memory.refresh_many(lost)
-        repaired |= {r.fact_id for r in lost}
+        memory.refresh_many(disturbed)
+        repaired |= {r.fact_id for r in disturbed}
         by_id = {r.fact_id: r for r in memory.ledger.list_facts()}
         rows = [by_id[r.fact_id] for r in rows]  # refreshed facts have new edit ids (and stage 0)
         stages, raw_after = settle(session, rows, stages)
     return rows, stages, raw_after, len(repaired)
+
+
+def lost(rows, raw_before: list[bool], raw_after: list[bool]) -> list:
+    """The rows whose raw recall held before the pass and not after it."""
+    return [r for r, before, after in zip(rows, raw_before, raw_after) if before and not after]
 
 
 def settle(session: SleepSession, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:

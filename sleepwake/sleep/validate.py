@@ -42,7 +42,8 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     increase = ppl / before_ppl - 1.0
     drift = ppl / health.perplexity_baseline - 1.0 if health.perplexity_baseline else None
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
-    limit = locality_stage.floor(cfg.min_locality, start_locality(health, maintained))
+    locality_start = floor_start(health, maintained)
+    limit = locality_stage.floor(cfg.min_locality, locality_start)
     checks = [
         ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
          f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
@@ -50,7 +51,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
          drift is None or drift <= cfg.max_drift + 1e-9, f"perplexity drifted {(drift or 0):+.2%} from the base model (limit {cfg.max_drift:+.2%})"),
         ("raw recall", recall_before, recall_after, f"-{cfg.max_recall_drop:.3f}",
          recall_after >= recall_before - cfg.max_recall_drop - 1e-9, f"raw recall fell {recall_before:.3f} -> {recall_after:.3f} (limit -{cfg.max_recall_drop:.3f})"),
-        ("locality", start_locality(health, maintained), local.get("locality"), f">= {limit:.3f}",
+        ("locality", locality_start, local.get("locality"), f">= {limit:.3f}",
          local.get("locality") is None or local["locality"] >= limit - 1e-9,
          f"locality fell to {local.get('locality')} (limit {limit:.3f})"),
         ("leak", 0.0, local.get("leak"), f"<= {cfg.max_leak:.3f}", local.get("leak") is None or local["leak"] <= cfg.max_leak + 1e-9,
@@ -71,7 +72,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     return finish(session, result, started)
 
 
-def start_locality(health: HealthResult, maintained: MaintainResult | None) -> float | None:
+def floor_start(health: HealthResult, maintained: MaintainResult | None) -> float | None:
     """Where the locality floor starts: before the sleep, or after maintain's refreshes when they
     left it lower. A refresh re-stores facts the day stored (MEMIT, as wake does), and the floor
     blames the sleep's consolidation, not wake's edits: night 2 of the 500-fact run was rolled back
