@@ -316,6 +316,7 @@ def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (next(scores), []))
     result = sws_stage.sws(run)
     assert result.accepted is False and "benchmark" in result.reason
+    assert {row["fact_id"] for row in result.rows} == {fact_id for fact_id, _ in stages}  # the gate table stays
     assert memory.weights_digest() == digest
     assert [(r.fact_id, r.stage) for r in memory.ledger.list_facts()] == stages
     assert adapter_rows.list_adapters(memory.ledger) == []

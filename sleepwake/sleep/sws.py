@@ -71,8 +71,8 @@ def sws(session: SleepSession) -> SwsResult:
         # The validate gate's tolerance (a fact or two at most); more than that and the pass is undone
         # here (else the gate would undo the whole sleep, SWS's progress with it).
         result.lost_ids = [r.fact_id for r in lost(gated, raw_before, raw_after)]
+        result.rows = table  # every reject below keeps the per-fact gate table in its artifact
         if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
-            result.rows = table
             return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts "
                           f"(lost: fact ids {result.lost_ids})", started)
         scales = edit_scales(session, gated, stages)
