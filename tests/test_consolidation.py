@@ -314,8 +314,10 @@ def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     digest, stages = memory.weights_digest(), [(r.fact_id, r.stage) for r in memory.ledger.list_facts()]
     scores = iter([0.9, 0.5])
     monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (next(scores), []))
+    monkeypatch.setattr(sws_stage.locality_stage, "start_locality", lambda session: 0.777)
     result = sws_stage.sws(run)
     assert result.accepted is False and "benchmark" in result.reason
+    assert result.locality_start == 0.777  # where its floor started, in the artifact of every pass
     assert {row["fact_id"] for row in result.rows} == {fact_id for fact_id, _ in stages}  # the gate table stays
     assert memory.weights_digest() == digest
     assert [(r.fact_id, r.stage) for r in memory.ledger.list_facts()] == stages

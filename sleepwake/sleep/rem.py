@@ -107,7 +107,8 @@ def rem(session: SleepSession) -> RemResult:
         result = RemResult(accepted=accepted, dreams=len(conversations), examples=len(examples),
                            adapter_id=adapter_id if accepted else None, perplexity_post_sws=round(ppl_before, 4),
                            perplexity_post_rem=round(ppl_after, 4), perplexity_increase=round(increase, 6),
-                           locality=local.get("locality"), leak=local.get("leak"), sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
+                           locality_start=locality_before, locality=local.get("locality"), leak=local.get("leak"),
+                           sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
                            train_steps=outcome.steps, reason="; ".join(reasons) or None)
         result.rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}
                        for i, (plan, conv) in enumerate(zip(plans, conversations))]

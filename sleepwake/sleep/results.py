@@ -135,6 +135,7 @@ class SwsResult(StageResult):
     train_loss_first: float | None = None
     train_loss_last: float | None = None
     forgotten_settled: int = 0
+    locality_start: float | None = None  # the sample's locality when the pass began (its floor's start)
     locality: float | None = None
     leak: float | None = None
 
@@ -150,6 +151,7 @@ class RemResult(StageResult):
     perplexity_post_sws: float | None = None
     perplexity_post_rem: float | None = None
     perplexity_increase: float | None = None
+    locality_start: float | None = None  # the sample's locality when the pass began (its floor's start)
     locality: float | None = None
     leak: float | None = None
     sampled_chat_recall: float | None = None

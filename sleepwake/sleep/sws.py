@@ -55,7 +55,8 @@ def sws(session: SleepSession) -> SwsResult:
         bench_before, _ = probes.benchmark(memory.backend, session.settings.probes)
         raw_before = raw_hits(session, gated)
         locality_before = locality_stage.start_locality(session)
-        result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4))
+        result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4),
+                           locality_start=locality_before)
         plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set())
         if trained or forgets:
             plan.shared, result.replay = shared_examples(session)
