@@ -282,6 +282,7 @@ def test_locality_floor_starts_where_maintains_refreshes_left_it(run, monkeypatc
     from sleepwake.sleep.results import MaintainResult
 
     monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {"locality": 0.895, "leak": 0.0})
+    run.settings.validate_.locality_slack = 0.0
     before = AuditResult(raw_recall=0.0)  # recall cannot fail
     health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.903)
     failed = validate(run, before, health)
@@ -289,6 +290,24 @@ def test_locality_floor_starts_where_maintains_refreshes_left_it(run, monkeypatc
     kept = validate(run, before, health, MaintainResult(refreshed=3, locality=0.893))
     assert kept.passed is True, kept.failures
     assert validate(run, before, health, MaintainResult(refreshed=3, locality=0.95)).passed is False  # only ever lower
+
+
+def test_locality_slack_lets_a_sleep_cost_at_most_that_much(run, monkeypatch):
+    """Below the limit a sleep may cost ``validate.locality_slack`` of where it started, no more;
+    well above the limit the limit itself holds."""
+    measured = {"locality": 0.0}
+    monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {**measured, "leak": 0.0})
+    run.settings.validate_.locality_slack = 0.01
+    before = AuditResult(raw_recall=0.0)  # recall cannot fail
+    low = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.853)
+    for after, passes in ((0.8475, True), (0.8425, False)):
+        measured["locality"] = after
+        verdict = validate(run, before, low)
+        assert verdict.passed is passes, (after, verdict.failures)
+    assert verdict.failures == ["locality fell to 0.8425 (limit 0.843)"]
+    measured["locality"] = 0.895
+    high = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.95)
+    assert validate(run, before, high).passed is False  # 0.95 - 0.01 is above the limit: the limit holds
 
 
 def lose_until_resolved(run, monkeypatch, victim):
