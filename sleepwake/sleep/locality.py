@@ -7,6 +7,7 @@ recorded answers (``models.locality``); objects of every stored fact count for t
 from __future__ import annotations
 
 from sleepwake.models import locality
+from sleepwake.settings.sleep import ValidateConfig
 from sleepwake.sleep.session import SleepSession
 
 
@@ -39,12 +40,13 @@ def measure_memory(memory, size: int | None = None, objects: list[str] | None = 
     return locality.measure(memory.backend, [prompts[i] for i in picked], [base[i] for i in picked], objects)
 
 
-def floor(limit: float, before: float | None, slack: float = 0.0) -> float:
-    """The locality a change must keep: the limit, or ``slack`` under where the weights already were
-    when wake's edits had brought them near or below it (a sleep is not blamed, and rolled back night
-    after night, for what the day's injections did; it may cost at most ``slack`` itself, since a
-    pass that costs nothing at all consolidates nothing: ``validate.locality_slack``)."""
-    return limit if before is None else min(limit, before - slack)
+def floor(cfg: ValidateConfig, before: float | None) -> float:
+    """The locality a change must keep: ``validate.min_locality``, or ``validate.locality_slack`` under
+    where the weights already were when wake's edits had brought them near or below it (a sleep is
+    not blamed, and rolled back night after night, for what the day's injections did; it may cost at
+    most the slack itself, since a pass that costs nothing at all consolidates nothing). The one rule
+    for SWS, REM and validate alike."""
+    return cfg.min_locality if before is None else min(cfg.min_locality, before - cfg.locality_slack)
 
 
 def start_locality(session: SleepSession) -> float | None:
@@ -63,7 +65,7 @@ def pass_failure(session: SleepSession, before: float | None) -> tuple[dict, str
     local = measure_sample(session) if cfg.enabled else {}
     if not local:
         return local, None
-    limit = floor(cfg.min_locality, before, cfg.locality_slack)
+    limit = floor(cfg, before)
     if local["locality"] < limit - 1e-9:
         return local, f"locality fell to {local['locality']} (limit {limit:.3f})"
     if local["leak"] > cfg.max_leak + 1e-9:

@@ -43,7 +43,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     drift = ppl / health.perplexity_baseline - 1.0 if health.perplexity_baseline else None
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
     locality_start = floor_start(health, maintained)
-    limit = locality_stage.floor(cfg.min_locality, locality_start, cfg.locality_slack)
+    limit = locality_stage.floor(cfg, locality_start)
     checks = [
         ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
          f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
