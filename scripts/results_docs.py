@@ -5,17 +5,23 @@ folder). The text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->
 docs/results.md is replaced by its table (the columns below), so a figure in the docs is the
 figure the run wrote. ``tests/test_config.py`` fails when the page is stale.
 
-    .venv/bin/python scripts/results_docs.py
+    .venv/bin/python scripts/results_docs.py [--plots]
+
+``--plots`` also draws each partial longevity run's per-night plot (two nights or more) (a finished run's experiment
+draws its own) as ``docs/plots/NAME-nights.png``, with the experiment's own plotting function.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "results.md"
+PLOTS = ROOT / "docs" / "plots"
 RESULTS = ROOT / "docs" / "results"
 COLUMNS = {
     "longevity": ("nights", ["night", "facts", "raw", "chat", "chat_held_out", "drift", "locality", "leak", "outcome",
@@ -66,6 +72,29 @@ def render(text: str | None = None) -> str:
     return text
 
 
+def draw_partial_plots(results: Path = RESULTS, plots: Path = PLOTS) -> list[Path]:
+    """``docs/plots/NAME-nights.png`` for each ``docs/results/partial/longevity*.json`` of two or
+    more nights (one night is a row of the table, not a trend)."""
+    from sleepwake.experiments.plots import plot_nights
+
+    written = []
+    for path in sorted(results.glob("partial/longevity*.json")):
+        rows = json.loads(path.read_text(encoding="utf-8"))["tables"]["nights"]
+        if len(rows) < 2:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:  # the plot's fixed file name, renamed per run
+            drawn = Path(tmp) / plot_nights(rows, Path(tmp))
+            target = plots / f"{path.stem}-nights.png"
+            target.write_bytes(drawn.read_bytes())
+        written.append(target)
+    return written
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plots", action="store_true", help="also draw each partial longevity run's plot")
+    args = parser.parse_args()
     PAGE.write_text(render(), encoding="utf-8")
     print(f"wrote {PAGE}")
+    for target in draw_partial_plots() if args.plots else []:
+        print(f"wrote {target}")

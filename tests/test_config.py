@@ -206,3 +206,23 @@ def test_the_measured_tables_in_results_are_generated_from_the_committed_results
     page = script["PAGE"].read_text(encoding="utf-8")
     assert all(f"<!-- results:{path.stem} -->" in page for path in committed), "a committed result has no table"
     assert page == script["render"](), "docs/results.md is stale: run .venv/bin/python scripts/results_docs.py"
+
+
+def test_partial_longevity_plots_are_drawn_for_runs_of_two_nights_or_more(tmp_path):
+    import json
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "results_docs.py"))
+    night = {"raw": 1.0, "chat": 0.9, "drift": 0.02, "locality": 0.9, "leak": 0.0, "home_bytes": 3.0e7,
+             "adapters": 1, "edits": 50, "stage_seconds": {"sws": 100.0, "rem": 20.0}}
+    (tmp_path / "partial").mkdir()
+    for name, count in (("longevity-two", 2), ("longevity-one", 1)):
+        rows = [{**night, "night": n + 1} for n in range(count)]
+        (tmp_path / "partial" / f"{name}.json").write_text(json.dumps({"tables": {"nights": rows}}))
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    written = script["draw_partial_plots"](tmp_path, plots)
+    assert written == [plots / "longevity-two-nights.png"]
+    assert written[0].read_bytes().startswith(b"\x89PNG")
+    assert not (plots / "longevity-one-nights.png").exists()
