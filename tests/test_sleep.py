@@ -31,7 +31,7 @@ from sleepwake.sleep.forget import forget
 from sleepwake.sleep.health import health_check
 from sleepwake.sleep.maintain import maintain
 from sleepwake.sleep.report import report
-from sleepwake.sleep.results import AuditResult, HealthResult
+from sleepwake.sleep.results import AuditResult, HealthResult, MaintainResult
 from sleepwake.sleep.select import nap_selection, select_facts
 from sleepwake.sleep.session import SleepSession
 from sleepwake.sleep.validate import validate
@@ -308,6 +308,34 @@ def test_locality_slack_lets_a_sleep_cost_at_most_that_much(run, monkeypatch):
     measured["locality"] = 0.895
     high = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.95)
     assert validate(run, before, high).passed is False  # 0.95 - 0.01 is above the limit: the limit holds
+
+
+def test_leak_ceiling_is_the_leak_the_sleep_began_with_when_over_the_limit(run, monkeypatch):
+    """A leak wake's edits (or maintain's refreshes) already caused is not the sleep's: over
+    ``validate.max_leak`` the ceiling is the larger starting leak, and the sleep may add none."""
+    measured = {"locality": 0.95, "leak": 0.0469}
+    monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: dict(measured))
+    run.settings.validate_.max_leak = 0.02
+    before = AuditResult(raw_recall=0.0)  # recall cannot fail
+    clean = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.95, leak=0.0)
+    assert validate(run, before, clean).failures == [
+        "stored objects leaked into 0.0469 of unrelated answers (limit 0.020)"]
+    leaky = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9, locality=0.95, leak=0.0156)
+    refreshed = MaintainResult(locality=0.95, leak=0.0469)  # maintain's refreshes left it there
+    assert validate(run, before, leaky, refreshed).passed is True
+    measured["leak"] = 0.0625  # one more leaked answer than the sleep began with
+    assert validate(run, before, leaky, refreshed).failures == [
+        "stored objects leaked into 0.0625 of unrelated answers (limit 0.047)"]
+
+
+def test_a_consolidation_pass_may_not_add_leak_over_the_limit(run, monkeypatch):
+    """SWS and REM judge themselves by the same ceiling: the leak they began with, when over the limit."""
+    monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {"locality": 0.95, "leak": 0.0469})
+    run.settings.validate_.max_leak = 0.02
+    check = validate_stage.locality_stage.pass_failure
+    assert check(run, 0.95, 0.0469)[1] is None
+    assert check(run, 0.95, 0.0313)[1] == "stored objects leaked into 0.0469 of unrelated answers (limit 0.031)"
+    assert check(run, 0.95)[1] == "stored objects leaked into 0.0469 of unrelated answers (limit 0.020)"
 
 
 def lose_until_resolved(run, monkeypatch, victim):

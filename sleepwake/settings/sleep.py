@@ -107,7 +107,8 @@ class ValidateConfig(BaseModel):
     max_leak: float = Field(
         2.0e-2, ge=0, le=1,
         description="Largest share of unrelated probe answers that now contain a stored fact's object "
-        "their base answer did not; above it the sleep is rolled back.",
+        "their base answer did not; above it the sleep is rolled back. When wake's edits (or maintain's "
+        "refreshes) already leaked more, the ceiling is that leak: a sleep may add none.",
     )
     locality_sample: int = Field(
         64, ge=0, description="Unrelated probe prompts (a fixed, evenly spread sample of the 256) measured "

@@ -49,6 +49,7 @@ def health_check(session: SleepSession) -> HealthResult:
         perplexity=current, perplexity_baseline=baseline,  # unrounded: the gates compare with them
         perplexity_drift=round(current / baseline - 1.0, 6),
         locality=locality_stage.start_locality(session) if session.kind == "full_sleep" else None,
+        leak=locality_stage.start_leak(session) if session.kind == "full_sleep" else None,
         recovered_snapshots=len(memory.recovered), orphan_files_removed=len(memory.orphans_removed),
         **consistency)
     result.rows = [{"check": k, "value": str(v)} for k, v in result.summary().items() if k not in ("stage", "seconds")]

@@ -49,18 +49,35 @@ def floor(cfg: ValidateConfig, before: float | None) -> float:
     return cfg.min_locality if before is None else min(cfg.min_locality, before - cfg.locality_slack)
 
 
+def leak_ceiling(cfg: ValidateConfig, before: float | None) -> float:
+    """The leak a change may leave: ``validate.max_leak``, or the leak the weights already had when
+    wake's edits (or maintain's refreshes) had taken it over that. A rollback cannot undo the day's
+    leak, and a gate that rolls the sleep back for it blocks the consolidation that dissolves those
+    edits (night 5 of the 500-fact run: 3 of the 64 prompts leaked after maintain, with SWS and REM
+    both undone). Over the limit a sleep may add no leak at all; the one rule for SWS, REM and validate."""
+    return cfg.max_leak if before is None else max(cfg.max_leak, before)
+
+
 def start_locality(session: SleepSession) -> float | None:
     """Locality of the weights as composed now, when the gates are on (else None, unmeasured)."""
     return measure_sample(session).get("locality") if session.settings.validate_.enabled else None
 
 
-def pass_failure(session: SleepSession, before: float | None) -> tuple[dict, str | None]:
+def start_leak(session: SleepSession) -> float | None:
+    """Leak of the weights as composed now, when the gates are on (else None); the same measurement
+    as :func:`start_locality` (cached by weights digest), so it costs nothing more."""
+    return measure_sample(session).get("leak") if session.settings.validate_.enabled else None
+
+
+def pass_failure(session: SleepSession, before: float | None,
+                 leak_before: float | None = None) -> tuple[dict, str | None]:
     """The validate gate's locality and leak limits, checked by a consolidation pass on itself.
 
     SWS and REM each undo their own pass when it fails them, so one runaway adapter costs its own
     pass instead of the whole night (the MEMIT maintenance and the other pass are kept).
-    ``before`` is the locality when the pass began (see :func:`floor`). Returns the measured
-    metrics and the reason, None when the pass is within the limits."""
+    ``before`` and ``leak_before`` are the locality and leak when the pass began (see :func:`floor`
+    and :func:`leak_ceiling`). Returns the measured metrics and the reason, None when the pass is
+    within the limits."""
     cfg = session.settings.validate_
     local = measure_sample(session) if cfg.enabled else {}
     if not local:
@@ -68,6 +85,7 @@ def pass_failure(session: SleepSession, before: float | None) -> tuple[dict, str
     limit = floor(cfg, before)
     if local["locality"] < limit - 1e-9:
         return local, f"locality fell to {local['locality']} (limit {limit:.3f})"
-    if local["leak"] > cfg.max_leak + 1e-9:
-        return local, f"stored objects leaked into {local['leak']} of unrelated answers (limit {cfg.max_leak:.3f})"
+    ceiling = leak_ceiling(cfg, leak_before)
+    if local["leak"] > ceiling + 1e-9:
+        return local, f"stored objects leaked into {local['leak']} of unrelated answers (limit {ceiling:.3f})"
     return local, None

@@ -72,8 +72,9 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
         result = MaintainResult(refreshed=len(refreshed), recovered=recovered, still_degraded=len(table) - recovered,
                                 rewoken=sum(1 for r in targets if r.stage == 3), pending=pending - len(refreshed),
                                 reconsolidating=again, rows=table, **grown)
-        # Refreshing re-stores facts the day stored, like wake: validate's locality floor starts from here.
-        result.locality = locality_stage.start_locality(session)
+        # Refreshing re-stores facts the day stored, like wake: validate's locality floor (and leak
+        # ceiling) start from here.
+        result.locality, result.leak = locality_stage.start_locality(session), locality_stage.start_leak(session)
         return finish(session, result, started)
 
 

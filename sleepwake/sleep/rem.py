@@ -82,6 +82,7 @@ def rem(session: SleepSession) -> RemResult:
         ppl_before = memory.perplexity()
         raw_before = consolidate.raw_share(session, facts)
         locality_before = locality_stage.start_locality(session)
+        leak_before = locality_stage.start_leak(session)
         plans = plan_dreams(facts, min(cfg.dreams, max(1, len(facts) // 2)), sizes, session.settings.seed)
         conversations = [dream(memory.backend, group, session.settings.seed + i, session.settings.probes.chat_max_new_tokens)
                          for i, group in enumerate(plans)]
@@ -99,7 +100,7 @@ def rem(session: SleepSession) -> RemResult:
             (increase <= cfg.max_ppl_increase + 1e-9, f"perplexity rose {increase:+.2%}"),
             (recall is None or recall >= cfg.min_recall - 1e-9, f"sampled chat recall {recall}"),
             (raw_after >= raw_before - 1e-9, f"raw recall fell {raw_before} -> {raw_after}")) if not ok]
-        local, why = locality_stage.pass_failure(session, locality_before) if not reasons else ({}, None)
+        local, why = locality_stage.pass_failure(session, locality_before, leak_before) if not reasons else ({}, None)
         reasons += [why] if why else []
         accepted = not reasons
         if not accepted:
@@ -107,7 +108,8 @@ def rem(session: SleepSession) -> RemResult:
         result = RemResult(accepted=accepted, dreams=len(conversations), examples=len(examples),
                            adapter_id=adapter_id if accepted else None, perplexity_post_sws=round(ppl_before, 4),
                            perplexity_post_rem=round(ppl_after, 4), perplexity_increase=round(increase, 6),
-                           locality_start=locality_before, locality=local.get("locality"), leak=local.get("leak"),
+                           locality_start=locality_before, leak_start=leak_before, locality=local.get("locality"),
+                           leak=local.get("leak"),
                            sampled_chat_recall=recall, raw_recall_post_sws=raw_before, raw_recall_post_rem=raw_after,
                            train_steps=outcome.steps, reason="; ".join(reasons) or None)
         result.rows = [{"dream": i, "facts": len(plan), "conversation": " | ".join(m["content"][:80] for m in conv)}

@@ -40,6 +40,7 @@ class HealthResult(StageResult):
     perplexity_baseline: float | None = None
     perplexity_drift: float | None = None
     locality: float | None = None  # before a full sleep: the floor of its locality gate
+    leak: float | None = None  # before a full sleep: its leak ceiling when over validate.max_leak
     recovered_snapshots: int = 0
     orphan_files_removed: int = 0
     orphan_edits_removed: int = 0
@@ -109,6 +110,8 @@ class MaintainResult(StageResult):
     statistics_tokens: int = Field(0, description="Tokens in MEMIT's key-statistics estimate after tonight.")
     locality: float | None = Field(None, description="Locality on the validate sample after tonight's refreshes "
                                    "(measured only when something was refreshed).")
+    leak: float | None = Field(None, description="Leak on the validate sample after tonight's refreshes "
+                               "(measured only when something was refreshed).")
 
 
 class SwsResult(StageResult):
@@ -136,6 +139,7 @@ class SwsResult(StageResult):
     train_loss_last: float | None = None
     forgotten_settled: int = 0
     locality_start: float | None = None  # the sample's locality when the pass began (its floor's start)
+    leak_start: float | None = None  # the sample's leak when the pass began (its ceiling when over the limit)
     locality: float | None = None
     leak: float | None = None
 
@@ -152,6 +156,7 @@ class RemResult(StageResult):
     perplexity_post_rem: float | None = None
     perplexity_increase: float | None = None
     locality_start: float | None = None  # the sample's locality when the pass began (its floor's start)
+    leak_start: float | None = None  # the sample's leak when the pass began (its ceiling when over the limit)
     locality: float | None = None
     leak: float | None = None
     sampled_chat_recall: float | None = None

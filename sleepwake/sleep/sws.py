@@ -56,7 +56,7 @@ def sws(session: SleepSession) -> SwsResult:
         raw_before = raw_hits(session, gated)
         locality_before = locality_stage.start_locality(session)
         result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4),
-                           locality_start=locality_before)
+                           locality_start=locality_before, leak_start=locality_stage.start_leak(session))
         plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set())
         if trained or forgets:
             plan.shared, result.replay = shared_examples(session)
@@ -85,7 +85,7 @@ def sws(session: SleepSession) -> SwsResult:
         result.benchmark_after = round(bench_after, 4)
         if bench_before - bench_after > cfg.benchmark_max_drop + 1e-9:
             return reject(session, snap, result, f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}", started)
-        local, why = locality_stage.pass_failure(session, locality_before)
+        local, why = locality_stage.pass_failure(session, locality_before, result.leak_start)
         result.locality, result.leak = local.get("locality"), local.get("leak")
         if why:
             return reject(session, snap, result, why, started)

@@ -5,8 +5,8 @@ perplexity rose over ``validate.max_ppl_increase`` (relative to before the sleep
 ``validate.max_drift`` from the base model; raw recall of the audited facts dropped more than
 ``validate.max_recall_drop``; teacher-forced locality on the unrelated probe sample fell under
 ``validate.min_locality`` (or under where the weights were before the sleep or after maintain's
-refreshes, when that was lower already) or its leak rose over ``validate.max_leak``; or a forgotten object came
-back. Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own
+refreshes, when that was lower already) or its leak rose over ``validate.max_leak`` (or over what the weights
+already leaked then, when that was higher: ``locality.leak_ceiling``); or a forgotten object came back. Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own
 repair) get their edits re-solved and are audited again (``validate.repair_lost``). The post-change
 audit is handed to the report, which saves its verdicts if the sleep is kept.
 """
@@ -44,6 +44,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
     locality_start = floor_start(health, maintained)
     limit = locality_stage.floor(cfg, locality_start)
+    ceiling = locality_stage.leak_ceiling(cfg, leak_start(health, maintained))
     checks = [
         ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
          f"perplexity rose {increase:+.2%} (limit {cfg.max_ppl_increase:+.2%})"),
@@ -54,8 +55,9 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
         ("locality", locality_start, local.get("locality"), f">= {limit:.3f}",
          local.get("locality") is None or local["locality"] >= limit - 1e-9,
          f"locality fell to {local.get('locality')} (limit {limit:.3f})"),
-        ("leak", 0.0, local.get("leak"), f"<= {cfg.max_leak:.3f}", local.get("leak") is None or local["leak"] <= cfg.max_leak + 1e-9,
-         f"stored objects leaked into {local.get('leak')} of unrelated answers (limit {cfg.max_leak:.3f})"),
+        ("leak", leak_start(health, maintained), local.get("leak"), f"<= {ceiling:.3f}",
+         local.get("leak") is None or local["leak"] <= ceiling + 1e-9,
+         f"stored objects leaked into {local.get('leak')} of unrelated answers (limit {ceiling:.3f})"),
         ("forgotten stay forgotten", 0, resurfaced, "0", resurfaced == 0, f"{resurfaced} forgotten object(s) came back"),
     ]
     failures = [message for *_, ok, message in checks if cfg.enabled and not ok]
@@ -80,6 +82,13 @@ def floor_start(health: HealthResult, maintained: MaintainResult | None) -> floa
     kept it no lower than the refreshes had left it (REM's own gate starts there)."""
     values = [v for v in (health.locality, maintained.locality if maintained else None) if v is not None]
     return min(values) if values else None
+
+
+def leak_start(health: HealthResult, maintained: MaintainResult | None) -> float | None:
+    """Where the leak ceiling starts: the larger of the leak before the sleep and after maintain's
+    refreshes (the same reasoning as :func:`floor_start`)."""
+    values = [v for v in (health.leak, maintained.leak if maintained else None) if v is not None]
+    return max(values) if values else None
 
 
 def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> list[int]:
