@@ -328,6 +328,22 @@ def test_leak_ceiling_is_the_leak_the_sleep_began_with_when_over_the_limit(run, 
         "stored objects leaked into 0.0625 of unrelated answers (limit 0.047)"]
 
 
+def test_drift_ceiling_is_the_drift_wake_left_when_over_the_limit(run, monkeypatch):
+    """A sleep is not rolled back for wake's drift: over ``validate.max_drift`` it may add none."""
+    monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {})
+    monkeypatch.setattr(run.settings.validate_, "max_drift", 0.15)
+    now = run.memory.perplexity()
+    before = AuditResult(raw_recall=0.0)  # recall cannot fail
+    under = HealthResult(perplexity=now, perplexity_baseline=now / 1.10)  # +10 %: the limit holds
+    assert validate(run, before, under).passed is True
+    wake_drifted = HealthResult(perplexity=now, perplexity_baseline=now / 1.20)  # wake left +20 %
+    assert validate(run, before, wake_drifted).passed is True
+    added = HealthResult(perplexity=now / 1.01, perplexity_baseline=now / 1.20)  # the sleep added 1 %
+    verdict = validate(run, before, added)
+    assert verdict.passed is False and verdict.failures[0].startswith("perplexity drifted +20.00%")
+    assert "(limit +18.81%)" in verdict.failures[0]
+
+
 def test_a_consolidation_pass_may_not_add_leak_over_the_limit(run, monkeypatch):
     """SWS and REM judge themselves by the same ceiling: the leak they began with, when over the limit."""
     monkeypatch.setattr(validate_stage.locality_stage, "measure_sample", lambda session: {"locality": 0.95, "leak": 0.0469})

@@ -77,7 +77,8 @@ class ValidateConfig(BaseModel):
     max_drift: float = Field(
         1.5e-1, ge=0,
         description="Largest relative perplexity rise over the BASE model (no edits, no adapters); "
-        "bounds the drift that many sleeps could otherwise pile up one allowed step at a time.",
+        "bounds the drift that many sleeps could otherwise pile up one allowed step at a time. When wake's "
+        "edits had already drifted further before the sleep, the ceiling is that drift: a sleep may add none.",
     )
     max_recall_drop: float = Field(
         2.0e-2, ge=0, le=1,
