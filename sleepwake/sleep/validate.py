@@ -7,9 +7,10 @@ perplexity rose over ``validate.max_ppl_increase`` (relative to before the sleep
 ``validate.max_recall_drop``; teacher-forced locality on the unrelated probe sample fell under
 ``validate.min_locality`` (or under where the weights were before the sleep or after maintain's
 refreshes, when that was lower already) or its leak rose over ``validate.max_leak`` (or over what the weights
-already leaked then, when that was higher: ``locality.leak_ceiling``); or a forgotten object came back. Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own
-repair) get their edits re-solved and are audited again (``validate.repair_lost``). The post-change
-audit is handed to the report, which saves its verdicts if the sleep is kept.
+already leaked then, when that was higher: ``locality.leak_ceiling``); or a forgotten object came back.
+Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own repair) get
+their edits re-solved and are audited again (``validate.repair_lost``). The post-change audit is handed
+to the report, which saves its verdicts if the sleep is kept.
 """
 
 from __future__ import annotations
