@@ -180,7 +180,7 @@ def test_sws_second_round_trains_the_facts_that_failed_and_rehearses_the_rest(ru
         trained.append(list(facts)) or real_train(session, examples, rcp, label, facts)))
     monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
-    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     result = sws_stage.sws(run)
     assert result.accepted and result.rounds == 2 and result.advanced == len(rows)
     assert [len(f) for f in trained] == [len(rows), 1] and trained[1][0].prompt() == late
@@ -194,7 +194,7 @@ def test_sws_rounds_stop_when_every_fact_passes(run, monkeypatch):
     monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
         probes.FactProbe(raw=True, raw_text="", chat=True, chat_text="") for _ in facts])
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
-    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     result = sws_stage.sws(run)
     assert result.accepted and result.rounds == 1
     assert [a.kind for a in adapter_rows.list_adapters(run.memory.ledger)] == ["sws"]
@@ -237,7 +237,7 @@ def test_sws_repairs_a_fact_the_adapter_disturbed_instead_of_undoing_the_pass(ru
     victim = memory.ledger.list_facts()[0]
     monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
         probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])  # nobody advances
-    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
 
     def raw(session, rows):  # the victim is lost until its edit is a new one
         return [r.fact_id != victim.fact_id or r.edit_id != victim.edit_id for r in rows]
@@ -261,7 +261,7 @@ def test_sws_repairs_again_what_the_first_repair_disturbed(run, monkeypatch, rou
     victim, neighbour = memory.ledger.list_facts()[:2]
     monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
         probes.FactProbe(raw=False, raw_text="", chat=False, chat_text="") for _ in facts])
-    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
 
     def raw(rows):  # the victim is lost until re-solved; that re-solve costs the neighbour
         edits = {r.fact_id: r.edit_id for r in rows}
@@ -337,7 +337,7 @@ def test_sws_benchmark_judges_the_weights_the_pass_leaves(run, monkeypatch):
         return 1.0, []
 
     monkeypatch.setattr(sws_stage.probes, "benchmark", benchmark)
-    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before: ({}, None))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     before = memory.weights_digest()
     result = sws_stage.sws(run)
     assert result.accepted is True, result.reason
