@@ -47,7 +47,8 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     recall_before, recall_after = before.raw_recall or 0.0, after.raw_recall or 0.0
     locality_start = floor_start(health, maintained)
     limit = locality_stage.floor(cfg, locality_start)
-    ceiling = locality_stage.leak_ceiling(cfg, leak_start(health, maintained))
+    leak_before = leak_start(health, maintained)
+    ceiling = locality_stage.leak_ceiling(cfg, leak_before)
     most_drift = drift_ceiling(cfg, health)
     checks = [
         ("perplexity", before_ppl, ppl, f"+{cfg.max_ppl_increase:.2%}", increase <= cfg.max_ppl_increase + 1e-9,
@@ -59,7 +60,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
         ("locality", locality_start, local.get("locality"), f">= {limit:.3f}",
          local.get("locality") is None or local["locality"] >= limit - 1e-9,
          f"locality fell to {local.get('locality')} (limit {limit:.3f})"),
-        ("leak", leak_start(health, maintained), local.get("leak"), f"<= {ceiling:.3f}",
+        ("leak", leak_before, local.get("leak"), f"<= {ceiling:.3f}",
          local.get("leak") is None or local["leak"] <= ceiling + 1e-9,
          f"stored objects leaked into {local.get('leak')} of unrelated answers (limit {ceiling:.3f})"),
         ("forgotten stay forgotten", 0, resurfaced, "0", resurfaced == 0, f"{resurfaced} forgotten object(s) came back"),
