@@ -150,6 +150,9 @@ def main() -> None:
                         help="inject the whole pool in one call (MEMIT batches) instead of one edit per fact")
     parser.add_argument("--margin", type=float, default=0.5,
                         help="nats: the base top-1 margin above which a neighbour counts as firmly held")
+    parser.add_argument("--out", default=None,
+                        help="also write the result JSON here (the specificity figures as soon as they are "
+                             "measured, so a run stopped in its fresh-process recall keeps them)")
     args = parser.parse_args()
 
     from sleepwake.config import load_settings
@@ -168,6 +171,11 @@ def main() -> None:
     pre = raw_recall(memory.backend, [p.fact for p in pool], settings.probes)
     seconds, trajectory = inject_all(memory, pool, args.batched, not args.no_trajectory, settings.probes)
     spec = specificity(memory, pool, settings.probes.specificity_neighbours, args.seed, args.margin)
+    print(f"specificity {json.dumps(spec)}", file=sys.stderr)
+    if args.out:  # the long part is done: keep it even if the recall processes below are stopped
+        write_result(args.out, {"facts": args.facts, "pool_seed": args.seed, "batched": args.batched,
+                                "partial": True, "seconds_per_fact_median": round(statistics.median(seconds), 3),
+                                **spec})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     extra = ["--home", home_dir] + [x for o in args.overrides for x in ("--set", o)]
     extra += ["--config", args.config] if args.config else []
@@ -189,6 +197,13 @@ def main() -> None:
         "home": home_dir,
     }
     print(json.dumps(result, indent=2))
+    if args.out:
+        write_result(args.out, result)
+
+
+def write_result(path: str, result: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":
