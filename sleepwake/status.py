@@ -28,6 +28,16 @@ def current_drowsiness(ledger, cfg: HealthConfig) -> dict:
     return drowsiness(ledger.latest_audits(), ledger.count_facts_since(ledger.get_meta(LAST_SLEEP_KEY)), cfg)
 
 
+def waiting_warning(waiting: int, cfg: HealthConfig) -> str | None:
+    """Why to sleep now, when more facts wait for sleep than one wake holds well
+    (``health.wake_capacity``): edits past it raise perplexity and move unrelated answers (500
+    facts in one wake, no sleep: perplexity +113 %, neighbour specificity 0.05, docs/results.md)."""
+    if waiting <= cfg.wake_capacity:
+        return None
+    return (f"{waiting} facts wait for sleep, over health.wake_capacity ({cfg.wake_capacity}): edits past it raise "
+            "perplexity and change unrelated answers; run `sleepwake sleep` (or set sleep.auto=true)")
+
+
 def collect_status(memory, with_perplexity: bool = True) -> dict:
     ledger = memory.ledger
     counts = ledger.counts()

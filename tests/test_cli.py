@@ -101,10 +101,13 @@ def test_inject_facts_file(tmp_path, capsys, tiny_settings_overrides):
     assert [r["status"] for r in result["injected"]] == ["stored", "stored"]
     assert [r["subject"] for r in result["injected"]] == ["Bruno Silva", "Chen Okafor"]
     assert result["facts"] == 2
+    assert result["waiting_for_sleep"] == 2 and "warning" not in result  # under health.wake_capacity (10)
     assert status(capsys, home, tiny_settings_overrides)["edits"] == 2
-    again = run_json(capsys, ["inject", "--facts", str(facts), *options(home, tiny_settings_overrides)])
+    again = run_json(capsys, ["inject", "--facts", str(facts), *options(home, tiny_settings_overrides, "health.wake_capacity=1")])
     assert [r["status"] for r in again["injected"]] == ["unchanged", "unchanged"]
     assert again["weights_digest"] == result["weights_digest"]
+    # Two facts still wait for sleep, over a capacity of one: the result says so and what to do.
+    assert again["waiting_for_sleep"] == 2 and "wake_capacity (1)" in again["warning"] and "sleepwake sleep" in again["warning"]
 
 
 # ---- user mistakes ---------------------------------------------------------------------------------
