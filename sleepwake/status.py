@@ -25,7 +25,12 @@ def drowsiness(latest_audits: dict[int, dict], unslept_facts: int, cfg: HealthCo
 
 def current_drowsiness(ledger, cfg: HealthConfig) -> dict:
     """Drowsiness from the ledger: latest audits, and facts changed since the last full sleep."""
-    return drowsiness(ledger.latest_audits(), ledger.count_facts_since(ledger.get_meta(LAST_SLEEP_KEY)), cfg)
+    return drowsiness(ledger.latest_audits(), unslept_facts(ledger), cfg)
+
+
+def unslept_facts(ledger) -> int:
+    """Facts stored or changed since the last full sleep (all of them before the first)."""
+    return ledger.count_facts_since(ledger.get_meta(LAST_SLEEP_KEY))
 
 
 def waiting_warning(waiting: int, cfg: HealthConfig) -> str | None:

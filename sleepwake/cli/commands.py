@@ -45,7 +45,7 @@ def cmd_inject(args) -> dict:
     from tqdm import tqdm
 
     from sleepwake.config import load_settings
-    from sleepwake.status import LAST_SLEEP_KEY, waiting_warning
+    from sleepwake.status import unslept_facts, waiting_warning
     from sleepwake.storage.home import Home
 
     facts = facts_from_args(args)  # validate input and settings before loading a model
@@ -61,7 +61,7 @@ def cmd_inject(args) -> dict:
                   "weights_digest": memory.weights_digest()}
         settings, ledger = memory.settings, memory.ledger
     del memory  # the flow loads its own model: don't hold two
-    result["waiting_for_sleep"] = waiting = ledger.count_facts_since(ledger.get_meta(LAST_SLEEP_KEY))
+    result["waiting_for_sleep"] = waiting = unslept_facts(ledger)
     if not settings.sleep.auto and (warning := waiting_warning(waiting, settings.health)):
         log.warning(warning)
         result["warning"] = warning
