@@ -287,6 +287,17 @@ def prefect_server(tmp_path_factory) -> dict[str, str]:
             process.wait()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def prefect_logging_before_capsys():
+    """Configure Prefect's logging once, before any test runs, where it binds to the session's
+    stderr: first configured inside a ``capsys`` test (``-k "auto_sleep or cli_sleep"`` of
+    test_flows), its console handler kept that test's closed stream and the next flow failed."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging(incremental=False)
+    yield
+
+
 @pytest.fixture(scope="module", autouse=True)
 def fresh_prefect_logging():
     """After each module, rebuild Prefect's log handlers if Prefect was loaded. Its console handler
