@@ -221,8 +221,9 @@ class SwsConfig(BaseModel):
         True, description="Also train raw-completion text (prompt -> object), so both pathways "
         "learn (the papers' proposed fix for the alignment tax).")
     train_without_memit: bool = Field(
-        True, description="Train with the trained facts' MEMIT edits switched off, so the LoRA "
-        "learns what it must carry alone instead of what MEMIT already answers.")
+        True, description="Train with the MEMIT edits of every gated fact (stage < 3: tonight's, those left waiting "
+        "by max_trained, those the adapters carry) switched off, so the LoRA learns what it must carry alone "
+        "instead of what MEMIT already answers. Waiting facts' edits left in measured no better (docs/results.md).")
     rounds: int = Field(
         2, ge=1, description="LoRA rounds per SWS pass: round 1 trains every unconsolidated fact; each further "
         "round (only while some fail their gate) trains those that failed, rehearses those that passed, and "
