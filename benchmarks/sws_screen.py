@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import torch
 
 from sleepwake.config import load_settings
 from sleepwake.facts import load_facts
@@ -33,6 +32,7 @@ from sleepwake.sleep import pipeline
 from sleepwake.sleep.session import SleepSession
 from sleepwake.sleep.sws import waiting_longest
 from sleepwake.storage.home import Home
+from wake import token_logprobs  # benchmarks/wake.py: this script runs from benchmarks/, beside it
 
 MEASURE_ONLY = ["validate.min_locality=0.0", "validate.max_leak=1.0", "rem.enabled=false"]
 KEYS = ("accepted", "trained", "gated", "advanced", "repaired", "locality", "leak", "lora_chat_recall", "lora_raw_recall",
@@ -51,17 +51,11 @@ def sws_metrics(home: Path) -> dict:
     return {key: found.get(key) for key in KEYS}
 
 
-@torch.no_grad()
 def object_logprobs(backend, facts) -> list[float]:
     """Teacher-forced log-probability of each fact's object after its raw prompt (nats, summed over
     the object's tokens): a continuous measure of what a pass did to facts it did not train, where
     greedy recall only shows the ones it flipped."""
-    out = []
-    for fact in facts:
-        prompt, answer = backend.encode(fact.prompt()), backend.encode(f" {fact.object}", special=False)
-        logp = backend.next_token_logprobs(prompt + answer)[len(prompt) - 1:len(prompt) + len(answer) - 1]
-        out.append(float(logp.gather(-1, torch.tensor(answer).unsqueeze(-1)).sum()))
-    return out
+    return [float(token_logprobs(backend, fact.prompt(), f" {fact.object}").sum()) for fact in facts]
 
 
 def waiting_facts(memory, cap: int) -> list:

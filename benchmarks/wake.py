@@ -36,17 +36,20 @@ def run_cli(*args: str) -> dict:
     return json.loads(out.stdout)
 
 
-def mean_logprob(backend, prompt: str, continuation: str) -> float:
-    """Mean per-token log-probability of ``continuation`` after ``prompt`` (torch backend)."""
+def token_logprobs(backend, prompt: str, continuation: str):
+    """Teacher-forced log-probability of each token of ``continuation`` after ``prompt``: (T,)."""
     import torch
 
     context = backend.encode(prompt)
     target = backend.encode(continuation, special=False)
-    ids = torch.tensor([context + target], device=backend.input_device)
     with torch.no_grad():
-        logits = backend.model(input_ids=ids).logits[0, len(context) - 1 : -1].float()  # (T, vocab)
-    logprobs = torch.log_softmax(logits, dim=-1)
-    return float(logprobs.gather(1, torch.tensor(target, device=logits.device)[:, None]).mean())
+        logprobs = backend.next_token_logprobs(context + target)[len(context) - 1 : -1]  # (T, vocab)
+    return logprobs.gather(1, torch.tensor(target, device=logprobs.device)[:, None])[:, 0]
+
+
+def mean_logprob(backend, prompt: str, continuation: str) -> float:
+    """Mean per-token log-probability of ``continuation`` after ``prompt``."""
+    return float(token_logprobs(backend, prompt, continuation).mean())
 
 
 def neighbourhood_score(memory, prompts, owners, base_texts) -> float:
