@@ -287,25 +287,14 @@ def prefect_server(tmp_path_factory) -> dict[str, str]:
             process.wait()
 
 
-@pytest.fixture(scope="session", autouse=True)
-def prefect_logging_before_capsys():
-    """Configure Prefect's logging once, before any test runs, where it binds to the session's
-    stderr: first configured inside a ``capsys`` test (``-k "auto_sleep or cli_sleep"`` of
-    test_flows), its console handler kept that test's closed stream and the next flow failed."""
+@pytest.fixture(scope="module", autouse=True)
+def fresh_prefect_logging():
+    """Before each module (so before any test), rebuild Prefect's log handlers. Its console handler
+    binds to the sys.stderr of the moment it is (re)configured; configured during a test using
+    ``capsys`` it keeps writing to that test's stream after it is closed, and every later flow
+    fails with a logging RecursionError (measured: test_chat before test_flows, and within
+    test_flows ``-k "auto_sleep or cli_sleep"`` when nothing had configured it before)."""
     from prefect.logging.configuration import setup_logging
 
     setup_logging(incremental=False)
     yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fresh_prefect_logging():
-    """After each module, rebuild Prefect's log handlers if Prefect was loaded. Its console handler
-    binds to the sys.stderr of the moment it is (re)configured; configured during a test using
-    ``capsys`` it keeps writing to that test's stream after it is closed, and every later flow in
-    the session fails with a logging RecursionError (measured: test_chat before test_flows)."""
-    yield
-    if "prefect.logging.configuration" in sys.modules:
-        from prefect.logging.configuration import setup_logging
-
-        setup_logging(incremental=False)
