@@ -70,43 +70,57 @@ def sws(session: SleepSession) -> SwsResult:
         stages, raw_after = settle(session, gated, stages)
         if cfg.repair_disturbed and sum(raw_before) > sum(raw_after):
             gated, stages, raw_after, result.repaired = repair(session, gated, stages, raw_before, raw_after)
-        # The validate gate's tolerance (a fact or two at most); more than that and the pass is undone
-        # here (else the gate would undo the whole sleep, SWS's progress with it).
-        result.lost_ids = [r.fact_id for r in lost(gated, raw_before, raw_after)]
-        result.rows = table  # every reject below keeps the per-fact gate table in its artifact
-        if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
-            return reject(session, snap, result, f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts "
-                          f"(lost: fact ids {result.lost_ids})", started)
-        scales = edit_scales(session, gated, stages)
-        memory.compose(scales=scales)  # the weights this pass would leave: adapters, dissolved edits
-        # The benchmark compares the weights before with the weights this pass leaves (not with the
-        # adapters alone, a state no night keeps: with 12 facts' edits all switched off it cost 3 of 16
-        # questions that the kept weights may well answer).
-        bench_after, _ = probes.benchmark(memory.backend, session.settings.probes)
-        result.benchmark_after = round(bench_after, 4)
-        if bench_before - bench_after > cfg.benchmark_max_drop + 1e-9:
-            return reject(session, snap, result, f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}", started)
-        local, why = locality_stage.pass_failure(session, locality_before, result.leak_start)
-        result.locality, result.leak = local.get("locality"), local.get("leak")
+        scales, why = judge(session, gated, stages, (raw_before, raw_after), (bench_before, locality_before), result)
+        result.rows = table  # every reject keeps the per-fact gate table in its artifact
         if why:
             return reject(session, snap, result, why, started)
         adapter_rows.commit_consolidation(memory.ledger, stages, scales, forget_stages)
         crash_point("sws:after-stages")
         memory.reload()
-        edit_of = {r.fact_id: r.edit_id for r in gated}  # after a repair, the new edits
-        for entry in table:
-            entry["stage_after"] = stages[entry["fact_id"]]
-            entry.pop("edit_id")
-            entry["scale"] = scales.get(edit_of.get(entry["fact_id"]) or -1)
-        result.accepted = True
-        result.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
-        result.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
-        if table:
-            result.lora_chat_recall = round(sum(r["chat"] for r in table) / len(table), 4)
-            result.lora_raw_recall = round(sum(r["raw"] for r in table) / len(table), 4)
+        record_accepted(result, table, stages, scales, gated)
         result.forgotten_settled = sum(1 for stage in forget_stages.values() if stage > 0)
-        result.rows = table
         return finish(session, result, started)
+
+
+def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[bool], list[bool]],
+          start: tuple[float, float | None], result: SwsResult) -> tuple[dict[int, float], str | None]:
+    """The pass's own gates, on the weights it would leave: raw recall lost (the validate gate's
+    tolerance, a fact or two at most: more and the pass is undone here, else the gate would undo the
+    whole sleep, SWS's progress with it), the benchmark, then locality and leak.
+    Returns (the edits' new scales, the reason to reject or None); records the figures on ``result``."""
+    (raw_before, raw_after), (bench_before, locality_before) = raw, start
+    result.lost_ids = [r.fact_id for r in lost(gated, raw_before, raw_after)]
+    if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
+        return {}, (f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts "
+                    f"(lost: fact ids {result.lost_ids})")
+    scales = edit_scales(session, gated, stages)
+    session.memory.compose(scales=scales)  # the weights this pass would leave: adapters, dissolved edits
+    # The benchmark compares the weights before with the weights this pass leaves (not with the
+    # adapters alone, a state no night keeps: with 12 facts' edits all switched off it cost 3 of 16
+    # questions that the kept weights may well answer).
+    bench_after, _ = probes.benchmark(session.memory.backend, session.settings.probes)
+    result.benchmark_after = round(bench_after, 4)
+    if bench_before - bench_after > session.settings.sws.benchmark_max_drop + 1e-9:
+        return scales, f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}"
+    local, why = locality_stage.pass_failure(session, locality_before, result.leak_start)
+    result.locality, result.leak = local.get("locality"), local.get("leak")
+    return scales, why
+
+
+def record_accepted(result: SwsResult, table: list[dict], stages: dict[int, int], scales: dict[int, float], gated) -> None:
+    """Fill ``result`` for a kept pass: each gated fact's stage and scale after it, and the tallies."""
+    edit_of = {r.fact_id: r.edit_id for r in gated}  # after a repair, the new edits
+    for entry in table:
+        entry["stage_after"] = stages[entry["fact_id"]]
+        entry.pop("edit_id")
+        entry["scale"] = scales.get(edit_of.get(entry["fact_id"]) or -1)
+    result.accepted = True
+    result.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
+    result.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
+    if table:
+        result.lora_chat_recall = round(sum(r["chat"] for r in table) / len(table), 4)
+        result.lora_raw_recall = round(sum(r["raw"] for r in table) / len(table), 4)
+    result.rows = table
 
 
 def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult) -> None:
