@@ -40,33 +40,8 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     cfg = engine.cfg
     app = FastAPI(title="sleepwake", description="A memory in the weights, over the OpenAI chat API.")
 
-    @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
-
-    @app.exception_handler(SleepwakeError)
-    async def memory_error(_request: Request, exc: SleepwakeError):
-        busy = isinstance(exc, HomeBusyError)  # a writer held the ledger past its timeout: retry
-        return JSONResponse(ApiError(503 if busy else 500, " ".join(str(exc).split()), "server_error",
-                                     "home_busy" if busy else "memory_error").body(), status_code=503 if busy else 500)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and api_key is not None:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
-                                             "authentication_error", "invalid_api_key").body(), status_code=401)
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_request_bytes:
-            return JSONResponse(ApiError(413, f"the request is larger than {cfg.max_request_bytes} bytes",
-                                         code="request_too_large").body(), status_code=413)
-        return await call_next(request)
+    add_error_handlers(app)
+    add_guard(app, cfg.max_request_bytes, api_key)
 
     @app.get("/health")
     async def health():
@@ -103,6 +78,40 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
                                  media_type="text/event-stream", headers=headers)
 
     return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves as an OpenAI-style error body: ours, Starlette's (404, 405), and the memory's."""
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+
+    @app.exception_handler(SleepwakeError)
+    async def memory_error(_request: Request, exc: SleepwakeError):
+        busy = isinstance(exc, HomeBusyError)  # a writer held the ledger past its timeout: retry
+        return JSONResponse(ApiError(503 if busy else 500, " ".join(str(exc).split()), "server_error",
+                                     "home_busy" if busy else "memory_error").body(), status_code=503 if busy else 500)
+
+
+def add_guard(app: FastAPI, max_request_bytes: int, api_key: str | None) -> None:
+    """The API key (when one is set) and the request-size limit, checked before any route runs."""
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if request.url.path.startswith("/v1/") and api_key is not None:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                                             "authentication_error", "invalid_api_key").body(), status_code=401)
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > max_request_bytes:
+            return JSONResponse(ApiError(413, f"the request is larger than {max_request_bytes} bytes",
+                                         code="request_too_large").body(), status_code=413)
+        return await call_next(request)
 
 
 def check(chat: ChatRequest, cfg) -> ChatRequest:
