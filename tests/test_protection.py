@@ -114,3 +114,35 @@ def test_cached_bases_need_no_base_weights(tmp_path, tiny_settings_overrides, mo
     monkeypatch.setattr(memory.backend, "input_second_moments", lambda *a: pytest.fail("moments estimated again"))
     again = memory.lora_protection(recipe)
     assert sorted(again) == sorted(first) and all(torch.equal(again[n], first[n]) for n in first)
+
+
+def test_input_moments_stop_after_the_deepest_adapted_block(tmp_path, tiny_settings_overrides):
+    """The moments' forward ends at the last block holding an adapted module (no LM head logits,
+    the pass's largest tensor) and gives the sums of the whole forward; a module outside every
+    block (the LM head) means the whole forward runs; modules fed the same tensor share one sum."""
+    from sleepwake.models.torch_internals import decoder_layers
+    from sleepwake.models.torch_moments import deepest_block, input_second_moments, second_moments
+
+    memory = Memory.open(Home.open(tmp_path / "home"), load_settings(None, tiny_settings_overrides))
+    model = memory.backend.model
+    names = ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.o_proj",
+             "model.layers.2.mlp.down_proj"]
+    modules = {name: model.get_submodule(name) for name in names}
+    assert deepest_block(model, modules.values()) is decoder_layers(model)[2]
+    assert deepest_block(model, [*modules.values(), model.get_submodule("lm_head")]) is None
+    sequences = [memory.backend.encode(t) for t in ("The capital city is far away", "In the morning we walk home")]
+    heads = []
+    hook = model.get_submodule("lm_head").register_forward_hook(lambda *_: heads.append(1))
+    try:
+        sums, count = input_second_moments(memory.backend, sequences, names, 2)
+        assert heads == []  # stopped before the LM head
+        full, full_count = second_moments(memory.backend, sequences, modules, None, 2, "full forward")
+        assert heads == [1]
+    finally:
+        hook.remove()
+    assert count == full_count > 0
+    for name in names:  # float32 sums of float64 batch products against the float64 sums
+        assert sums[name].dtype == torch.float32
+        torch.testing.assert_close(sums[name].double(), full[name], rtol=1.0e-5, atol=1.0e-4)
+    q, k, o = (sums[n] for n in names[:3])
+    assert q is k and o is not q  # q and k read the same tensor: one sum; o_proj reads another

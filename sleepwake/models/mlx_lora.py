@@ -63,8 +63,8 @@ class Recorder(nn.Module):
 
 
 def input_second_moments(backend, sequences, names: Sequence[str], batch_size: int):
-    """Sum over all real tokens of x x^T (float64, in torch) for the input x of each named linear
-    module, and the token count (``torch_internals.input_second_moments``)."""
+    """Sum over all real tokens of x x^T (float32 sums of float64 batch products, in torch) for the
+    input x of each named linear module, and the token count (``torch_moments.input_second_moments``)."""
     net = backend.net
     recorders = {name: Recorder(module_at(net, name)) for name in names}
     sums: dict[str, torch.Tensor] = {}
@@ -77,7 +77,7 @@ def input_second_moments(backend, sequences, names: Sequence[str], batch_size: i
             real = torch.from_numpy(np.array(valid).reshape(-1))
             for name, recorder in recorders.items():
                 x = to_torch(recorder.seen.reshape(-1, recorder.seen.shape[-1]))[real].double()  # (tokens, in)
-                sums[name] = x.T @ x + sums.get(name, 0.0)
+                sums[name] = (x.T @ x).float() + sums.get(name, 0.0)
             count += int(real.sum())
     finally:
         net.update_modules(tree_unflatten([(name, r.inner) for name, r in recorders.items()]))

@@ -12,7 +12,7 @@ import torch
 
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
-from sleepwake.models import torch_internals, torch_vstar
+from sleepwake.models import torch_internals, torch_moments, torch_vstar
 from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.models.source import quiet_transformers, resolve_device, resolve_source
@@ -225,10 +225,10 @@ class TorchBackend:
         return torch_internals.decoder_layers(self.model)[layer]
 
     def key_second_moments(self, sequences, layers, batch_size):
-        return torch_internals.key_second_moments(self, sequences, layers, batch_size)
+        return torch_moments.key_second_moments(self, sequences, layers, batch_size)
 
     def input_second_moments(self, sequences, names, batch_size):
-        return torch_internals.input_second_moments(self, sequences, names, batch_size)
+        return torch_moments.input_second_moments(self, sequences, names, batch_size)
 
     def layer_states(self, rows, key_layer, hidden_layer, batch_size):
         return torch_internals.layer_states(self, rows, key_layer, hidden_layer, batch_size)

@@ -237,38 +237,6 @@ def capture_output(module: torch.nn.Module):
         handle.remove()
 
 
-def key_second_moments(backend, sequences, layers, batch_size):
-    """Sum over all real tokens of k k^T for each layer's down-projection input (float64 sums)."""
-    modules = {layer: backend.down_proj(layer) for layer in layers}
-    return second_moments(backend, sequences, modules, backend.d_ff, batch_size, "key statistics",
-                          stop=backend.block(max(layers)))
-
-
-def input_second_moments(backend, sequences, names, batch_size):
-    """Sum over all real tokens of x x^T for the input x of each named linear module (float64)."""
-    modules = {name: backend.model.get_submodule(name) for name in names}
-    return second_moments(backend, sequences, modules, None, batch_size, "input statistics")
-
-
-@torch.no_grad()
-def second_moments(backend, sequences, modules: dict, width: int | None, batch_size: int, label: str, stop=None):
-    """({key: sum of x x^T over real tokens}, token count) for the inputs of ``modules``; the
-    forward stops after block ``stop`` when given. ``width``: input size (None: each module's)."""
-    sums = {key: torch.zeros(width or m.in_features, width or m.in_features, dtype=torch.float64)
-            for key, m in modules.items()}
-    count = 0
-    for start in bar_range(len(sequences), batch_size, label, "sequence"):
-        ids, mask = right_pad(sequences[start : start + batch_size], backend.tokenizer.pad_token_id, backend.input_device)
-        with capture_inputs(modules) as seen, (stop_after(stop) if stop is not None else contextlib.nullcontext()):
-            backend.model(input_ids=ids, attention_mask=mask)
-        valid = mask.bool()
-        for key in modules:
-            x = seen[key][valid.to(seen[key].device)].double()  # (tokens, in)
-            sums[key] += (x.T @ x).cpu()
-        count += int(valid.sum())
-    return sums, count
-
-
 @torch.no_grad()
 def layer_states(backend, rows, key_layer, hidden_layer, batch_size):
     """Keys entering ``key_layer``'s down-projection and block ``hidden_layer``'s output, at lookups."""
