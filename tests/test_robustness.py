@@ -13,16 +13,18 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from sleepwake import cli
 from sleepwake.config import Settings, load_settings
 from sleepwake.errors import ConfigError
+from sleepwake.facts import load_facts
 from conftest import seed_home
 
 SOURCE = Path(__file__).resolve().parent.parent / "sleepwake"
@@ -86,20 +88,28 @@ def test_any_argument_list_is_handled_without_traceback(argv, tmp_path, no_model
        | st.lists(st.dictionaries(st.sampled_from(["subject", "relation", "object", "extra"]),
                                   st.text(max_size=8) | st.integers(), max_size=4), max_size=3)
        .map(lambda rows: "\n".join(json.dumps(r) for r in rows).encode()))
+@example(content=b'{"subject": "Aria", "relation": "lives in", "object": "Paris"}')  # a valid file, every run
 def test_malformed_fact_files_change_nothing(content, tmp_path, no_model, capsys):
-    home = tmp_path / "home"
-    home.mkdir(exist_ok=True)
+    """A bad file is refused (2) before the home is touched. The home's ledger here is not a
+    database, so a valid file is refused by the home instead (1, before any model loads), and
+    its ledger too stays byte-identical. Each example gets its own home (the fixture is shared)."""
+    home = Path(tempfile.mkdtemp(dir=tmp_path)) / "home"
+    home.mkdir()
     (home / "ledger.duckdb").write_bytes(b"sentinel: must stay byte-identical")
-    path = tmp_path / "facts.jsonl"
+    path = home.parent / "facts.jsonl"
     path.write_bytes(content)
     capsys.readouterr()
     try:
         code = cli.main(["inject", "--facts", str(path), "--home", str(home)])
     except ModelWouldLoad:
-        return  # a valid file: it got as far as loading the model
+        return  # a valid file into a home that opened: it got as far as loading the model
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("sleepwake: error:") and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("sleepwake: error:") and len(err.strip().splitlines()) == 1, err
     assert (home / "ledger.duckdb").read_bytes() == b"sentinel: must stay byte-identical"
+    if "cannot be opened" in err:  # refused by the broken home: only a file that passed validation gets there
+        assert code == 1 and load_facts(path), err
+        return
+    assert code == 2, err
     assert sorted(p.name for p in home.iterdir()) == ["ledger.duckdb"]
 
 
