@@ -28,7 +28,8 @@ def main() -> None:
     source = default_cache_dir()
     with tempfile.TemporaryDirectory(prefix="sleepwake-protection-") as tmp:
         cache = Path(tmp) / "cache"
-        shutil.copytree(source, cache, ignore=shutil.ignore_patterns("inputs-*", "basis*"))
+        # Links, not copies: the cache holds the converted model (hundreds of MB), only read here.
+        shutil.copytree(source, cache, ignore=shutil.ignore_patterns("inputs-*", "basis*"), copy_function=os.symlink)
         os.environ["SLEEPWAKE_CACHE"] = str(cache)  # before sleepwake reads it
         print(json.dumps(measure(Path(tmp) / "home")))
 

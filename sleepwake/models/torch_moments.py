@@ -72,6 +72,8 @@ def second_moments(backend, sequences, modules: dict, width: int | None, batch_s
                 sums[key] = part
         count += int(valid.sum())
     for key, module in modules.items():
-        sums[key] = sums[same_as[key]] if key in same_as else sums.get(key, torch.zeros(
-            width or module.in_features, width or module.in_features, dtype=dtype))
+        if key in same_as:
+            sums[key] = sums[same_as[key]]
+        elif key not in sums:  # no sequences: an empty sum
+            sums[key] = torch.zeros(width or module.in_features, width or module.in_features, dtype=dtype)
     return sums, count
