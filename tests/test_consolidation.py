@@ -15,7 +15,7 @@ import torch
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.models import probes
-from sleepwake.models.lora import LoraRecipe, TrainExample, collate, plan_steps, train_lora
+from sleepwake.models.lora import LoraRecipe, TrainExample, collate, example_loss, plan_steps, train_lora
 from sleepwake.sleep import curriculum, rem as rem_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
 from sleepwake.sleep.session import SleepSession
@@ -64,8 +64,10 @@ def test_train_lora_learns_and_leaves_the_model_unwrapped(run):
     backend = run.memory.backend
     before = {n: p.detach().clone() for n, p in backend.model.named_parameters()}
     examples = curriculum.fact_examples(backend, FACTS, train_raw=True)
+    pad = backend.tokenizer.pad_token_id or 0
+    with torch.no_grad():
+        loss_before = example_loss(backend.model, examples, pad, "cpu").item()
     outcome = train_lora(backend, examples, recipe())
-    assert outcome.last_loss < outcome.first_loss
     # peft's wrappers are gone and no weight moved: the update lives only in the returned factors
     assert not any("lora" in n for n, _ in backend.model.named_parameters())
     assert all(torch.equal(before[n], p) for n, p in backend.model.named_parameters())
@@ -74,6 +76,23 @@ def test_train_lora_learns_and_leaves_the_model_unwrapped(run):
     weight = backend.model.get_submodule(name).weight
     assert u.shape == (weight.shape[0], 4) and v.shape == (weight.shape[1], 4)
     assert {n.split(".")[2] for n in outcome.factors} == {"1", "2", "3"}
+    # learned: the loss over every example (not one batch's, which depends on the draw) fell
+    with torch.no_grad():
+        for module, (u_, v_) in outcome.factors.items():
+            backend.model.get_submodule(module).weight.add_(u_ @ v_.T)
+        loss_after = example_loss(backend.model, examples, pad, "cpu").item()
+        for module, (u_, v_) in outcome.factors.items():
+            backend.model.get_submodule(module).weight.sub_(u_ @ v_.T)
+    assert loss_after < loss_before - 0.1  # 6.50 -> 6.17 nats on the tiny random model
+
+
+def test_raw_examples_teach_the_object_and_no_full_stop(run):
+    """A trained "." after the object taught the adapter to end prose sentences early (drift)."""
+    backend = run.memory.backend
+    fact = FACTS[0]
+    example = curriculum.raw_example(backend, fact)
+    assert backend.tokenizer.decode(example.target) == f" {fact.object}"
+    assert backend.tokenizer.decode(example.prompt) == fact.prompt()
 
 
 def test_micro_batches_accumulate_the_whole_batch_update(run):
