@@ -11,7 +11,7 @@ Each ``--compare`` is one configuration (a label and ``key=value`` overrides of 
 trained and measured in this run so the rows compare on the same machine and facts:
 
     .venv/bin/python benchmarks/adapter_drift.py --facts 24 \\
-        --compare default --compare "floor0.3 lora.target_floor=3.0e-1"
+        --compare default --compare "anchors96 lora.anchor_count=96"
 
 One JSON line per configuration. About seven minutes a configuration at 24 facts on 2 cores.
 """
