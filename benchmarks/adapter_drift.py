@@ -3,8 +3,9 @@
 One LoRA pass from the base model on ``--facts`` held-out pool facts (their chat, subject and raw
 examples plus the identity set, the anchors and the protection of a real SWS pass), then, with the
 trained adapter alone composed: perplexity drift on the reference text, raw and chat recall over
-the facts, chat recall on held-out phrasings, and the mean gain in P(".") over the reference's
-positions (the adapter ending prose early was most of a long memory's drift, ``docs/results.md``).
+the facts, chat recall on held-out phrasings, the mean gain in P(".") over the reference's
+positions (the adapter ending prose early was most of a long memory's drift, ``docs/results.md``),
+and where the reference's NLL rose: the next tokens with the largest summed rise (``--top-tokens``).
 MEMIT is not involved: this isolates what a night's consolidation costs the rest of the model.
 
 Each ``--compare`` is one configuration (a label and ``key=value`` overrides of the preset),
@@ -32,14 +33,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12345, help="fact pool seed (default 12345)")
     parser.add_argument("--compare", action="append", default=None,
                         help='"label key=value ...": one configuration; repeat to compare (default: the preset)')
+    parser.add_argument("--top-tokens", type=int, default=8,
+                        help="next tokens of the reference whose summed NLL rose most, listed per row (default 8)")
     args = parser.parse_args()
     for spec in args.compare or ["default"]:
         label, *overrides = spec.split()
-        print(json.dumps({"config": label, "overrides": overrides, **measure_pass(args.facts, args.seed, overrides)}),
+        print(json.dumps({"config": label, "overrides": overrides, **measure_pass(args.facts, args.seed, overrides, args.top_tokens)}),
               flush=True)
 
 
-def measure_pass(count: int, seed: int, overrides: list[str]) -> dict:
+def measure_pass(count: int, seed: int, overrides: list[str], top_tokens: int = 8) -> dict:
     from sleepwake.config import load_settings
     from sleepwake.experiments.lab import measure
     from sleepwake.factpool import generate_pool
@@ -51,7 +54,7 @@ def measure_pass(count: int, seed: int, overrides: list[str]) -> dict:
         memory = Memory.open(Home.open(tmp), load_settings(None, overrides))
         facts = [entry.fact for entry in generate_pool(count, seed=seed)]
         base = memory.perplexity(base=True)
-        before = mean_full_stop(memory)
+        before_stop, before_nll = mean_full_stop(memory), reference_nll(memory)
         examples = (curriculum.fact_examples(memory.backend, facts, train_raw=True)
                     + curriculum.identity_examples(memory.backend, memory.settings.sws.identity_weight))
         recipe = consolidate.recipe(memory.settings)
@@ -62,7 +65,8 @@ def measure_pass(count: int, seed: int, overrides: list[str]) -> dict:
         with memory.trial_adapter({name: [uv] for name, uv in out.factors.items()}):
             memory.compose()
             row = measure(memory, facts, base)
-            row["full_stop_gain_pct"] = round(100 * (mean_full_stop(memory) - before), 3)
+            row["full_stop_gain_pct"] = round(100 * (mean_full_stop(memory) - before_stop), 3)
+            row["rise"] = rise_by_token(memory, before_nll, reference_nll(memory), top_tokens)
         return {**row, "steps": out.steps, "last_loss": round(out.last_loss, 4), "train_s": round(seconds, 1)}
 
 
@@ -76,6 +80,43 @@ def mean_full_stop(memory, tokens: int = 512) -> float:
     ids = tokenizer("\n\n".join(probes.reference_texts()), return_tensors="pt").input_ids[0, :tokens]
     logits = memory.backend.model(ids[None].to(memory.backend.input_device)).logits.float()
     return logits.softmax(-1)[0, :, full_stop].mean().item()
+
+
+@torch.no_grad()
+def reference_nll(memory) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token NLL, next-token id) at every position of the perplexity reference's chunks,
+    chunked as ``Memory.perplexity`` chunks it (flattened over chunks)."""
+    backend, cfg = memory.backend, memory.settings.probes
+    from sleepwake.models import probes
+
+    ids: list[int] = []
+    for text in probes.reference_texts():
+        ids += backend.encode(text, special=False)
+    chunks = [ids[i:i + cfg.perplexity_chunk_tokens] for i in range(0, len(ids) - 1, cfg.perplexity_chunk_tokens)]
+    nll, targets = [], []
+    for chunk in [c for c in chunks if len(c) > 1][:cfg.perplexity_max_chunks]:
+        x = torch.tensor([chunk], device=backend.input_device)
+        logits = backend.model(x).logits[0, :-1].float()  # (t-1, vocab)
+        nll.append(torch.nn.functional.cross_entropy(logits, x[0, 1:].to(logits.device), reduction="none").cpu())
+        targets.append(x[0, 1:].cpu())
+    return torch.cat(nll), torch.cat(targets)
+
+
+def rise_by_token(memory, before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor],
+                  top: int) -> dict:
+    """Where the reference's NLL rose: the share of the total rise carried by the 5 % of positions
+    that rose most, and the ``top`` next tokens by summed rise (token, positions, summed nats)."""
+    rise = after[0] - before[0]  # (positions,) nats
+    total = float(rise.sum())
+    worst = rise.sort(descending=True).values[: max(1, len(rise) // 20)]
+    per_token: dict[int, list[float]] = {}
+    for token, value in zip(before[1].tolist(), rise.tolist()):
+        per_token.setdefault(token, []).append(value)
+    ranked = sorted(per_token.items(), key=lambda kv: -sum(kv[1]))[:top]
+    decode = memory.backend.tokenizer.decode
+    return {"total_nats": round(total, 2), "positions": len(rise),
+            "top5pct_share": round(float(worst.sum()) / total, 3) if total > 0 else None,
+            "tokens": [[decode([token]), len(values), round(sum(values), 2)] for token, values in ranked]}
 
 
 if __name__ == "__main__":
