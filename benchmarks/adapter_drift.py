@@ -88,13 +88,10 @@ def reference_nll(memory) -> tuple[torch.Tensor, torch.Tensor]:
     chunked as ``Memory.perplexity`` chunks it (flattened over chunks)."""
     backend, cfg = memory.backend, memory.settings.probes
     from sleepwake.models import probes
+    from sleepwake.models.backend import text_chunks
 
-    ids: list[int] = []
-    for text in probes.reference_texts():
-        ids += backend.encode(text, special=False)
-    chunks = [ids[i:i + cfg.perplexity_chunk_tokens] for i in range(0, len(ids) - 1, cfg.perplexity_chunk_tokens)]
     nll, targets = [], []
-    for chunk in [c for c in chunks if len(c) > 1][:cfg.perplexity_max_chunks]:
+    for chunk in text_chunks(backend, probes.reference_texts(), cfg.perplexity_chunk_tokens, cfg.perplexity_max_chunks):
         x = torch.tensor([chunk], device=backend.input_device)
         logits = backend.model(x).logits[0, :-1].float()  # (t-1, vocab)
         nll.append(torch.nn.functional.cross_entropy(logits, x[0, 1:].to(logits.device), reduction="none").cpu())

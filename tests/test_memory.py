@@ -304,3 +304,20 @@ def test_related_subjects_are_protected_by_default(seeded, settings, tmp_path):
     for layer, keys in stored.items():
         assert leak(guarded[layer], keys) < 1.0e-5
     assert max(leak(free[layer], keys) for layer, keys in stored.items()) > 1.0e-4
+
+
+class _CharBackend:
+    """A backend stand-in whose tokens are characters: enough for the chunking contract."""
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        assert not special  # the reference is scored without BOS/EOS in the middle
+        return [ord(c) for c in text]
+
+
+def test_text_chunks_join_cut_drop_single_tokens_and_cap():
+    from sleepwake.models.backend import text_chunks
+
+    chunks = text_chunks(_CharBackend(), ["abcde", "fg"], chunk_tokens=3, max_chunks=10)  # type: ignore[arg-type]
+    assert chunks == [[97, 98, 99], [100, 101, 102]]  # "g" alone has no next token to score
+    assert text_chunks(_CharBackend(), ["abcde", "fgh"], 3, 10)[-1] == [103, 104]  # type: ignore[arg-type]
+    assert text_chunks(_CharBackend(), ["abcdefgh"], 3, 1) == [[97, 98, 99]]  # type: ignore[arg-type]

@@ -134,3 +134,14 @@ def plain_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> 
     """A transcript of "Role: content" lines the model continues as the assistant."""
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(lines + (["Assistant:"] if add_generation_prompt else [""]))
+
+
+def text_chunks(backend: Backend, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> list[list[int]]:
+    """The perplexity reference as token chunks: ``texts`` encoded end to end, cut every
+    ``chunk_tokens``, one-token chunks dropped (no next token to score), the first ``max_chunks``
+    kept. Deterministic, so every backend and benchmark scores the same positions."""
+    ids: list[int] = []
+    for text in texts:
+        ids += backend.encode(text, special=False)
+    chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - 1, chunk_tokens)]
+    return [c for c in chunks if len(c) > 1][:max_chunks]

@@ -27,7 +27,7 @@ import torch
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
 from sleepwake.models import mlx_internals, mlx_loading, mlx_lora, mlx_vstar
-from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
+from sleepwake.models.backend import VStarRow, VStarSettings, chat_text, text_chunks
 
 
 class MlxBackend:
@@ -140,12 +140,7 @@ class MlxBackend:
         return mlx_internals.argmax_tokens(self.net, sequences, starts, self.pad_id, batch_size)
 
     def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float:
-        ids: list[int] = []
-        for text in texts:
-            ids += self.encode(text, special=False)
-        chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - 1, chunk_tokens)]
-        chunks = [c for c in chunks if len(c) > 1][:max_chunks]
-        return mlx_internals.perplexity(self.net, chunks, self.pad_id)
+        return mlx_internals.perplexity(self.net, text_chunks(self, texts, chunk_tokens, max_chunks), self.pad_id)
 
     def sample_sequences(self, n_tokens: int, length: int, seed: int, batch_size: int = 128) -> list[list[int]]:
         return mlx_internals.sample_sequences(self, n_tokens, length, seed, batch_size)

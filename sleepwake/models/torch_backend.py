@@ -13,7 +13,7 @@ import torch
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
 from sleepwake.models import torch_internals, torch_moments, torch_vstar
-from sleepwake.models.backend import VStarRow, VStarSettings, chat_text
+from sleepwake.models.backend import VStarRow, VStarSettings, chat_text, text_chunks
 from sleepwake.models.bundled import default_cache_dir
 from sleepwake.models.source import quiet_transformers, resolve_device, resolve_source
 
@@ -201,11 +201,7 @@ class TorchBackend:
     @torch.no_grad()
     def perplexity(self, texts: Sequence[str], chunk_tokens: int, max_chunks: int) -> float:
         """exp(mean NLL) over fixed-length token chunks of ``texts`` (deterministic chunking)."""
-        ids: list[int] = []
-        for text in texts:
-            ids += self.encode(text, special=False)
-        chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - 1, chunk_tokens)]
-        chunks = [c for c in chunks if len(c) > 1][:max_chunks]
+        chunks = text_chunks(self, texts, chunk_tokens, max_chunks)
         return torch_internals.perplexity(self.model, chunks, self.tokenizer.pad_token_id, self.input_device)
 
     def sample_sequences(self, n_tokens: int, length: int, seed: int, batch_size: int = 128) -> list[list[int]]:
