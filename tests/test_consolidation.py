@@ -105,6 +105,19 @@ def test_micro_batches_accumulate_the_whole_batch_update(run):
         assert torch.allclose(u @ v.T, parts.factors[name][0] @ parts.factors[name][1].T, atol=1e-5), name
 
 
+def test_checkpointing_changes_the_cost_of_a_step_not_the_adapter(run):
+    """``lora.checkpointing`` recomputes activations in the backward instead of keeping them: the
+    default (off) must train the very adapter the memory-saving setting trains."""
+    backend = run.memory.backend
+    examples = curriculum.fact_examples(backend, FACTS, train_raw=True)[:6]
+    kept = train_lora(backend, examples, recipe(batch_size=4, max_steps=3, micro_batch=2, checkpointing=False))
+    recomputed = train_lora(backend, examples, recipe(batch_size=4, max_steps=3, micro_batch=2, checkpointing=True))
+    assert kept.last_loss == pytest.approx(recomputed.last_loss, rel=1e-5)
+    for name, (u, v) in kept.factors.items():
+        assert torch.allclose(u @ v.T, recomputed.factors[name][0] @ recomputed.factors[name][1].T, atol=1e-6), name
+    assert not backend.model.is_gradient_checkpointing  # switched off again after the pass
+
+
 def test_anchor_term_keeps_the_adapted_model_closer_to_the_frozen_one_on_ordinary_text(run):
     backend = run.memory.backend
     examples = curriculum.fact_examples(backend, FACTS, train_raw=True)
@@ -377,6 +390,23 @@ def test_rem_keeps_a_passing_pass(run, monkeypatch):
     result = rem_stage.rem(run)
     assert result.accepted is True
     assert [a.kind for a in adapter_rows.list_adapters(run.ledger)] == ["rem"]
+
+
+@pytest.mark.parametrize("rem_checkpointing", [True, False])
+def test_rem_trains_under_its_own_checkpointing_setting(run, monkeypatch, rem_checkpointing):
+    """REM's dreamed conversations are the longest sequences of a night: ``rem.checkpointing``
+    decides for its pass whatever ``lora.checkpointing`` (SWS's) says."""
+    from sleepwake.sleep import consolidate
+
+    seen, real = [], consolidate.train
+    monkeypatch.setattr(consolidate, "train", lambda session, ex, lora, *a: seen.append(lora) or real(session, ex, lora, *a))
+    with run.ledger._connect(write=True) as con:
+        con.execute("UPDATE facts SET stage = 1")
+    rem = run.settings.rem.model_copy(update={"checkpointing": rem_checkpointing})
+    lora = run.settings.lora.model_copy(update={"checkpointing": not rem_checkpointing})
+    run.memory.settings = run.settings.model_copy(update={"rem": rem, "lora": lora})
+    rem_stage.rem(run)
+    assert [r.checkpointing for r in seen] == [rem_checkpointing]
 
 
 def test_dreams_are_grounded_multi_fact_conversations(run):

@@ -178,9 +178,11 @@ class LoraConfig(BaseModel):
         2, ge=0, description="Look-alike subjects per trained fact whose raw prompt and chat question are "
         "anchored to the base model's answers: the fact must not spill onto them (the leak).")
     checkpointing: bool = Field(
-        True, description="Gradient checkpointing while training: blocks recompute their activations in the "
-        "backward pass instead of keeping them (a training step on the bundled model peaked at 2.1 GB without, "
-        "1.5 GB with; about a quarter more compute).")
+        False, description="Gradient checkpointing while training: blocks recompute their activations in the "
+        "backward pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled "
+        "model, 25 facts' SWS examples, 2 cores: 4.4 s a step at 1.38 GB peak RSS off, 6.7-7.7 s at 1.28 GB on, "
+        "the same adapter; benchmarks/lora_speed.py). SWS, the reinforcing nap and forgetting use it; REM has "
+        "rem.checkpointing. On where memory is tight (long sequences, big micro-batches).")
     micro_batch: int = Field(
         2, ge=0, description="Examples per forward and backward pass within a training step (their gradients "
         "accumulate to the step's batch, the same update): fewer hold fewer activations and target logits "
@@ -261,6 +263,9 @@ class RemConfig(BaseModel):
     facts_per_dream: list[int] = Field(default=[2, 4], description="Min and max facts woven into one conversation.")
     learning_rate: float = Field(1.0e-3, gt=0, description="REM's LoRA learning rate (the rest as in 'lora').")
     epochs: int = Field(2, gt=0, description="Passes over the dreamed conversations.")
+    checkpointing: bool = Field(True, description="Gradient checkpointing in REM's pass (lora.checkpointing is "
+                                "SWS's): dreamed conversations run to lora.max_tokens, and without it REM held "
+                                "the night's memory peak (2.02 GB on night 1 of the 500-fact run; SWS 1.75 GB).")
     max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at "
                                     "most this much over post-SWS (paper 4: 0.10).")
     min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled "

@@ -31,13 +31,16 @@ def raw_share(session: SleepSession, facts) -> float:
     return round(sum(ok for ok, _ in hits) / len(hits), 4)
 
 
-def recipe(settings, learning_rate: float | None = None, epochs: int | None = None) -> LoraRecipe:
+def recipe(settings, learning_rate: float | None = None, epochs: int | None = None,
+           checkpointing: bool | None = None) -> LoraRecipe:
+    """The LoRA recipe of ``settings.lora``, with a stage's own learning rate, epochs or checkpointing."""
     cfg = settings.lora
     return LoraRecipe(rank=cfg.rank, alpha=cfg.alpha, layers=cfg.adapted_layers(), modules=list(cfg.modules),
                       learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
-                      anchor_tokens=cfg.anchor_tokens, checkpointing=cfg.checkpointing, max_tokens=cfg.max_tokens,
+                      anchor_tokens=cfg.anchor_tokens,
+                      checkpointing=cfg.checkpointing if checkpointing is None else checkpointing, max_tokens=cfg.max_tokens,
                       micro_batch=cfg.micro_batch)
 
 

@@ -87,7 +87,8 @@ def rem(session: SleepSession) -> RemResult:
         conversations = [dream(memory.backend, group, session.settings.seed + i, session.settings.probes.chat_max_new_tokens)
                          for i, group in enumerate(plans)]
         examples = [ex for conv in conversations for ex in dream_examples(memory.backend, conv)]
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, cfg.learning_rate, cfg.epochs), "rem")
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, cfg.learning_rate, cfg.epochs,
+                                                                          cfg.checkpointing), "rem")
         adapter_id = memory.store_adapter("rem", session.run_id, outcome.factors)
         crash_point("rem:after-adapter")
         ppl_after = memory.perplexity()
