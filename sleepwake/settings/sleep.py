@@ -180,7 +180,7 @@ class LoraConfig(BaseModel):
     checkpointing: bool = Field(
         False, description="Gradient checkpointing while training: blocks recompute their activations in the "
         "backward pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled "
-        "model, 25 facts' SWS examples, 2 cores: 4.4 s a step at 1.38 GB peak RSS off, 6.7-7.7 s at 1.28 GB on, "
+        "model, 25 facts' SWS examples, 2 cores: 4.4-5.0 s a step at 1.37 GB peak RSS off, 6.7-7.7 s at 1.27 GB on, "
         "the same adapter; benchmarks/lora_speed.py). SWS, the reinforcing nap and forgetting use it; REM has "
         "rem.checkpointing. On where memory is tight (long sequences, big micro-batches).")
     micro_batch: int = Field(
