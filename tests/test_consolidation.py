@@ -115,7 +115,7 @@ def test_checkpointing_changes_the_cost_of_a_step_not_the_adapter(run):
     assert kept.last_loss == pytest.approx(recomputed.last_loss, rel=1e-5)
     for name, (u, v) in kept.factors.items():
         assert torch.allclose(u @ v.T, recomputed.factors[name][0] @ recomputed.factors[name][1].T, atol=1e-6), name
-    assert not backend.model.is_gradient_checkpointing  # switched off again after the pass
+    assert not backend.model.is_activation_checkpointing  # switched off again after the pass
 
 
 def test_anchor_term_keeps_the_adapted_model_closer_to_the_frozen_one_on_ordinary_text(run):

@@ -263,9 +263,8 @@ class RemConfig(BaseModel):
     facts_per_dream: list[int] = Field(default=[2, 4], description="Min and max facts woven into one conversation.")
     learning_rate: float = Field(1.0e-3, gt=0, description="REM's LoRA learning rate (the rest as in 'lora').")
     epochs: int = Field(2, gt=0, description="Passes over the dreamed conversations.")
-    checkpointing: bool = Field(True, description="Gradient checkpointing in REM's pass (lora.checkpointing is "
-                                "SWS's): dreamed conversations run to lora.max_tokens, and without it REM held "
-                                "the night's memory peak (2.02 GB on night 1 of the 500-fact run; SWS 1.75 GB).")
+    checkpointing: bool = Field(True, description="Gradient checkpointing in REM (lora.checkpointing is SWS's): dreams "
+                                "run to lora.max_tokens; without it a 50-fact night peaked at 2.02 GB in REM, 1.74 GB with it.")
     max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at "
                                     "most this much over post-SWS (paper 4: 0.10).")
     min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled "
