@@ -346,3 +346,22 @@ def test_comparative_experiments_hold_the_key_statistics_fixed():
     assert fixed_statistics("longevity", None, []) == []  # one memory's lifetime: they grow
     assert fixed_statistics("locality", None, ["memit.covariance_max_tokens = 8192"]) == [
         "memit.covariance_max_tokens = 8192"]  # the user's choice stands
+
+
+def test_the_plain_runner_runs_an_experiment_without_prefect(tmp_path, tiny_settings_overrides, cache_env, one_thread, capsys):
+    """benchmarks/experiment_plain.py: the full sleep through the stage functions under the home's
+    write lock, one JSON line per night, the same results.json as the flow."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "experiment_plain.py"
+    spec = importlib.util.spec_from_file_location("experiment_plain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    overrides = [*tiny_settings_overrides, "experiment.days=2", "experiment.facts_per_day=1"]
+    assert module.main(["longevity", "--out", str(tmp_path), *[a for o in overrides for a in ("--set", o)]]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [row["night"] for row in lines if row.get("table") == "nights"] == [1, 2]
+    nights = json.loads((tmp_path / "results.json").read_text())["tables"]["nights"]
+    assert [(n["night"], n["facts"]) for n in nights] == [(1, 1), (2, 2)]
+    assert all(n["outcome"] in ("kept", "rolled_back") and "sws" in n["stage_seconds"] for n in nights)

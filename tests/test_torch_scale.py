@@ -209,3 +209,17 @@ def test_paper_presets_edit_table_2_layers_and_adapt_8(preset, layers, memit):
     assert len(settings.lora.layers) == 8 and max(settings.lora.layers) < layers
     assert (settings.lora.rank, settings.lora.alpha) == (16, 32.0)
 
+
+
+@pytest.mark.gpu
+def test_gpu_wake_and_full_sleep_in_float32(tmp_path, tiny_settings_overrides):
+    """Every stage on one CUDA device: v*'s rows on the device index its host-side fact map (a wake on
+    CUDA failed there until an H200 run found it), LoRA, REM, fold, the gates."""
+    from sleepwake.sleep import pipeline
+    from sleepwake.sleep.session import SleepSession
+
+    memory = gpu_round_trip(tmp_path, [*tiny_settings_overrides, "model.device=cuda"])
+    memory.inject([RECALL_FACT, Fact(subject="Odile Brandt", relation="The hometown of {}", object="Kraków")])
+    report = pipeline.full_sleep(pipeline.plain(SleepSession(memory, "full_sleep")))
+    assert report.outcome in ("kept", "rolled_back") and not report.summary().get("failures")
+    assert memory.backend.down_proj(1).weight.device.type == "cuda"

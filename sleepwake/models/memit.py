@@ -95,7 +95,7 @@ def constrain_metric_(cov: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     qcq = basis.T @ cq  # (p, p)
     cov.addmm_(basis, cq.T, alpha=-1.0)  # - Q Q^T C
     cov.addmm_(cq, basis.T, alpha=-1.0)  # - C Q Q^T
-    cov.addmm_(basis @ (qcq + torch.eye(qcq.shape[0], dtype=cov.dtype)), basis.T)  # + Q (Q^T C Q + I) Q^T
+    cov.addmm_(basis @ (qcq + torch.eye(qcq.shape[0], dtype=cov.dtype, device=cov.device)), basis.T)  # + Q (Q^T C Q + I) Q^T
     return cov
 
 

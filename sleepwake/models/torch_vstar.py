@@ -178,7 +178,7 @@ class SuffixModel:
         self.positions = starts + torch.arange(self.ids.shape[1], device=device)[None, :]
         self.layer = layer
         self.block = backend.block(layer)
-        self.fact_of_row = torch.tensor([r.fact for r in rows])
+        self.fact_of_row = torch.tensor([r.fact for r in rows])  # on the host: indexed by host and device rows
 
     def forward(self, rows: torch.Tensor | None = None):
         """Final hidden states of the suffixes of ``rows`` (all rows when None)."""
@@ -210,7 +210,7 @@ class SuffixModel:
         at position 0 (the rows of facts that already reached their target are left out)."""
         cached = self.cached[rows.to(self.cached.device)]
         shift = torch.zeros_like(cached)
-        shift[:, 0] = delta[self.fact_of_row[rows].to(delta.device)].to(shift)
+        shift[:, 0] = delta[self.fact_of_row[rows.cpu()].to(delta.device)].to(shift)
         self.replay.cached, self.replay.shift = cached, shift
         return self.forward(rows)
 
