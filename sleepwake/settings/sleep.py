@@ -178,10 +178,10 @@ class LoraConfig(BaseModel):
         2, ge=0, description="Look-alike subjects per trained fact whose raw prompt and chat question are "
         "anchored to the base model's answers: the fact must not spill onto them (the leak).")
     checkpointing: bool = Field(
-        False, description="Gradient checkpointing while training: blocks recompute their activations in the "
-        "backward pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled "
-        "model, 25 facts' SWS examples, 2 cores: 4.4-5.0 s a step at 1.37 GB peak RSS off, 6.7-7.7 s at 1.27 GB on, "
-        "the same adapter; benchmarks/lora_speed.py). SWS, the reinforcing nap and forgetting use it; REM has "
+        False, description="Gradient checkpointing while training: blocks recompute their activations in the backward "
+        "pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled model, 25 "
+        "facts, 2 cores: 4.4-5.0 s a step at 1.37 GB peak RSS off, 6.7-7.7 s at 1.27 GB on, the same adapter, "
+        "benchmarks/lora_speed.py; the night 1.25x faster). SWS, the reinforcing nap and forgetting use it; REM has "
         "rem.checkpointing. On where memory is tight (long sequences, big micro-batches).")
     micro_batch: int = Field(
         2, ge=0, description="Examples per forward and backward pass within a training step (their gradients "
