@@ -1,8 +1,8 @@
 """Run an experiment with the plain sleep pipeline (no Prefect): the same stages, the same
 journal and the same results.json as ``sleepwake experiment NAME``, without a Prefect server or
 its packages, so a machine that has only the model stack (a rented GPU box, say) can run the
-long experiments. Each sleep is ``sleep.pipeline.full_sleep`` over the stage functions; the
-home's write lock is held as the flow holds it.
+long experiments. Each sleep is ``sleep.pipeline.full_sleep`` over the stage functions, opened
+as the flow opens it (``sleep.session.opened``: write lock, heap trimmed, run recorded).
 
 Prints each measured row as one JSON line (with the accelerator's peak memory where there is
 one), so a run cut short still shows what it measured; ``--resume`` continues after the last
@@ -24,22 +24,14 @@ import torch
 
 from sleepwake.config import load_settings
 from sleepwake.experiments.runner import run_experiment
-from sleepwake.memory import Memory
 from sleepwake.sleep import pipeline
-from sleepwake.sleep.session import SleepSession, active, new_run_id
-from sleepwake.storage.home import Home
+from sleepwake.sleep.session import new_run_id, opened
 
 
 def plain_sleeper(config: str | None):
     def sleep(home: str, overrides: Sequence[str]) -> dict:
-        settings = load_settings(config, list(overrides))
-        home_obj = Home.existing(home, False)
-        with home_obj.write_lock(settings.sleep.lock_wait_s):
-            memory = Memory.open(home_obj, settings)
-            session = SleepSession(memory, "full_sleep")
-            memory.ledger.start_run(session.run_id, "full_sleep", None)
-            with active(session):
-                return pipeline.full_sleep(pipeline.plain(session)).summary()
+        with opened(home, load_settings(config, list(overrides)), "full_sleep") as session:
+            return pipeline.full_sleep(pipeline.plain(session)).summary()
     return sleep
 
 

@@ -210,7 +210,6 @@ def test_paper_presets_edit_table_2_layers_and_adapt_8(preset, layers, memit):
     assert (settings.lora.rank, settings.lora.alpha) == (16, 32.0)
 
 
-
 @pytest.mark.gpu
 def test_gpu_wake_and_full_sleep_in_float32(tmp_path, tiny_settings_overrides):
     """Every stage on one CUDA device: v*'s rows on the device index its host-side fact map (a wake on

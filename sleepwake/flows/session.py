@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 from functools import partial
 from types import SimpleNamespace
 from typing import Iterator
 
 from sleepwake.config import Settings, load_settings
-from sleepwake.resources import trim_heap
 from sleepwake.sleep import journal
-from sleepwake.sleep.session import SleepSession, active
+from sleepwake.sleep.session import SleepSession, opened
 
 
 def flow_settings(config: str | None, overrides: list[str] | None, **sections) -> Settings:
@@ -24,25 +22,11 @@ def flow_settings(config: str | None, overrides: list[str] | None, **sections) -
 
 @contextlib.contextmanager
 def sleep_session(home: str | None, settings: Settings, kind: str, create: bool = False) -> Iterator[SleepSession]:
-    """Hold the home's write lock for the whole flow (inject/forget wait their turn), open the
-    memory, bind the session for the flow's tasks, and release everything at the end."""
+    """``sleep.session.opened`` with this flow run's id recorded on the run."""
     from prefect.runtime import flow_run
 
-    from sleepwake.memory import Memory
-
-    from sleepwake.storage.home import Home
-
-    home_obj = Home.existing(home, create)
-    with home_obj.write_lock(settings.sleep.lock_wait_s):
-        # A long-lived process (serve's auto-sleep, an experiment's nights) starts each sleep from
-        # its live memory, not from the heap the last sleep's freed tensors left resident.
-        gc.collect()
-        trim_heap()
-        memory = Memory.open(home_obj, settings)
-        session = SleepSession(memory, kind, flow_run_id=flow_run.id)
-        memory.ledger.start_run(session.run_id, kind, session.flow_run_id)
-        with active(session):
-            yield session
+    with opened(home, settings, kind, create, flow_run_id=flow_run.id) as session:
+        yield session
 
 
 def task_stages(session: SleepSession) -> SimpleNamespace:

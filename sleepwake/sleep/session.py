@@ -25,6 +25,7 @@ from sleepwake.errors import SleepwakeError
 from sleepwake.resources import reset_peak_rss
 
 if TYPE_CHECKING:  # the session only holds the memory; importing it for real would load torch here
+    from sleepwake.config import Settings
     from sleepwake.memory import Memory
 
 _CURRENT: ContextVar["SleepSession | None"] = ContextVar("sleepwake_sleep_session", default=None)
@@ -109,6 +110,31 @@ def active(session: SleepSession) -> Iterator[SleepSession]:
         yield session
     finally:
         _CURRENT.reset(token)
+
+
+@contextlib.contextmanager
+def opened(home: "str | None", settings: "Settings", kind: str, create: bool = False,
+           flow_run_id: str | None = None) -> Iterator[SleepSession]:
+    """Hold the home's write lock for the whole run (inject/forget wait their turn), open the
+    memory, record the run, bind the session, and release everything at the end. The flows pass
+    their Prefect run id; a plain caller (``benchmarks/experiment_plain.py``) passes none."""
+    import gc
+
+    from sleepwake.memory import Memory
+    from sleepwake.resources import trim_heap
+    from sleepwake.storage.home import Home
+
+    home_obj = Home.existing(home, create)
+    with home_obj.write_lock(settings.sleep.lock_wait_s):
+        # A long-lived process (serve's auto-sleep, an experiment's nights) starts each sleep from
+        # its live memory, not from the heap the last sleep's freed tensors left resident.
+        gc.collect()
+        trim_heap()
+        memory = Memory.open(home_obj, settings)
+        session = SleepSession(memory, kind, flow_run_id=flow_run_id)
+        memory.ledger.start_run(session.run_id, kind, session.flow_run_id)
+        with active(session):
+            yield session
 
 
 def current(run_id: str) -> SleepSession:
