@@ -20,11 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sleepwake.errors import ConfigError
 from sleepwake.settings.chat import ChatConfig, ServeConfig
 from sleepwake.settings.experiment import ExperimentConfig
+from sleepwake.settings.forget import ForgetConfig
 from sleepwake.settings.model import HealthConfig, MemitConfig, ModelConfig, ProbeConfig  # noqa: F401  (re-exported)
 from sleepwake.settings.sleep import (
     AuditConfig,
     CurateConfig,
-    ForgetConfig,
     LoraConfig,
     MaintainConfig,
     NapConfig,

@@ -8,6 +8,7 @@ bundled model measures those.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.models import probes
 from sleepwake.models.lora import LoraRecipe, TrainExample, collate, example_loss, plan_steps, train_lora
-from sleepwake.sleep import curriculum, rem as rem_stage, sws as sws_stage
+from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
 from sleepwake.sleep.session import SleepSession
 from sleepwake.storage import adapters as adapter_rows
@@ -341,11 +342,13 @@ def test_sws_without_repair_undoes_a_pass_that_disturbed_a_fact(run, monkeypatch
 def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     memory = run.memory
     digest, stages = memory.weights_digest(), [(r.fact_id, r.stage) for r in memory.ledger.list_facts()]
-    scores = iter([0.9, 0.5])
+    scores = iter([0.9, 0.5, 0.5, 0.5])  # before; after at scale 1.0, then at each of sws.retry_scales
     monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (next(scores), []))
     monkeypatch.setattr(sws_stage.locality_stage, "start_locality", lambda session: 0.777)
     result = sws_stage.sws(run)
     assert result.accepted is False and "benchmark" in result.reason
+    assert [t["scale"] for t in result.scale_tries] == [1.0, *memory.settings.sws.retry_scales]
+    assert {t["failed"] for t in result.scale_tries} == {"benchmark"}
     assert result.locality_start == 0.777  # where its floor started, in the artifact of every pass
     assert {row["fact_id"] for row in result.rows} == {fact_id for fact_id, _ in stages}  # the gate table stays
     assert memory.weights_digest() == digest
@@ -353,6 +356,51 @@ def test_sws_benchmark_gate_rejects_byte_exactly(run, monkeypatch):
     assert adapter_rows.list_adapters(memory.ledger) == []
     assert any(m["stage"] == "sws" for m in run.history.metrics)  # the rejected pass keeps its figures
     assert memory.ledger.metric_history("benchmark_after")
+
+
+def test_sws_keeps_tonights_adapters_at_the_first_retry_scale_that_passes(run, monkeypatch):
+    """A pass whose adapters move unrelated answers too far is retried smaller before it is undone:
+    tonight's adapters become ONE adapter of exactly scale * their sum, every fact is gated again,
+    and the pass is kept at the first scale that passes (here the second retry)."""
+    memory = run.memory
+    memory.settings.sws.retry_scales = [0.7, 0.4]
+    monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (1.0, []))
+    sums: list[torch.Tensor] = []
+    name = "model.layers.1.self_attn.q_proj"
+
+    def locality(session, before, leak_before=None):  # the test decides, by how far the adapters reach
+        adapters = memory.adapters
+        total = sum(memory.adapter_factors(a)[f"{name}.u"] @ memory.adapter_factors(a)[f"{name}.v"].T for a in adapters)
+        sums.append(total)
+        kept = len(sums) == 3  # scale 1.0 and 0.7 reach too far, 0.4 does not
+        return {"locality": 0.95 if kept else 0.8, "leak": 0.0}, None if kept else "locality fell to 0.8"
+
+    gates = []
+    real_gate = sws_stage.gate_facts
+    monkeypatch.setattr(sws_stage, "gate_facts", lambda session, rows: gates.append(len(rows)) or real_gate(session, rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", locality)
+    result = sws_stage.sws(run)
+    assert result.accepted is True and result.adapter_scale == 0.4, result.reason
+    assert [t["scale"] for t in result.scale_tries] == [1.0, 0.7, 0.4]
+    assert [t["failed"] for t in result.scale_tries] == ["locality", "locality", None]
+    assert len(gates) >= 3  # gated again at every scale
+    assert torch.allclose(sums[1], 0.7 * sums[0], atol=1e-6) and torch.allclose(sums[2], 0.4 * sums[0], atol=1e-6)
+    stored = adapter_rows.list_adapters(memory.ledger)
+    assert [a.adapter_id for a in stored] == [result.adapter_id] and stored[0].kind == "sws"
+    files = {p.name for p in (memory.home.root / stored[0].file).parent.iterdir() if "adapter" in p.name}
+    assert files == {Path(stored[0].file).name}  # the replaced adapters' files are gone
+
+
+def test_sws_without_retry_scales_undoes_at_once(run, monkeypatch):
+    memory = run.memory
+    memory.settings.sws.retry_scales = []
+    digest = memory.weights_digest()
+    monkeypatch.setattr(sws_stage.probes, "benchmark", lambda backend, cfg: (1.0, []))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure",
+                        lambda session, before, leak_before=None: ({"locality": 0.5, "leak": 0.0}, "locality fell to 0.5"))
+    result = sws_stage.sws(run)
+    assert result.accepted is False and "locality" in result.reason and len(result.scale_tries) == 1
+    assert memory.weights_digest() == digest and adapter_rows.list_adapters(memory.ledger) == []
 
 
 def test_sws_benchmark_judges_the_weights_the_pass_leaves(run, monkeypatch):
@@ -472,7 +520,7 @@ def test_replay_pairs_logged_user_turns_with_their_replies(run):
 
     for role, text in [("user", "Hi, I live in Graz."), ("assistant", "Nice to meet you!"), ("user", "Bye.")]:
         conversations.log_turn(run.ledger, "s1", role, text)
-    turns = sws_stage.conversation_turns(run.ledger)
+    turns = replay_stage.conversation_turns(run.ledger)
     assert [(t["user"], t["assistant"]) for t in turns] == [("Hi, I live in Graz.", "Nice to meet you!")]
     assert turns[0]["ts"] is not None and curriculum.replay_examples(run.memory.backend, [], turns, 4, 0.5, 0)
 

@@ -52,6 +52,7 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
             "stage_peak_rss_gb": report.get("stage_peak_rss_gb") or {},
             # why a night was rolled back or a pass undone (night 2 of the 500-fact run left only figures)
             "failures": report.get("failures") or [], "sws_reason": report.get("sws_reason"),
+            "sws_scale": report.get("sws_scale"),
             "rem_reason": report.get("rem_reason")}
 
 

@@ -7,7 +7,7 @@ Prefect UI shows for the nap and full-sleep flows.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -251,6 +251,11 @@ class SwsConfig(BaseModel):
     benchmark_max_drop: float = Field(
         1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
         "answered correctly may fall by at most this much, else the whole SWS is rolled back.")
+    retry_scales: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default=[7.0e-1, 5.0e-1], description="Before undoing a pass that failed the benchmark, locality or leak "
+        "gate, tonight's adapters are tried at these scales in turn (every fact gated again there; the first "
+        "scale passing every gate is kept). A LoRA's reach on unrelated text shrinks with its scale faster than "
+        "its trained answers fade (sleepwake/sleep/adapter_scale.py). [] undoes the pass at once.")
 
 
 class RemConfig(BaseModel):
@@ -280,21 +285,3 @@ class NapConfig(BaseModel):
     reinforce: bool = Field(
         False, description="Train a LoRA on the MEMIT-held facts' chat Q&A without touching MEMIT, "
         "kept only if perplexity and raw recall pass the validate gates.")
-
-
-class ForgetConfig(BaseModel):
-    """Forgetting: remove the knowledge, verified by probes (``sleepwake forget``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_passes: int = Field(9, ge=1, description="Unlearning LoRA passes at most, until no probe (raw prompt, "
-                            "paraphrases, chat question) produces the forgotten object.")
-    steps: int = Field(8, gt=0, description="Optimisation steps per unlearning pass; the probes run after each "
-                       "pass, so short passes stop the unlearning (and its drift) as soon as the object is gone.")
-    weight: float = Field(2.0, gt=0, description="Loss weight of the base model's answers (the unlearning "
-                          "targets) against the retain examples of other facts.")
-    retain_facts: int = Field(12, ge=0, description="Other facts (besides the same subject's) trained beside "
-                              "the unlearning targets so they keep their recall.")
-    sleep_passes: int = Field(3, ge=0, description="Full sleeps that keep training a forgotten fact's base "
-                              "answers (like a fact's consolidation stages) once the adapters alone no "
-                              "longer produce the object; validate checks every forgotten fact after every sleep.")

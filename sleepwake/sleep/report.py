@@ -46,6 +46,8 @@ class Report(StageResult):
     sws_accepted: bool | None = None
     sws_advanced: int = 0
     sws_reason: str | None = Field(None, description="Why SWS undid its own pass (or was skipped), when it did.")
+    sws_scale: float | None = Field(None, description="The scale SWS kept tonight's adapters at: 1.0, or the retry "
+                                    "scale (sws.retry_scales) that passed its gates.")
     rem_accepted: bool | None = None
     rem_reason: str | None = Field(None, description="Why REM undid its own pass (or was skipped), when it did.")
     reinforce_accepted: bool | None = None
@@ -115,7 +117,8 @@ def report(session: SleepSession, outcome: str, *results: StageResult | None) ->
         facts_per_stage={str(k): v for k, v in counts["facts_per_stage"].items()},
         sws_accepted=None if not sws or sws.skipped else sws.accepted, sws_advanced=sws.advanced if sws and kept else 0,
         rem_accepted=None if not rem or rem.skipped else rem.accepted,
-        sws_reason=sws.reason if sws else None, rem_reason=rem.reason if rem else None,
+        sws_reason=sws.reason if sws else None, sws_scale=sws.adapter_scale if sws and sws.accepted and not sws.skipped else None,
+        rem_reason=rem.reason if rem else None,
         reinforce_accepted=None if not reinforced or reinforced.skipped else reinforced.accepted,
         folded=None if not fold else (not fold.skipped and kept),
         degraded_before=audit.degraded if audit else None, degraded_after=degraded_after,
@@ -167,7 +170,8 @@ def render_markdown(r: Report) -> str:
     lines += ["| consolidation stage | facts |", "|---|---|"]
     lines += [f"| {STAGE_NAMES[int(k)]} | {v} |" for k, v in sorted(r.facts_per_stage.items())]
     verdict = {None: "did not run", True: "kept", False: "undone"}
-    lines += ["", f"SWS {verdict[r.sws_accepted]} ({r.sws_advanced} facts moved a stage on); REM {verdict[r.rem_accepted]}; "
+    scaled = f" at adapter scale {r.sws_scale}" if r.sws_scale is not None and r.sws_scale < 1 else ""
+    lines += ["", f"SWS {verdict[r.sws_accepted]}{scaled} ({r.sws_advanced} facts moved a stage on); REM {verdict[r.rem_accepted]}; "
               f"adapters {'folded into one' if r.folded else 'not folded'}.", ""]
     lines += [f"{name} undone: {why}" for name, ok, why in (("SWS", r.sws_accepted, r.sws_reason), ("REM", r.rem_accepted, r.rem_reason))
               if ok is False and why]

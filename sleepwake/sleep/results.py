@@ -142,6 +142,28 @@ class SwsResult(StageResult):
     leak_start: float | None = None  # the sample's leak when the pass began (its ceiling when over the limit)
     locality: float | None = None
     leak: float | None = None
+    failed_gate: str | None = Field(None, description="The gate the pass failed last: raw, benchmark or locality "
+                                    "(leak included); None when it passed.")
+    adapter_scale: float = Field(1.0, description="The scale tonight's adapters were kept at (< 1 after a retry, "
+                                 "sws.retry_scales).")
+    scale_tries: list[dict] = Field(default_factory=list, description="Each gating of the pass: adapter scale, "
+                                    "facts passed, benchmark, locality, leak, the gate failed.")
+
+    def record_accepted(self, table: list[dict], stages: dict[int, int], scales: dict[int, float],
+                        edit_of: dict[int, int | None]) -> None:
+        """Fill in a kept pass: each gated fact's stage and edit scale after it (``edit_of``: fact id
+        -> its edit now; a repair gives new ones), and the tallies."""
+        for entry in table:
+            entry["stage_after"] = stages[entry["fact_id"]]
+            entry.pop("edit_id")
+            entry["scale"] = scales.get(edit_of.get(entry["fact_id"]) or -1)
+        self.accepted = True
+        self.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
+        self.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
+        if table:
+            self.lora_chat_recall = round(sum(r["chat"] for r in table) / len(table), 4)
+            self.lora_raw_recall = round(sum(r["raw"] for r in table) / len(table), 4)
+        self.rows = table
 
 
 class RemResult(StageResult):

@@ -21,24 +21,26 @@
    its validate gate.
 6. On the weights the pass leaves (adapters, edits at their new scales): the benchmark gate (48
    fixed questions; a drop beyond ``sws.benchmark_max_drop`` rejects the pass), then locality and
-   leak against the sleep's own floor.
+   leak against the sleep's own floor. A pass failing one of these is first retried with tonight's
+   adapters at ``sws.retry_scales`` (steps 4-6 again; ``adapter_scale``) before it is undone.
 7. All stage and scale changes commit in one ledger transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep import consolidate, curriculum, forgetting, journal
-from sleepwake.sleep import locality as locality_stage
+from sleepwake.sleep import adapter_scale, consolidate, curriculum, forgetting, journal, locality as locality_stage, replay
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import SwsResult
 from sleepwake.sleep.session import SleepSession
-from sleepwake.storage import adapters as adapter_rows, conversations
+from sleepwake.storage import adapters as adapter_rows
+
+log = logging.getLogger(__name__)
 
 
 def sws(session: SleepSession) -> SwsResult:
@@ -60,26 +62,72 @@ def sws(session: SleepSession) -> SwsResult:
                            locality_start=locality_before, leak_start=locality_stage.start_leak(session))
         plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set())
         if trained or forgets:
-            plan.shared, result.replay = shared_examples(session)
+            plan.shared, result.replay = replay.shared_examples(session)
             examples = curriculum.fact_examples(memory.backend, [r.fact for r in trained], cfg.train_raw) if trained else []
             examples += plan.shared + forgetting.training_examples(session, forgets)
-            train_pass(session, examples, plan.switched_off, [r.fact for r in trained], result)
+            plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in trained], result))
         memory.compose(skip=edit_ids)  # isolate the adapters: every gated fact's MEMIT at 0
-        table, stages = extra_rounds(session, plan, gate_facts(session, gated), result)
-        forget_stages = forgetting.advance(session, forgets)
-        stages, raw_after = settle(session, gated, stages)
-        if cfg.repair_disturbed and sum(raw_before) > sum(raw_after):
-            gated, stages, raw_after, result.repaired = repair(session, gated, stages, raw_before, raw_after)
-        scales, why = judge(session, gated, stages, (raw_before, raw_after), (bench_before, locality_before), result)
-        result.rows = table  # every reject keeps the per-fact gate table in its artifact
-        if why:
-            return reject(session, snap, result, why, started)
-        adapter_rows.commit_consolidation(memory.ledger, stages, scales, forget_stages)
+        start = (raw_before, bench_before, locality_before)
+        verdict = conclude(session, gated, forgets, extra_rounds(session, plan, gate_facts(session, gated), result), start, result)
+        if verdict.why and result.failed_gate != "raw":
+            verdict = retry_scaled(session, plan, forgets, start, result, verdict)
+        result.rows = verdict.table  # every reject keeps the per-fact gate table in its artifact
+        if verdict.why:
+            return reject(session, snap, result, verdict.why, started)
+        adapter_rows.commit_consolidation(memory.ledger, verdict.stages, verdict.scales, verdict.forget_stages)
         crash_point("sws:after-stages")
         memory.reload()
-        record_accepted(result, table, stages, scales, gated)
-        result.forgotten_settled = sum(1 for stage in forget_stages.values() if stage > 0)
+        result.record_accepted(verdict.table, verdict.stages, verdict.scales, {r.fact_id: r.edit_id for r in verdict.gated})
+        result.forgotten_settled = sum(1 for stage in verdict.forget_stages.values() if stage > 0)
         return finish(session, result, started)
+
+
+@dataclass
+class Verdict:
+    """One gating of a pass: table, settled stages, gated rows as stored now, scales, forget stages, why not."""
+
+    table: list[dict]
+    stages: dict[int, int]
+    gated: list
+    scales: dict[int, float]
+    forget_stages: dict
+    why: str | None
+
+
+def conclude(session: SleepSession, gated, forgets, gate: tuple[list[dict], dict[int, int]],
+             start: tuple[list[bool], float, float | None], result: SwsResult) -> Verdict:
+    """Steps 4-6 on the adapters as composed (gated edits at 0): forgotten facts' stages, settle,
+    repair, then the pass's gates."""
+    table, stages = gate
+    raw_before = start[0]
+    forget_stages = forgetting.advance(session, forgets)
+    stages, raw_after = settle(session, gated, stages)
+    if session.settings.sws.repair_disturbed and sum(raw_before) > sum(raw_after):
+        gated, stages, raw_after, result.repaired = repair(session, gated, stages, raw_before, raw_after)
+    scales, why = judge(session, gated, stages, (raw_before, raw_after), (start[1], start[2]), result)
+    result.scale_tries.append({"scale": result.adapter_scale, "passed": sum(1 for r in table if r["passed"]),
+                               "benchmark": result.benchmark_after, "locality": result.locality, "leak": result.leak,
+                               "failed": result.failed_gate})
+    log.info("SWS gate, adapters at scale %s: %s", result.adapter_scale, result.scale_tries[-1])
+    return Verdict(table, stages, gated, scales, forget_stages, why)
+
+
+def retry_scaled(session: SleepSession, plan: "Pass", forgets, start, result: SwsResult, verdict: Verdict) -> Verdict:
+    """Before undoing a pass that failed a gate past raw recall (benchmark, locality, leak): tonight's
+    adapters merged and stored at each of ``sws.retry_scales`` in turn, every gated fact gated again
+    there; the first scale that passes every gate stays (``adapter_scale``), else the last verdict."""
+    memory, tonight = session.memory, list(plan.adapter_ids)
+    factors = adapter_scale.merged_factors(memory, tonight) if tonight else {}
+    for scale in session.settings.sws.retry_scales if factors else []:
+        tonight = [adapter_scale.store_scaled(memory, factors, scale, tonight, session.run_id)]
+        result.adapter_id, result.adapter_scale, result.failed_gate = tonight[0], scale, None
+        by_id = {r.fact_id: r for r in memory.ledger.list_facts()}
+        rows = [by_id[r.fact_id] for r in verdict.gated]  # a repair re-solved some edits: their new ids
+        memory.compose(skip={r.edit_id for r in rows if r.edit_id is not None})
+        verdict = conclude(session, rows, forgets, gate_facts(session, rows), start, result)
+        if not verdict.why:
+            break
+    return verdict
 
 
 def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[bool], list[bool]],
@@ -89,8 +137,10 @@ def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[
     whole sleep, SWS's progress with it), the benchmark, then locality and leak.
     Returns (the edits' new scales, the reason to reject or None); records the figures on ``result``."""
     (raw_before, raw_after), (bench_before, locality_before) = raw, start
+    result.locality = result.leak = None  # a retry's figures are its own
     result.lost_ids = [r.fact_id for r in lost(gated, raw_before, raw_after)]
     if sum(raw_before) - sum(raw_after) > session.settings.validate_.max_recall_drop * len(gated) + 1e-9:
+        result.failed_gate = "raw"
         return {}, (f"raw recall fell {sum(raw_before)} -> {sum(raw_after)} of {len(gated)} facts "
                     f"(lost: fact ids {result.lost_ids})")
     scales = edit_scales(session, gated, stages)
@@ -101,31 +151,17 @@ def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[
     bench_after, _ = probes.benchmark(session.memory.backend, session.settings.probes)
     result.benchmark_after = round(bench_after, 4)
     if bench_before - bench_after > session.settings.sws.benchmark_max_drop + 1e-9:
+        result.failed_gate = "benchmark"
         return scales, f"benchmark fell {bench_before:.3f} -> {bench_after:.3f}"
     local, why = locality_stage.pass_failure(session, locality_before, result.leak_start)
     result.locality, result.leak = local.get("locality"), local.get("leak")
+    result.failed_gate = "locality" if why else None
     return scales, why
 
 
-def record_accepted(result: SwsResult, table: list[dict], stages: dict[int, int], scales: dict[int, float], gated) -> None:
-    """Fill ``result`` for a kept pass: each gated fact's stage and scale after it, and the tallies."""
-    edit_of = {r.fact_id: r.edit_id for r in gated}  # after a repair, the new edits
-    for entry in table:
-        entry["stage_after"] = stages[entry["fact_id"]]
-        entry.pop("edit_id")
-        entry["scale"] = scales.get(edit_of.get(entry["fact_id"]) or -1)
-    result.accepted = True
-    result.advanced = sum(1 for r in table if r["stage_after"] > r["stage_before"])
-    result.reverted_at_settle = sum(1 for r in table if r["passed"] and r["stage_after"] == r["stage_before"])
-    if table:
-        result.lora_chat_recall = round(sum(r["chat"] for r in table) / len(table), 4)
-        result.lora_raw_recall = round(sum(r["raw"] for r in table) / len(table), 4)
-    result.rows = table
-
-
-def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult) -> None:
+def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult) -> int:
     """Train one LoRA on ``examples`` with ``switched_off`` edits out of the weights and store it
-    (each round of a night adds one adapter; the fold merges them)."""
+    (each round of a night adds one adapter; the fold merges them). Returns the adapter's id."""
     memory = session.memory
     memory.compose(skip=switched_off)
     try:
@@ -140,6 +176,7 @@ def train_pass(session: SleepSession, examples: list, switched_off: set[int], fa
     if result.train_loss_first is None:
         result.train_loss_first = round(outcome.first_loss, 4)
     result.train_loss_last = round(outcome.last_loss, 4)
+    return adapter_id
 
 
 @dataclass
@@ -151,6 +188,7 @@ class Pass:
     edit_ids: set[int]  # the gated facts' edits: at scale 0 while gating
     switched_off: set[int]  # edits out of the weights while training (``sws.train_without_memit``)
     shared: list = field(default_factory=list)  # identity pairs and the night's replay, the same every round
+    adapter_ids: list[int] = field(default_factory=list)  # the adapters this pass stored (one per round)
 
 
 def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict[int, int]], result: SwsResult):
@@ -167,7 +205,7 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
         backend = session.memory.backend
         examples = curriculum.fact_examples(backend, [r.fact for r in failing], session.settings.sws.train_raw)
         examples += [curriculum.rehearsal_example(backend, fact) for fact in passed] + plan.shared
-        train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result)
+        plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result))
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
     return table, stages
@@ -189,31 +227,6 @@ def reject(session: SleepSession, snap, result: SwsResult, reason: str, started:
 
 def raw_hits(session: SleepSession, rows) -> list[bool]:
     return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
-
-
-def shared_examples(session: SleepSession) -> tuple[list, int]:
-    """Identity pairs and the bounded replay buffer, as token examples; returns (examples, replay items)."""
-    replay = replay_examples(session)
-    return curriculum.identity_examples(session.memory.backend, session.settings.sws.identity_weight) + replay, len(replay)
-
-
-def replay_examples(session: SleepSession) -> list:
-    """The bounded replay of older (consolidated) facts and logged turns (seeded)."""
-    memory, cfg = session.memory, session.settings.sws
-    older = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 1]
-    turns = conversation_turns(memory.ledger)
-    return curriculum.replay_examples(memory.backend, older, turns, cfg.replay_size, cfg.replay_decay, session.settings.seed)
-
-
-def conversation_turns(ledger, limit: int = 200) -> list[dict]:
-    """The latest logged (user, assistant) exchanges of the wake conversation, for replay."""
-    rows = conversations.recent_turns(ledger, limit * 2)
-    turns = []
-    for message, reply in zip(rows, rows[1:]):
-        if (message["role"] == "user" and reply["role"] == "assistant"
-                and message["session_id"] == reply["session_id"] and reply["content"].strip()):
-            turns.append({"user": message["content"], "assistant": reply["content"], "ts": message["ts"] and datetime.fromisoformat(message["ts"])})
-    return turns[-limit:]
 
 
 def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:

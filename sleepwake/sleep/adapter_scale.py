@@ -1,0 +1,33 @@
+"""Tonight's consolidation adapters at a smaller scale: SWS's retry before it undoes a pass.
+
+A pass that consolidated its facts but moved unrelated answers too far (the locality or leak
+limit, or the benchmark) is not all-or-nothing: the adapter's change is ``U V^T`` and its reach
+shrinks with its scale, while chat recall through it falls off more slowly (a LoRA trained to a
+margin keeps most answers at a fraction of its update). So before undoing the pass SWS tries the
+same adapters at ``sws.retry_scales`` (re-gating every fact there: a fact that no longer passes
+keeps its stage and its edit's scale). Night 1 of the 500-fact run on a GPU lost its whole pass to
+locality 0.874 against a 0.900 floor; on the CPU the same night's pass kept 0.915 and 0.896.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def merged_factors(memory, adapter_ids: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The adapters ``adapter_ids`` as one: per module, their factors side by side (rank = the sum),
+    so ``U V^T`` of the merge is exactly the sum of theirs. Returns module -> (U (out, r), V (in, r))."""
+    picked = [a for a in memory.adapters if a.adapter_id in set(adapter_ids)]
+    factors = {}
+    for name in sorted({m for a in picked for m in a.modules}):
+        parts = [memory.adapter_factors(a) for a in picked if name in a.modules]
+        factors[name] = (torch.cat([p[f"{name}.u"] for p in parts], dim=1), torch.cat([p[f"{name}.v"] for p in parts], dim=1))
+    return factors
+
+
+def store_scaled(memory, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float,
+                 replaces: list[int], run_id: str | None) -> int:
+    """Store ``scale`` * the merged adapter in place of ``replaces`` (one ledger transaction; the
+    pass's journal snapshot undoes it byte for byte). Returns the new adapter's id."""
+    scaled = {name: (u * scale, v) for name, (u, v) in factors.items()}
+    return memory.store_adapter("sws", run_id, scaled, replaces=replaces)  # its crash points: adapter:*
