@@ -16,6 +16,7 @@ import torch
 from sleepwake.errors import InvalidInputError
 from sleepwake.experiments import plots
 from sleepwake.experiments.capacity import capacity_threshold
+from sleepwake.experiments.lab import sleep_row
 from sleepwake.experiments.longevity import declining
 from sleepwake.experiments.result import ExperimentResult, long_rows, write_json
 
@@ -365,3 +366,11 @@ def test_the_plain_runner_runs_an_experiment_without_prefect(tmp_path, tiny_sett
     nights = json.loads((tmp_path / "results.json").read_text())["tables"]["nights"]
     assert [(n["night"], n["facts"]) for n in nights] == [(1, 1), (2, 2)]
     assert all(n["outcome"] in ("kept", "rolled_back") and "sws" in n["stage_seconds"] for n in nights)
+
+
+def test_a_sleep_row_keeps_the_scale_sws_kept_its_adapters_at():
+    """Night 3 of the seed=1 500-fact run kept its SWS pass at scale 0.7 (its log says so) and its
+    longevity row said null: the experiments' copy of the report had left the field out."""
+    row = sleep_row({"outcome": "kept", "sws_accepted": True, "sws_scale": 0.7, "stage_seconds": {"total": 12.0}})
+    assert row["sws_scale"] == 0.7 and row["seconds"] == 12.0
+
