@@ -321,3 +321,16 @@ def test_text_chunks_join_cut_drop_single_tokens_and_cap():
     assert chunks == [[97, 98, 99], [100, 101, 102]]  # "g" alone has no next token to score
     assert text_chunks(_CharBackend(), ["abcde", "fgh"], 3, 10)[-1] == [103, 104]  # type: ignore[arg-type]
     assert text_chunks(_CharBackend(), ["abcdefgh"], 3, 1) == [[97, 98, 99]]  # type: ignore[arg-type]
+
+
+def test_factors_side_by_side_sum_exactly_and_keep_each_modules_pairs():
+    from sleepwake.memory.weights import side_by_side
+    gen = torch.Generator().manual_seed(0)
+    parts = {"a": [(torch.randn(6, 2, generator=gen), torch.randn(5, 2, generator=gen)),
+                   (torch.randn(6, 3, generator=gen), torch.randn(5, 3, generator=gen))],
+             "b": [(torch.randn(4, 1, generator=gen), torch.randn(3, 1, generator=gen))]}
+    merged = side_by_side(parts)
+    assert sorted(merged) == ["a", "b"] and merged["a"][0].shape == (6, 5) and merged["a"][1].shape == (5, 5)
+    for name, pairs in parts.items():
+        u, v = merged[name]
+        torch.testing.assert_close(u @ v.T, sum(pu @ pv.T for pu, pv in pairs))

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 TRIAL = -1  # id of an adapter composed for a trial, never stored
 
 
+def side_by_side(parts: Mapping[str, list[tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Factor pairs merged exactly, per module: U = [U_1 .. U_n] (out, sum r), V = [V_1 .. V_n] (in, sum r),
+    so U V^T = sum_i U_i V_i^T (no re-factoring: the fold's SVD is what bounds the rank)."""
+    return {name: (torch.cat([u for u, _ in pairs], dim=1), torch.cat([v for _, v in pairs], dim=1))
+            for name, pairs in parts.items()}
+
+
 class Composition(MemoryState):
     """Mixin of :class:`sleepwake.memory.Memory`: composing, digesting and storing adapters."""
 
@@ -120,6 +127,14 @@ class Composition(MemoryState):
             self._adapter_factors[adapter.adapter_id] = self.deltas.load(adapter.file, adapter.checksum)
         return self._adapter_factors[adapter.adapter_id]
 
+    def adapter_parts(self, adapters: Sequence) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per adapted module, the (U (out, r_a), V (in, r_a)) factor pairs of ``adapters``, in their order."""
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for name in sorted({m for a in adapters for m in a.modules}):
+            parts[name] = [(self.adapter_factors(a)[f"{name}.u"], self.adapter_factors(a)[f"{name}.v"])
+                           for a in adapters if name in a.modules]
+        return parts
+
     @contextlib.contextmanager
     def base_weights(self) -> Iterator[None]:
         """Inside: the base model's weights (no edits, no adapters); on the way out the composition
@@ -139,9 +154,8 @@ class Composition(MemoryState):
             return
         saved = self.adapters
         tensors = {}
-        for name, pairs in parts.items():
-            tensors[f"{name}.u"] = torch.cat([u for u, _ in pairs], dim=1)
-            tensors[f"{name}.v"] = torch.cat([v for _, v in pairs], dim=1)
+        for name, (u, v) in side_by_side(parts).items():
+            tensors[f"{name}.u"], tensors[f"{name}.v"] = u, v
         self._adapter_factors[TRIAL] = tensors
         self.adapters = [*saved, adapter_rows.AdapterRow(TRIAL, "trial", None, sorted(parts), 0, "", "", 0, "")]
         try:

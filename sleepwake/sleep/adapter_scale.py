@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import torch
 
+from sleepwake.memory.weights import side_by_side
+
 
 def merged_factors(memory, adapter_ids: list[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The adapters ``adapter_ids`` as one: per module, their factors side by side (rank = the sum),
-    so ``U V^T`` of the merge is exactly the sum of theirs. Returns module -> (U (out, r), V (in, r))."""
-    picked = [a for a in memory.adapters if a.adapter_id in set(adapter_ids)]
-    factors = {}
-    for name in sorted({m for a in picked for m in a.modules}):
-        parts = [memory.adapter_factors(a) for a in picked if name in a.modules]
-        factors[name] = (torch.cat([p[f"{name}.u"] for p in parts], dim=1), torch.cat([p[f"{name}.v"] for p in parts], dim=1))
-    return factors
+    """The adapters ``adapter_ids`` as one (``side_by_side``: U V^T of the merge is exactly their sum).
+    Returns module -> (U (out, r), V (in, r))."""
+    return side_by_side(memory.adapter_parts([a for a in memory.adapters if a.adapter_id in set(adapter_ids)]))
 
 
 def store_scaled(memory, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float,

@@ -36,9 +36,7 @@ def fold(session: SleepSession) -> FoldResult:
         return finish(session, result, started)
     with journal.stage(session, "fold"):
         factors, kept = {}, []
-        for name in sorted({m for a in adapters for m in a.modules}):
-            parts = [(memory.adapter_factors(a)[f"{name}.u"], memory.adapter_factors(a)[f"{name}.v"])
-                     for a in adapters if name in a.modules]
+        for name, parts in memory.adapter_parts(adapters).items():
             u, v, energy = refactor(parts, cfg.fold_energy, cfg.fold_max_rank)
             factors[name] = (u, v)
             kept.append(energy)
