@@ -373,4 +373,3 @@ def test_a_sleep_row_keeps_the_scale_sws_kept_its_adapters_at():
     longevity row said null: the experiments' copy of the report had left the field out."""
     row = sleep_row({"outcome": "kept", "sws_accepted": True, "sws_scale": 0.7, "stage_seconds": {"total": 12.0}})
     assert row["sws_scale"] == 0.7 and row["seconds"] == 12.0
-

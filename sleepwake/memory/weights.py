@@ -130,10 +130,11 @@ class Composition(MemoryState):
     def adapter_parts(self, adapters: Sequence) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Per adapted module, the (U (out, r_a), V (in, r_a)) factor pairs of ``adapters``, in their order."""
         parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        for name in sorted({m for a in adapters for m in a.modules}):
-            parts[name] = [(self.adapter_factors(a)[f"{name}.u"], self.adapter_factors(a)[f"{name}.v"])
-                           for a in adapters if name in a.modules]
-        return parts
+        for adapter in adapters:
+            tensors = self.adapter_factors(adapter)
+            for name in adapter.modules:
+                parts.setdefault(name, []).append((tensors[f"{name}.u"], tensors[f"{name}.v"]))
+        return dict(sorted(parts.items()))
 
     @contextlib.contextmanager
     def base_weights(self) -> Iterator[None]:
