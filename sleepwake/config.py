@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sleepwake.errors import ConfigError
 from sleepwake.settings.chat import ChatConfig, ServeConfig
@@ -68,6 +68,13 @@ class Settings(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The OpenAI-compatible chat API (sleepwake serve).")
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig, description=(
         "Experiment flows (sleepwake experiment NAME): sizes, grids, cycles."))
+
+    @model_validator(mode="after")
+    def _routing_needs_torch(self) -> "Settings":
+        if self.lora.routing != "off" and self.backend != "torch":
+            raise ValueError(f"lora.routing={self.lora.routing!r} needs backend=torch (the MLX backend merges "
+                             "adapters into its weights); set lora.routing=off")
+        return self
 
 
 def describe_settings(settings: BaseModel) -> dict:

@@ -7,7 +7,7 @@ the type checker see one shape instead of attributes that appear from nowhere.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Collection, Mapping
+from typing import Any, Collection, ContextManager, Mapping
 
 import torch
 
@@ -53,4 +53,10 @@ class MemoryState:
         raise NotImplementedError  # weights.Composition provides it
 
     def factors(self, edit: EditRow) -> dict[str, torch.Tensor]:
+        raise NotImplementedError  # weights.Composition provides it
+
+    def base_anchors(self) -> list:
+        raise NotImplementedError  # Memory provides it
+
+    def base_weights(self) -> ContextManager[None]:
         raise NotImplementedError  # weights.Composition provides it

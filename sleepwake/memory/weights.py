@@ -10,6 +10,7 @@ and factor files give the same bytes in any process. ``Memory`` inherits this; i
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from typing import Collection, Iterator, Mapping, Sequence
 
@@ -17,7 +18,7 @@ import torch
 
 from sleepwake.errors import CorruptedStateError, ModelLoadError
 from sleepwake.faults import crash_point
-from sleepwake.memory.state import MemoryState
+from sleepwake.memory.routing import Routing
 from sleepwake.models.memit import apply_factors
 from sleepwake.storage import adapters as adapter_rows
 from sleepwake.storage.ledger import EditRow
@@ -33,7 +34,7 @@ def side_by_side(parts: Mapping[str, list[tuple[torch.Tensor, torch.Tensor]]]) -
             for name, pairs in parts.items()}
 
 
-class Composition(MemoryState):
+class Composition(Routing):
     """Mixin of :class:`sleepwake.memory.Memory`: composing, digesting and storing adapters."""
 
     @property
@@ -83,9 +84,12 @@ class Composition(MemoryState):
         """
         scales = scales or {}
         self.composed_as = (tuple(skip), with_adapters, dict(scales))  # what a temporary change restores
+        routed = side_by_side(self.adapter_parts(self.adapters)) if self.routes(with_adapters) else None
+        whitened = self.prepare_routing(self.router_layer(routed)) if routed else None
+        merged = with_adapters and routed is None
         for layer in self.layers:
             name = self.backend.down_proj_template.format(layer)
-            weight = self._composed_adapters(name, with_adapters)
+            weight = self._composed_adapters(name, merged)
             for edit in self.edits:
                 scale = scales.get(edit.edit_id, edit.scale)
                 if layer in edit.layers and scale != 0.0 and edit.edit_id not in skip:
@@ -95,7 +99,7 @@ class Composition(MemoryState):
                     apply_factors(weight, tensors[f"layer{layer}.u"], tensors[f"layer{layer}.v"], scale)
             self.backend.set_weight(layer, weight)
         for name in self.adapted_modules:
-            self.backend.set_module_weight(name, self._composed_adapters(name, with_adapters))
+            self.backend.set_module_weight(name, self._composed_adapters(name, merged))
         current = set(self.adapted_modules) | {self.backend.down_proj_template.format(l) for l in self.layers}
         # An adapter was removed (rollback), or a backend lent by an experiment still carries
         # another home's changes: what the last composition wrote and this one does not goes
@@ -103,6 +107,7 @@ class Composition(MemoryState):
         for name in self.backend.composed - current:
             self.backend.set_module_weight(name, self._base(name))
         self.backend.composed = current
+        self.route(routed, whitened)
 
     def _base(self, name: str) -> torch.Tensor:
         return self.backend.pristine_weight(name)
@@ -166,9 +171,11 @@ class Composition(MemoryState):
             self._adapter_factors.pop(TRIAL, None)
             self.compose()
 
-
     def weights_digest(self) -> str:
-        return self.backend.weights_digest(self.layers, self.adapted_modules)
+        """sha256 of the composed weights (and of the routed adapter, when one is routed)."""
+        digest = self.backend.weights_digest(self.layers, self.adapted_modules)
+        routed = self.routing_digest()
+        return hashlib.sha256((digest + routed).encode()).hexdigest() if routed else digest
 
     def store_adapter(self, kind: str, run_id: str | None, factors: dict[str, tuple[torch.Tensor, torch.Tensor]],
                       replaces: Sequence[int] = ()) -> int:

@@ -1,0 +1,139 @@
+"""Subject routing (lora.routing=subject) on the tiny random Llama: the adapter acts exactly as if
+merged on sequences that name a stored subject, and not at all on anything else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import seed_home
+from sleepwake.config import load_settings
+from sleepwake.errors import ConfigError
+from sleepwake.facts import Fact
+from sleepwake.memory import Memory
+from sleepwake.models.routing import Router, layer_of, whitening
+from sleepwake.storage.home import Home
+
+FACT = Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")
+OTHER_TEXT = "The weather in the mountains changes quickly in the spring."
+pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")
+
+
+@pytest.fixture(scope="module")
+def routed_home(tmp_path_factory, tiny_settings_overrides):
+    """A home with FACT's edit and one random adapter on blocks 1-3 (big enough to move every logit)."""
+    root = seed_home(tmp_path_factory, tiny_settings_overrides, [FACT], "routing")
+    memory = Memory.open(Home(root), load_settings(None, tiny_settings_overrides))
+    torch.manual_seed(1)
+    factors = {}
+    for layer in (1, 2, 3):
+        for module in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj"):
+            name = f"model.layers.{layer}.{module}"
+            out_dim, in_dim = memory.backend.module_weight(name).shape
+            factors[name] = (0.3 * torch.randn(out_dim, 2), 0.3 * torch.randn(in_dim, 2))
+    memory.store_adapter("sws", None, factors)
+    return root
+
+
+def open_memory(root, overrides, routing: str) -> Memory:
+    settings = load_settings(None, [*overrides, f"lora.routing={routing}", "lora.route_threshold=0.99"])
+    return Memory.open(Home(root), settings, writable=False)
+
+
+def logits(memory: Memory, text: str) -> torch.Tensor:
+    ids = torch.tensor([memory.backend.encode(text)])
+    with torch.no_grad():
+        return memory.backend.model(input_ids=ids).logits[0]
+
+
+def test_routed_adapter_acts_only_where_a_stored_subject_is_named(routed_home, tiny_settings_overrides):
+    merged = open_memory(routed_home, tiny_settings_overrides, "off")
+    on_fact, on_other = logits(merged, FACT.prompt()), logits(merged, OTHER_TEXT)
+    merged.compose(with_adapters=False)
+    edits_only = logits(merged, OTHER_TEXT)
+    assert not torch.allclose(on_other, edits_only, atol=1e-3)  # the adapter does change ordinary text when merged
+
+    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+    assert routed.backend.routed is not None and routed.backend.routed.router.layer == 1
+    assert torch.allclose(logits(routed, FACT.prompt()), on_fact, atol=1e-4)
+    assert torch.allclose(logits(routed, OTHER_TEXT), edits_only, atol=1e-5)
+    # generation keeps the routing decided on the prompt through every decoding step
+    merged.compose()
+    prompts = [merged.backend.encode(FACT.prompt()), merged.backend.encode(OTHER_TEXT)]
+    want_fact = merged.backend.generate_ids(prompts[:1], 6)
+    merged.compose(with_adapters=False)
+    want_other = merged.backend.generate_ids(prompts[1:], 6)
+    assert routed.backend.generate_ids(prompts[:1], 6) == want_fact
+    assert routed.backend.generate_ids(prompts[1:], 6) == want_other
+
+
+def test_routed_digest_is_stable_and_tells_routing_apart(routed_home, tiny_settings_overrides):
+    merged = open_memory(routed_home, tiny_settings_overrides, "off")
+    plain = merged.weights_digest()
+    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+    first = routed.weights_digest()
+    routed.compose()
+    assert routed.weights_digest() == first != plain
+    routed.compose(with_adapters=False)  # base + edits: nothing routed
+    assert routed.backend.routed is None
+    merged.compose(with_adapters=False)
+    assert routed.weights_digest() == merged.weights_digest()
+
+
+def test_routing_needs_the_torch_backend():
+    with pytest.raises(ConfigError, match="needs backend=torch"):
+        load_settings(None, ["backend=mlx", "lora.routing=subject"])
+
+
+def test_whitening_makes_the_calibration_isotropic():
+    torch.manual_seed(0)
+    mix = torch.randn(8, 8)
+    states = torch.randn(4000, 8) @ mix + 3.0
+    mean, root = whitening(states, ridge=0.0)
+    z = (states - mean) @ root
+    assert torch.allclose(torch.cov(z.T), torch.eye(8), atol=1e-3)
+    router = Router(0, mean, root, torch.zeros(0, 8), 0.5)
+    assert torch.equal(router.similarity(states[:3]), torch.full((3,), -1.0))  # no stored subject: never routed
+
+
+def test_layer_of_reads_the_block_index():
+    assert layer_of("model.layers.12.mlp.up_proj") == 12
+    with pytest.raises(ValueError):
+        layer_of("lm_head")
+
+
+def test_a_fact_injected_while_routed_routes_at_once(routed_home, tiny_settings_overrides, tmp_path):
+    import shutil
+
+    root = tmp_path / "home"
+    shutil.copytree(routed_home, root)
+    new = Fact(subject="Bruno Silva", relation="The hometown of {}", object="Lisbon")
+    settings = load_settings(None, [*tiny_settings_overrides, "lora.routing=subject", "lora.route_threshold=0.99"])
+    routed = Memory.open(Home(root), settings)
+    before = logits(routed, new.prompt())
+    routed.inject([new])
+    assert routed.backend.routed is not None and len(routed.backend.routed.subjects) == 2
+    merged = open_memory(root, tiny_settings_overrides, "off")
+    want = logits(merged, new.prompt())
+    routed.compose()
+    assert torch.allclose(logits(routed, new.prompt()), want, atol=1e-4)
+    assert not torch.allclose(before, want, atol=1e-3)
+
+
+def test_the_gate_is_decided_on_the_prompt_and_latches_while_generating():
+    from sleepwake.models.routing import RoutedAdapter
+
+    key = torch.tensor([[1.0, 0.0]])
+    router = Router(0, torch.zeros(2), torch.eye(2), key, 0.9)
+    adapter = RoutedAdapter(router, {})
+    prompt = torch.tensor([[[0.0, 1.0], [1.0, 0.05], [0.0, 1.0]],  # names the subject in the middle
+                           [[0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]])  # does not
+    adapter._decide(None, (prompt,), {})
+    assert adapter.gate is not None and adapter.gate[:, 0, 0].tolist() == [1.0, 0.0]  # every position of row 0
+    adapter._decide(None, (torch.tensor([[[0.0, 1.0]], [[1.0, 0.0]]]),), {})  # one new token each
+    assert adapter.gate[:, 0, 0].tolist() == [1.0, 1.0]  # row 0 stays on; row 1 named it now
+    adapter._decide(None, (prompt[1:],), {})  # a new prompt: decided afresh
+    assert adapter.gate is None
+    adapter.mask = torch.tensor([[0, 0, 1]])  # the match sits on padding: not routed
+    adapter._decide(None, (prompt[:1],), {})
+    assert adapter.gate is None
