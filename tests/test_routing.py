@@ -137,3 +137,31 @@ def test_the_gate_is_decided_on_the_prompt_and_latches_while_generating():
     adapter.mask = torch.tensor([[0, 0, 1]])  # the match sits on padding: not routed
     adapter._decide(None, (prompt[:1],), {})
     assert adapter.gate is None
+
+
+def test_a_pass_that_skips_the_routers_block_reuses_no_decision(routed_home, tiny_settings_overrides):
+    """v* replays the blocks under its edit layer: such a pass never reaches the router, and must
+    not run with the decision of the pass before it (here a routed one)."""
+    from sleepwake.models.torch_internals import capture_output, decoder_layers
+    from sleepwake.models.torch_vstar import replay_lower_blocks
+
+    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+    backend = routed.backend
+    ids = torch.tensor([backend.encode(OTHER_TEXT)])
+    decoder = backend.model.get_decoder()
+    with torch.no_grad(), capture_output(decoder_layers(backend.model)[2]) as seen:
+        want = decoder(input_ids=ids).last_hidden_state
+    logits(routed, FACT.prompt())  # a routed pass just before
+    with torch.no_grad(), replay_lower_blocks(backend, 2, seen["out"]):
+        got = decoder(input_ids=ids).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_fully_on_acts_as_if_merged(routed_home, tiny_settings_overrides):
+    from sleepwake.models.routing import fully_on
+
+    merged = open_memory(routed_home, tiny_settings_overrides, "off")
+    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+    with fully_on(routed.backend):
+        assert torch.allclose(logits(routed, OTHER_TEXT), logits(merged, OTHER_TEXT), atol=1e-4)
+    assert not torch.allclose(logits(routed, OTHER_TEXT), logits(merged, OTHER_TEXT), atol=1e-3)

@@ -23,6 +23,7 @@ from sleepwake.facts import Fact, normalize_answer, normalize_key
 from sleepwake.memory.state import MemoryState
 from sleepwake.models.editor import EditResult, compute_edit, key_groups, key_prefix, split_groups
 from sleepwake.models.memit import LayerUpdate, merge_updates
+from sleepwake.models.routing import fully_on
 from sleepwake.storage.ledger import EditRow, FactRow
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,9 @@ class Wake(MemoryState):
         only stored keys of related subjects are protected (``exclude``: edits being replaced)."""
         if protect is None and self.settings.memit.protect_related:
             protect = self.related_keys(facts, exclude)
-        return compute_edit(self.backend, facts, self.settings.memit, self.stats(), self.contexts(), protect)
+        stats, contexts = self.stats(), self.contexts()
+        with fully_on(self.backend):  # a routed adapter: solved against it, as the facts will run with it
+            return compute_edit(self.backend, facts, self.settings.memit, stats, contexts, protect)
 
     def related_keys(self, facts: Sequence[Fact], exclude: Sequence[int] = ()) -> dict[int, torch.Tensor] | None:
         """Stored keys of OTHER subjects sharing a name word with ``facts`` (a surname, "my"), by layer.

@@ -80,7 +80,9 @@ class Composition(Routing):
         ``scales`` composes some edits at other scales than the ledger's, to try them out).
 
         Adapters come first and in id order, edits after them in id order: a fixed order, so the
-        same ledger gives the same bytes. With no adapters this is exactly base + edits.
+        same ledger gives the same bytes. With no adapters this is exactly base + edits. With
+        ``lora.routing: subject`` the adapters are not added: they are routed by subject on top of
+        base + edits (``memory.routing``), in the same id order.
         """
         scales = scales or {}
         self.composed_as = (tuple(skip), with_adapters, dict(scales))  # what a temporary change restores

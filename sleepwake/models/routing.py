@@ -88,6 +88,7 @@ class RoutedAdapter:
     fired: int = 0  # sequences routed so far (diagnostics)
     subjects: list[str] = field(default_factory=list)  # the routed subjects' prompts (for the digest)
     digest: str = ""  # what the routing adds to the weights digest (memory.routing.routing_digest)
+    forced: bool = False  # on for every sequence (``fully_on``), as if merged
 
     def install(self, model) -> None:
         blocks = decoder_layers(model)
@@ -104,6 +105,9 @@ class RoutedAdapter:
         self.handles.clear()
 
     def _see_mask(self, _module, args, kwargs):
+        # A pass that never reaches the router's block (v*'s replay of the lower blocks) must not
+        # reuse the decision of the pass before it: no decision, no adapter (unless forced).
+        self.gate = None
         mask = kwargs.get("attention_mask")
         self.mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
 
@@ -122,11 +126,11 @@ class RoutedAdapter:
 
     def _add(self, name: str):
         def hook(_module, inputs, out):
-            if self.gate is None:
+            if self.gate is None and not self.forced:
                 return out
             u, v = self.factors[name]
-            x = inputs[0]
-            return out + self.gate.to(out.device, out.dtype) * ((x.float() @ v) @ u.T).to(out.dtype)
+            added = ((inputs[0].float() @ v) @ u.T).to(out.dtype)
+            return out + added if self.forced else out + self.gate.to(out.device, out.dtype) * added
         return hook
 
 
@@ -138,6 +142,23 @@ def attach(backend, adapter: RoutedAdapter | None) -> None:
     backend.routed = adapter
     if adapter is not None:
         adapter.install(backend.model)
+
+
+@contextlib.contextmanager
+def fully_on(backend) -> Iterator[None]:
+    """Inside: a routed adapter acts on every sequence, exactly as if merged. Wake solves new edits
+    this way: the facts being stored are not routed yet, but will be once stored, so their edits
+    must be solved against the adapter they will run with (and v*'s replayed passes never reach
+    the router's block)."""
+    routed = getattr(backend, "routed", None)
+    if routed is None:
+        yield
+        return
+    routed.forced = True
+    try:
+        yield
+    finally:
+        routed.forced = False
 
 
 @contextlib.contextmanager
