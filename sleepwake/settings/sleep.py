@@ -204,7 +204,9 @@ class LoraConfig(BaseModel):
         "sequences that name a stored subject (the residual entering the first adapted block, whitened by "
         "the model's own text, within route_threshold of a stored subject's), so text about anything else "
         "runs on base + MEMIT edits and the adapter adds no drift to it (night 4 of the 500-fact run: "
-        "+7.67 % merged, +3.42 % routed, the same chat and raw recall; docs/results.md).")
+        "+7.67 % merged, +3.42 % routed, the same chat and raw recall; docs/results.md). Not yet for facts "
+        "stored from a conversation: a question naming 'Lena Brandt' does not route a subject stored as "
+        "\"Lena Brandt's home\" (chat recall 0.00 routed, 1.00 merged).")
     route_threshold: float = Field(
         6.0e-1, gt=-1, lt=1, description="Whitened cosine at which a sequence counts as naming a stored "
         "subject (routing 'subject'). Bundled model, 200 stored subjects: the model's own text peaked at "
