@@ -165,3 +165,18 @@ def test_fully_on_acts_as_if_merged(routed_home, tiny_settings_overrides):
     with fully_on(routed.backend):
         assert torch.allclose(logits(routed, OTHER_TEXT), logits(merged, OTHER_TEXT), atol=1e-4)
     assert not torch.allclose(logits(routed, OTHER_TEXT), logits(merged, OTHER_TEXT), atol=1e-3)
+
+
+def test_a_subject_the_models_own_text_reaches_is_named_in_a_warning(routed_home, tiny_settings_overrides, caplog):
+    from sleepwake.memory import routing as memory_routing
+    from sleepwake.memory.routing import warn_undistinctive
+
+    memory_routing._WARNED.clear()  # warned once per process: start this test from none
+    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+    router = routed.backend.routed.router
+    near = router.keys.clone()  # "own text" that sits exactly on the stored key
+    far = -router.keys.clone()
+    with caplog.at_level("WARNING"):
+        assert warn_undistinctive(router, far, ["Aria Nakamura"]) == []
+        assert warn_undistinctive(router, near, ["Aria Nakamura"]) == ["Aria Nakamura"]
+    assert "reaches 1 of 1 stored subjects" in caplog.text

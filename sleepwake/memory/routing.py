@@ -9,6 +9,7 @@ need the base model's anchor texts, which composes the base weights on the way) 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import torch
 
@@ -16,8 +17,12 @@ from sleepwake.memory.state import MemoryState
 from sleepwake.models.editor import lookup_row
 from sleepwake.models.routing import RoutedAdapter, Router, attach, block_inputs, layer_of, subject_keys, whitening
 
-# Per process: (model fingerprint, router layer, anchor settings) -> (mu, Sigma^{-1/2}).
-_WHITENING: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+log = logging.getLogger(__name__)
+
+# Per process: (model fingerprint, router layer, anchor settings) -> (mu, Sigma^{-1/2}, the anchors'
+# whitened unit states (N, d): what a stored subject must stay clear of).
+_WHITENING: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_WARNED: set[str] = set()
 
 
 class Routing(MemoryState):
@@ -33,9 +38,10 @@ class Routing(MemoryState):
     def router_layer(self, factors: dict) -> int:
         return min(layer_of(name) for name in factors)
 
-    def prepare_routing(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mu, Sigma^{-1/2}) of the residual entering block ``layer`` on the base model's own
-        text (its KL anchors: never the perplexity or locality sets, which measure the result)."""
+    def prepare_routing(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mu, Sigma^{-1/2}, whitened unit states) of the residual entering block ``layer`` on the
+        base model's own text (its KL anchors: never the perplexity or locality sets, which measure
+        the result)."""
         cfg = self.settings.lora
         key = (self.backend.fingerprint, layer, tuple(cfg.anchor_formats), cfg.anchor_count, cfg.anchor_tokens, self.settings.seed)
         if key not in _WHITENING:
@@ -46,10 +52,12 @@ class Routing(MemoryState):
                     states = block_inputs(self.backend, texts, layer)
             finally:
                 self._routing_busy = False
-            _WHITENING[key] = whitening(torch.cat(states))
+            calibration = torch.cat(states)
+            mean, whiten = whitening(calibration)
+            _WHITENING[key] = (mean, whiten, subject_keys(mean, whiten, calibration))
         return _WHITENING[key]
 
-    def route(self, factors: dict | None, whitened: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    def route(self, factors: dict | None, whitened: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         """Route ``factors`` (module -> (U, V)) on the backend, or route nothing (None)."""
         if factors is None or whitened is None:
             if getattr(self.backend, "routed", None) is not None:
@@ -57,13 +65,14 @@ class Routing(MemoryState):
             return
         attach(self.backend, None)  # the subjects' states below are read without any adapter
         layer = self.router_layer(factors)
-        mean, whiten = whitened
+        mean, whiten, calibration = whitened
         rows = [lookup_row(self.backend, "", row.fact) for row in self.ledger.list_facts()]
         prefixes = [tuple(ids[: i + 1]) for ids, i in rows]  # the subject's last token sees only these
         picked = self.subject_states(prefixes, layer) if rows else torch.zeros(0, mean.shape[0])
         router = Router(layer, mean, whiten, subject_keys(mean, whiten, picked), self.settings.lora.route_threshold)
         adapter = RoutedAdapter(router, factors)
         adapter.subjects = [self.backend.decode(p) for p in prefixes]
+        warn_undistinctive(router, calibration, adapter.subjects)
         attach(self.backend, adapter)
 
     def subject_states(self, prefixes: list[tuple[int, ...]], layer: int) -> torch.Tensor:
@@ -86,6 +95,20 @@ class Routing(MemoryState):
         if not routed.digest:  # hashing every factor costs ~0.3 s: only when a digest is asked for
             routed.digest = routing_digest(routed.factors, routed.router, routed.subjects)
         return routed.digest
+
+
+def warn_undistinctive(router: Router, calibration: torch.Tensor, subjects: list[str]) -> list[str]:
+    """The subjects whose key the model's own text reaches (a generic word read as the subject's last
+    token: "Lena Brandt's home"): text resembling them routes, so the adapter acts on it. Logged."""
+    if len(router.keys) == 0:
+        return []
+    reach = (calibration @ router.keys.T).amax(0)  # (n,): the closest the model's own text comes
+    loose = [s for s, r in zip(subjects, reach.tolist()) if r >= router.threshold]
+    if set(loose) - _WARNED:  # once per process and subject: a sleep composes many times
+        _WARNED.update(loose)
+        log.warning("routing: the model's own text reaches %d of %d stored subjects at >= %.2f (e.g. %r): the "
+                    "adapter will act on text resembling them", len(loose), len(subjects), router.threshold, loose[0])
+    return loose
 
 
 def routing_digest(factors: dict, router: Router, subjects: list[str]) -> str:
