@@ -60,6 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     routed = Memory.open(Home(args.home), load_settings(None, [*args.set, "lora.routing=subject"]), writable=False)
     backend, threshold = routed.backend, routed.settings.lora.route_threshold
+    if getattr(backend, "routed", None) is None:
+        raise SystemExit(f"{args.home} holds no adapter to route (a home after at least one full sleep)")
     facts = routed.facts()
     others = [(Fact(subject=o, relation=f.relation, object=f.object), f) for f in facts for o in contrast_subjects(f.subject, 1)]
     cfg = routed.settings.probes
