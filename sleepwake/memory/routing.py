@@ -59,11 +59,9 @@ class Routing(MemoryState):
 
     def route(self, factors: dict | None, whitened: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> None:
         """Route ``factors`` (module -> (U, V)) on the backend, or route nothing (None)."""
+        attach(self.backend, None)  # nothing routed, or the subjects' states below read without any adapter
         if factors is None or whitened is None:
-            if getattr(self.backend, "routed", None) is not None:
-                attach(self.backend, None)
             return
-        attach(self.backend, None)  # the subjects' states below are read without any adapter
         layer = self.router_layer(factors)
         mean, whiten, calibration = whitened
         rows = [lookup_row(self.backend, "", row.fact) for row in self.ledger.list_facts()]

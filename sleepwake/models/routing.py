@@ -59,9 +59,7 @@ class Router:
     threshold: float
 
     def embed(self, states: torch.Tensor) -> torch.Tensor:
-        """(..., d) -> whitened unit vectors (..., d)."""
-        z = (states.float() - self.mean.to(states.device)) @ self.whiten.to(states.device)
-        return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return subject_keys(self.mean, self.whiten, states)
 
     def similarity(self, states: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (...): the cosine to the closest stored subject."""
@@ -71,8 +69,9 @@ class Router:
 
 
 def subject_keys(mean: torch.Tensor, whiten: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """Whitened unit keys (n, d) of the subjects' states (n, d)."""
-    return Router(0, mean, whiten, states[:0], 0.0).embed(states)
+    """Whitened unit vectors (..., d) of states (..., d): Sigma^{-1/2} (h - mu) / |.|."""
+    z = (states.float() - mean.to(states.device)) @ whiten.to(states.device)
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
 @dataclass
@@ -85,7 +84,6 @@ class RoutedAdapter:
     gate: torch.Tensor | None = None  # (B, 1, 1) of the running forward pass
     latch: torch.Tensor | None = None  # (B,) bool: which sequences are routed, kept while generating
     mask: torch.Tensor | None = None  # (B, T) attention mask of the running forward pass, if given
-    fired: int = 0  # sequences routed so far (diagnostics)
     subjects: list[str] = field(default_factory=list)  # the routed subjects' prompts (for the digest)
     digest: str = ""  # what the routing adds to the weights digest (memory.routing.routing_digest)
     forced: bool = False  # on for every sequence (``fully_on``), as if merged
@@ -119,8 +117,6 @@ class RoutedAdapter:
                 hit &= self.mask[:, -hit.shape[1]:].to(hit.device).bool()
             continuing = hit.shape[1] == 1 and self.latch is not None and self.latch.shape[0] == hit.shape[0]
             routed = (self.latch.to(hit.device) | hit[:, 0]) if continuing else hit.any(dim=1)
-            if not continuing:
-                self.fired += int(routed.sum())
         self.latch = routed
         self.gate = routed.to(hidden.dtype)[:, None, None] if bool(routed.any()) else None
 
