@@ -74,7 +74,7 @@ def main() -> None:
                              for p in locality.load_prompts()],
     }
     report: dict = {"home": str(args.home), "facts": len(facts), "threshold": threshold,
-                    "router_layer": backend.routed.router.layer,
+                    "router_layer": backend.routed.router.layer, "keys": len(backend.routed.router.keys),
                     "similarity": {k: spread(highest(routed, v), threshold) for k, v in where.items()}}
     routed.compose(skip=[e.edit_id for e in routed.edits], with_adapters=False)
     base_ppl = probes.perplexity(backend, cfg)

@@ -71,10 +71,14 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _routing_needs_torch(self) -> "Settings":
-        if self.lora.routing != "off" and self.backend != "torch":
+        if self.lora.routing == "subject" and self.backend != "torch":
             raise ValueError(f"lora.routing={self.lora.routing!r} needs backend=torch (the MLX backend merges "
-                             "adapters into its weights); set lora.routing=off")
+                             "adapters into its weights); set lora.routing=off or auto")
         return self
+
+    def routes_adapters(self) -> bool:
+        """Whether the consolidated adapter is routed by subject (``lora.routing``) on this backend."""
+        return self.lora.routing == "subject" or (self.lora.routing == "auto" and self.backend == "torch")
 
 
 def describe_settings(settings: BaseModel) -> dict:

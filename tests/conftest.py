@@ -163,6 +163,9 @@ def tiny_settings_overrides(tiny_model_dir: Path) -> list[str]:
         # The random tiny model's answers are noise, so locality on it means nothing: the locality
         # gate is exercised by its own tests with a deliberately damaging adapter.
         "validate.locality_sample=0",
+        # A random model's questions need not come near its stored subjects' states: tests of
+        # consolidation read the adapter merged; tests/test_routing.py routes on purpose.
+        "lora.routing=off",
     ]
 
 

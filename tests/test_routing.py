@@ -80,9 +80,12 @@ def test_routed_digest_is_stable_and_tells_routing_apart(routed_home, tiny_setti
     assert routed.weights_digest() == merged.weights_digest()
 
 
-def test_routing_needs_the_torch_backend():
+def test_routing_needs_the_torch_backend_and_auto_picks_it_there():
     with pytest.raises(ConfigError, match="needs backend=torch"):
         load_settings(None, ["backend=mlx", "lora.routing=subject"])
+    assert load_settings(None, []).lora.routing == "auto" and load_settings(None, []).routes_adapters()
+    assert not load_settings(None, ["backend=mlx"]).routes_adapters()
+    assert not load_settings(None, ["lora.routing=off"]).routes_adapters()
 
 
 def test_whitening_makes_the_calibration_isotropic():
@@ -167,16 +170,71 @@ def test_fully_on_acts_as_if_merged(routed_home, tiny_settings_overrides):
     assert not torch.allclose(logits(routed, OTHER_TEXT), logits(merged, OTHER_TEXT), atol=1e-3)
 
 
-def test_a_subject_the_models_own_text_reaches_is_named_in_a_warning(routed_home, tiny_settings_overrides, caplog):
+def test_a_subject_is_keyed_by_its_last_distinctive_token_or_else_its_least_reached():
+    from sleepwake.memory.routing import subject_key_states
+
+    mean, whiten = torch.zeros(4), torch.eye(4)
+    span = torch.eye(4)[:3] * 5.0  # three tokens of a subject, the last one last
+    reached_last = torch.eye(4)[2:3]  # the model's own text sits on the last token ("... home")
+    kept, reach = subject_key_states(mean, whiten, reached_last, span, 0.5)
+    assert torch.equal(kept, span[1:2]) and reach == 0.0  # the name's end, before the generic word
+    kept, reach = subject_key_states(mean, whiten, torch.eye(4)[3:], span, 0.5)
+    assert torch.equal(kept, span[2:3])  # nothing reaches the last token: MEMIT's key, as before
+    everywhere = torch.eye(4)[:3] * torch.tensor([[0.9], [0.7], [1.0]])
+    kept, reach = subject_key_states(mean, whiten, everywhere, span, 0.5)
+    assert torch.equal(kept, span[1:2]) and reach == pytest.approx(0.7)  # none under 0.5: the least reached
+
+
+def test_a_subjects_span_starts_after_its_prompts_lead_and_never_at_position_0(routed_home, tiny_settings_overrides):
+    from sleepwake.memory.routing import subject_span
+
+    backend = open_memory(routed_home, tiny_settings_overrides, "off").backend
+    ids, first, last = subject_span(backend, FACT)
+    assert first == len(backend.encode("The hometown of")) and last == len(ids) - 1
+    told = Fact(subject="Aria Nakamura's home", relation="{} is in", object="Graz")
+    ids, first, last = subject_span(backend, told)
+    assert first == 1 and backend.decode(ids[: last + 1]) == "Aria Nakamura's home"
+
+
+def test_text_naming_the_subject_without_its_last_token_routes(routed_home, tiny_settings_overrides, monkeypatch):
+    """A question names "Lena Brandt", the subject is stored as "Lena Brandt's home": when the model's
+    own text reaches the last token (a generic word), the key moves back into the name."""
+    from sleepwake.memory import routing as memory_routing
+    from sleepwake.memory.routing import subject_span
+    from sleepwake.models.routing import subject_keys
+
+    merged = open_memory(routed_home, tiny_settings_overrides, "off")
+    ids, first, last = subject_span(merged.backend, FACT)
+    assert last > first  # the subject has more than one token
+    named = torch.tensor([ids[:last]])  # the prompt up to, not including, the subject's last token
+    with torch.no_grad():
+        want = merged.backend.model(input_ids=named).logits
+        merged.compose(with_adapters=False)
+        edits_only = merged.backend.model(input_ids=named).logits
+        real = memory_routing.subject_key_states
+
+        def own_text(reaches_last: bool):
+            def keyed(mean, whiten, calibration, span, limit):
+                keys = subject_keys(mean, whiten, span)  # (len, d)
+                text = torch.cat([-keys, keys[-1:]]) if reaches_last else -keys  # near the last token, or near none
+                return real(mean, whiten, text, span, limit)
+            return keyed
+
+        monkeypatch.setattr(memory_routing, "subject_key_states", own_text(reaches_last=False))
+        routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+        assert torch.allclose(routed.backend.model(input_ids=named).logits, edits_only, atol=1e-5)  # keyed at the end
+        monkeypatch.setattr(memory_routing, "subject_key_states", own_text(reaches_last=True))
+        routed = open_memory(routed_home, tiny_settings_overrides, "subject")
+        assert len(routed.backend.routed.router.keys) == 1
+        assert torch.allclose(routed.backend.model(input_ids=named).logits, want, atol=1e-4)
+
+
+def test_a_subject_the_models_own_text_reaches_is_named_in_a_warning(caplog):
     from sleepwake.memory import routing as memory_routing
     from sleepwake.memory.routing import warn_undistinctive
 
     memory_routing._WARNED.clear()  # warned once per process: start this test from none
-    routed = open_memory(routed_home, tiny_settings_overrides, "subject")
-    router = routed.backend.routed.router
-    near = router.keys.clone()  # "own text" that sits exactly on the stored key
-    far = -router.keys.clone()
     with caplog.at_level("WARNING"):
-        assert warn_undistinctive(router, far, ["Aria Nakamura"]) == []
-        assert warn_undistinctive(router, near, ["Aria Nakamura"]) == ["Aria Nakamura"]
-    assert "reaches 1 of 1 stored subjects" in caplog.text
+        assert warn_undistinctive([0.3], ["Aria Nakamura"], 0.6) == []
+        assert warn_undistinctive([0.3, 0.7], ["Aria Nakamura", "Lena Brandt's home"], 0.6) == ["Lena Brandt's home"]
+    assert "reaches 1 of 2 stored subjects" in caplog.text

@@ -1,5 +1,6 @@
-"""Routing the consolidated adapter by subject (``lora.routing: subject``; ``models/routing.py``):
-the whitening of the model's own text, the stored subjects' states, and what the digest covers.
+"""Routing the consolidated adapter by subject (``lora.routing``: subject, or auto on torch;
+``models/routing.py``): the whitening of the model's own text, the stored subjects' keys, and what
+the digest covers.
 
 Composition calls :meth:`Routing.prepare_routing` before it writes the weights (the whitening may
 need the base model's anchor texts, which composes the base weights on the way) and
@@ -13,6 +14,7 @@ import logging
 
 import torch
 
+from sleepwake.facts import Fact
 from sleepwake.memory.state import MemoryState
 from sleepwake.models.editor import lookup_row
 from sleepwake.models.routing import RoutedAdapter, Router, attach, block_inputs, layer_of, subject_keys, whitening
@@ -32,7 +34,7 @@ class Routing(MemoryState):
 
     def routes(self, with_adapters: bool) -> bool:
         """Whether this composition routes the adapters instead of adding them into the weights."""
-        return (self.settings.lora.routing == "subject" and with_adapters and bool(self.adapters)
+        return (self.settings.routes_adapters() and with_adapters and bool(self.adapters)
                 and not self._routing_busy)
 
     def router_layer(self, factors: dict) -> int:
@@ -63,27 +65,34 @@ class Routing(MemoryState):
         if factors is None or whitened is None:
             return
         layer = self.router_layer(factors)
-        mean, whiten, calibration = whitened
-        rows = [lookup_row(self.backend, "", row.fact) for row in self.ledger.list_facts()]
-        prefixes = [tuple(ids[: i + 1]) for ids, i in rows]  # the subject's last token sees only these
-        picked = self.subject_states(prefixes, layer) if rows else torch.zeros(0, mean.shape[0])
-        router = Router(layer, mean, whiten, subject_keys(mean, whiten, picked), self.settings.lora.route_threshold)
-        adapter = RoutedAdapter(router, factors)
+        mean, whiten, _ = whitened
+        cfg = self.settings.lora
+        spans = [subject_span(self.backend, row.fact) for row in self.ledger.list_facts()]
+        prefixes = [tuple(ids[: last + 1]) for ids, _, last in spans]  # the subject's last token sees only these
+        chosen = self.subject_key_states(prefixes, [first for _, first, _ in spans], layer, whitened)
+        keys = subject_keys(mean, whiten, torch.cat([c for c, _ in chosen])) if chosen else torch.zeros(0, mean.shape[0])
+        adapter = RoutedAdapter(Router(layer, mean, whiten, keys, cfg.route_threshold), factors)
         adapter.subjects = [self.backend.decode(p) for p in prefixes]
-        warn_undistinctive(router, calibration, adapter.subjects)
+        adapter.key_limit = cfg.route_threshold - cfg.route_key_margin
+        warn_undistinctive([reach for _, reach in chosen], adapter.subjects, cfg.route_threshold)
         attach(self.backend, adapter)
 
-    def subject_states(self, prefixes: list[tuple[int, ...]], layer: int) -> torch.Tensor:
-        """States (n, d) entering block ``layer`` at each prefix's last token. Kept per prefix while
-        no edit sits below ``layer`` (adapters never do: the router reads their first block), so a
-        sleep's many compositions read each new subject once."""
-        if any(min(e.layers) < layer for e in self.edits if e.layers):
-            return torch.stack([s[-1] for s in block_inputs(self.backend, prefixes, layer)])
-        cache = self.__dict__.setdefault("_subject_cache", {})
-        missing = [p for p in dict.fromkeys(prefixes) if (layer, p) not in cache]
-        for prefix, states in zip(missing, block_inputs(self.backend, missing, layer)):
-            cache[(layer, prefix)] = states[-1]
-        return torch.stack([cache[(layer, p)] for p in prefixes])
+    def subject_key_states(self, prefixes: list[tuple[int, ...]], firsts: list[int], layer: int,
+                           whitened: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, float]]:
+        """Per subject (its bare prompt up to its last token, and its first token), the states that
+        key it and the closest the model's own text comes to them (``subject_key_states``). Kept
+        while no edit sits below ``layer`` (adapters never do: the router reads their first block),
+        so a sleep's many compositions read each new subject once."""
+        cfg = self.settings.lora
+        limit = cfg.route_threshold - cfg.route_key_margin
+        stable = not any(min(e.layers) < layer for e in self.edits if e.layers)
+        cache = self.__dict__.setdefault("_key_cache", {}) if stable else {}
+        wanted = [(layer, limit, p, f) for p, f in zip(prefixes, firsts)]
+        missing = list(dict.fromkeys(w for w in wanted if w not in cache))
+        states = block_inputs(self.backend, [p for _, _, p, _ in missing], layer) if missing else []
+        for w, span in zip(missing, states):
+            cache[w] = subject_key_states(*whitened, span[w[3]:], limit)
+        return [cache[w] for w in wanted]
 
     def routing_digest(self) -> str:
         """What a routed composition adds to the weights digest ('' when nothing is routed)."""
@@ -91,28 +100,52 @@ class Routing(MemoryState):
         if routed is None:
             return ""
         if not routed.digest:  # hashing every factor costs ~0.3 s: only when a digest is asked for
-            routed.digest = routing_digest(routed.factors, routed.router, routed.subjects)
+            routed.digest = routing_digest(routed.factors, routed.router, routed.subjects, routed.key_limit)
         return routed.digest
 
 
-def warn_undistinctive(router: Router, calibration: torch.Tensor, subjects: list[str]) -> list[str]:
-    """The subjects whose key the model's own text reaches (a generic word read as the subject's last
-    token: "Lena Brandt's home"): text resembling them routes, so the adapter acts on it. Logged."""
-    if len(router.keys) == 0:
-        return []
-    reach = (calibration @ router.keys.T).amax(0)  # (n,): the closest the model's own text comes
-    loose = [s for s, r in zip(subjects, reach.tolist()) if r >= router.threshold]
-    if set(loose) - _WARNED:  # once per process and subject: a sleep composes many times
+def subject_span(backend, fact: Fact) -> tuple[list[int], int, int]:
+    """(bare prompt ids, the subject's first token, its last token). The first is never position 0:
+    a sequence's first state is its first token's alone (attention sink), whatever the subject."""
+    ids, last = lookup_row(backend, "", fact)
+    start = fact.relation.index("{}") if "{}" in fact.relation else 0
+    # Without the space: BPE tokenisers fold it into the subject's first token (" Aria")
+    first = len(backend.encode(fact.prompt()[:start].rstrip())) if start else 0
+    return ids, min(max(first, 1), last), last
+
+
+def subject_key_states(mean: torch.Tensor, whiten: torch.Tensor, calibration: torch.Tensor,
+                       span: torch.Tensor, reach_limit: float) -> tuple[torch.Tensor, float]:
+    """The state (1, d) that keys a subject (span: its tokens' states (len, d), last token last), and
+    the closest the model's own text (calibration: its whitened unit states (N, d)) comes to it: the
+    last token that text stays under ``reach_limit`` of. Usually MEMIT's key, the subject's last
+    token, which ends the name; a subject stored from a conversation ends on a generic word ("Lena
+    Brandt's home") that ordinary text reaches while a question names only the person, so the key
+    moves back to the name. Only one token: every token of a name keyed (first names too) let
+    reference text come within 0.01 of the threshold (docs/results.md). None under the limit: the
+    least reached token, so the fact still routes (``warn_undistinctive`` names it)."""
+    reach = (calibration @ subject_keys(mean, whiten, span).T).amax(0)  # (len,)
+    under = (reach < reach_limit).nonzero()
+    pick = int(under[-1]) if len(under) else int(reach.argmin())
+    return span[pick:pick + 1], float(reach[pick])
+
+
+def warn_undistinctive(reaches: list[float], subjects: list[str], threshold: float) -> list[str]:
+    """The subjects whose keys the model's own text reaches (no token of the subject is distinctive):
+    text resembling them routes, so the adapter acts on it. Logged once per process and subject."""
+    loose = [s for s, r in zip(subjects, reaches) if r >= threshold]
+    if set(loose) - _WARNED:  # a sleep composes many times
         _WARNED.update(loose)
         log.warning("routing: the model's own text reaches %d of %d stored subjects at >= %.2f (e.g. %r): the "
-                    "adapter will act on text resembling them", len(loose), len(subjects), router.threshold, loose[0])
+                    "adapter will act on text resembling them", len(loose), len(subjects), threshold, loose[0])
     return loose
 
 
-def routing_digest(factors: dict, router: Router, subjects: list[str]) -> str:
+def routing_digest(factors: dict, router: Router, subjects: list[str], key_limit: float = 0.0) -> str:
     """sha256 of what a routed composition adds beyond the weights: the routed factors' bytes, the
-    router's layer and threshold and the subjects it routes (their states follow from the weights)."""
-    digest = hashlib.sha256(f"routed:{router.layer}:{router.threshold!r}".encode())
+    router's layer, threshold, key reach limit and number of keys, and the subjects it routes (their
+    states follow from the weights)."""
+    digest = hashlib.sha256(f"routed:{router.layer}:{router.threshold!r}:{key_limit!r}:{len(router.keys)}".encode())
     for name, (u, v) in sorted(factors.items()):
         digest.update(name.encode())
         for tensor in (u, v):

@@ -198,19 +198,19 @@ class LoraConfig(BaseModel):
     fold_max_rank: int = Field(
         256, gt=0, description="Rank budget of the consolidated adapter per module: bounds the home's "
         "bytes and compose time however many nights have been folded into it.")
-    routing: Literal["off", "subject"] = Field(
-        "off", description="How the consolidated adapter is applied. 'off': added into the weights, so it "
-        "acts on all text. 'subject': routed (sleepwake/models/routing.py, torch backend): it acts only on "
-        "sequences that name a stored subject (the residual entering the first adapted block, whitened by "
-        "the model's own text, within route_threshold of a stored subject's), so text about anything else "
-        "runs on base + MEMIT edits and the adapter adds no drift to it (night 4 of the 500-fact run: "
-        "+7.67 % merged, +3.42 % routed, the same chat and raw recall; docs/results.md). Not yet for facts "
-        "stored from a conversation: a question naming 'Lena Brandt' does not route a subject stored as "
-        "\"Lena Brandt's home\" (chat recall 0.00 routed, 1.00 merged).")
+    routing: Literal["auto", "off", "subject"] = Field(
+        "auto", description="How the consolidated adapter is applied. 'off': added into the weights, so it "
+        "acts on all text. 'subject' (torch): it acts only on sequences that name a stored subject (the "
+        "residual entering the first adapted block, whitened by the model's own text, within route_threshold "
+        "of a distinctive token of a stored subject; sleepwake/models/routing.py), so other text runs on "
+        "base + MEMIT edits and the adapter adds no drift to it (docs/results.md). "
+        "'auto': 'subject' on torch, 'off' on MLX (which merges adapters into its weights).")
     route_threshold: float = Field(
         6.0e-1, gt=-1, lt=1, description="Whitened cosine at which a sequence counts as naming a stored "
         "subject (routing 'subject'). Bundled model, 200 stored subjects: the model's own text peaked at "
         "0.45, the reference corpus at 0.41, the stored subjects' chat questions were at 0.84 or above.")
+    route_key_margin: float = Field(1.0e-1, ge=0, lt=2, description="A subject's token keys it when the model's "
+        "own text stays under route_threshold minus this (else its least reached token: memory/routing.py).")
     protect_energy: float = Field(
         9.0e-1, ge=0, lt=1, description="Null-space constraint of consolidation: each adapted module's "
         "LoRA A is kept orthogonal to the top input directions holding this share of the input energy "
