@@ -210,23 +210,26 @@ def test_maintain_wakes_a_consolidated_fact_the_adapters_lost(run):
 
 
 def test_maintain_sends_a_consolidated_fact_that_lost_its_chat_answer_back_to_sws(run, monkeypatch):
-    """Raw kept, chat lost, no edit to refresh: the fact goes back to stage 0 (tonight's SWS trains it),
-    at most ``maintain.max_reconsolidate`` a night; an unconsolidated fact failing chat is left to SWS."""
+    """Raw kept, chat lost, consolidated at least once (its edit scaled down, or gone): the fact goes
+    back to stage 0 (tonight's SWS trains it), the oldest first, at most ``maintain.max_reconsolidate``
+    a night; an unconsolidated fact failing chat is left to SWS."""
     memory = run.memory
     rows = memory.ledger.list_facts()
-    for row in rows[:2]:
+    assert len(rows) >= 4
+    memory.ledger.set_stage(rows[0].fact_id, 1)  # its edit still there, at stage 1's scale
+    for row in rows[1:3]:
         memory.ledger.prune_edits([row.edit_id])
         memory.ledger.set_stage(row.fact_id, 3)
     memory.reload()
     monkeypatch.setattr(audit_stage.probes, "probe_facts", lambda backend, facts, cfg: [
         probes.FactProbe(raw=True, raw_text="", chat=False, chat_text="") for _ in facts])
     before = audit(run)
-    assert sorted(before.chat_lost_ids) == sorted(r.fact_id for r in rows[:2]) and before.degraded_ids == []
-    with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_reconsolidate": 1}))
+    assert sorted(before.chat_lost_ids) == sorted(r.fact_id for r in rows[:3]) and before.degraded_ids == []
+    with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_reconsolidate": 2}))
     result = maintain(run, before)
     stages = {r.fact_id: r.stage for r in memory.ledger.list_facts()}
-    assert result.reconsolidating == 1 and sorted(stages[r.fact_id] for r in rows[:2]) == [0, 3]
-    assert all(stages[r.fact_id] == r.stage for r in rows[2:])
+    assert result.reconsolidating == 2 and [stages[r.fact_id] for r in rows[:3]] == [0, 0, 3]
+    assert all(stages[r.fact_id] == r.stage for r in rows[3:])
 
 
 def test_a_failing_stage_restores_its_own_snapshot_so_a_retry_starts_clean(run):

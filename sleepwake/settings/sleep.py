@@ -56,8 +56,8 @@ class MaintainConfig(BaseModel):
     max_refresh: int = Field(
         10, ge=0, description="At most this many degraded facts are refreshed per sleep cycle.")
     max_reconsolidate: int = Field(
-        10, ge=0, description="At most this many consolidated facts that the audit found answering raw but no "
-        "longer in chat go back to stage 0 per sleep, so tonight's SWS trains them again (0: never).")
+        10, ge=0, description="At most this many facts consolidated at least once (stages 1-3) that answer raw "
+        "but no longer in chat at the audit go back to stage 0 per sleep, for tonight's SWS (0: never).")
     protect_refreshed: bool = Field(
         True, description="Facts refreshed earlier in the same cycle join the protected key set "
         "(the paper protected only facts healthy before the cycle, which caused its cycle-1 dip).")

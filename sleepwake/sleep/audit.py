@@ -52,6 +52,8 @@ def summarize(rows, results) -> dict:
         "degraded": n - len(healthy),
         "healthy_ids": healthy,
         "degraded_ids": [r.fact_id for r, p in zip(rows, results) if not p.raw],
-        # Consolidated facts (no edit left to refresh) that still complete raw but no longer answer in chat.
-        "chat_lost_ids": [r.fact_id for r, p in zip(rows, results) if r.stage == 3 and p.raw and p.chat is False],
+        # Facts consolidated at least once (the adapter carries their chat answer; their edit is scaled
+        # down or gone) that still complete raw but no longer answer in chat: a later night's training
+        # overwrote them in the adapter.
+        "chat_lost_ids": [r.fact_id for r, p in zip(rows, results) if r.stage >= 1 and p.raw and p.chat is False],
     }

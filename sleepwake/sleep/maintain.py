@@ -79,11 +79,12 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
 
 
 def reconsolidate(session: SleepSession, chat_lost_ids: Sequence[int]) -> int:
-    """Send up to ``maintain.max_reconsolidate`` consolidated facts that lost their chat answer back
-    to stage 0, in one transaction; returns how many. Inside maintain's snapshot: a rolled-back
-    night restores their stages."""
+    """Send up to ``maintain.max_reconsolidate`` consolidated facts (stages 1-3) that lost their chat
+    answer back to stage 0, the oldest first, in one transaction; returns how many. Their edits keep
+    their scales (an edit may carry other facts; SWS sets the scale when the fact passes again).
+    Inside maintain's snapshot: a rolled-back night restores their stages."""
     rows = {r.fact_id: r for r in session.ledger.list_facts()}
-    lost = [fid for fid in chat_lost_ids if fid in rows and rows[fid].stage == 3]
+    lost = [fid for fid in chat_lost_ids if fid in rows and rows[fid].stage >= 1]
     lost = sorted(lost)[: session.settings.maintain.max_reconsolidate]
     if lost:
         adapter_rows.commit_consolidation(session.ledger, {fid: 0 for fid in lost}, {})

@@ -90,7 +90,7 @@ class AuditResult(StageResult):
     degraded: int = 0
     healthy_ids: list[int] = Field(default_factory=list)
     degraded_ids: list[int] = Field(default_factory=list)
-    chat_lost_ids: list[int] = Field(default_factory=list, description="Consolidated facts whose chat answer was lost (raw kept).")
+    chat_lost_ids: list[int] = Field(default_factory=list, description="Facts consolidated at least once whose chat answer was lost (raw kept).")
     verdicts: list[dict] = Field(default_factory=list, description="Per-fact audit rows (saved when kept).")
 
     def summary(self) -> dict:
