@@ -3,8 +3,8 @@
 MEMIT's premise (paper 1) is that a model recognises a subject in the residual stream at the
 subject's last token, in the early-middle layers. The router reads the residual entering the first
 adapted block, whitens it with the statistics of the model's own text (Sigma^{-1/2} (h - mu)), and
-takes its cosine to the same vector at the distinctive tokens of every stored subject's bare prompt
-(the last token, and the name inside a longer subject: ``memory/routing.py``). A sequence with any
+takes its cosine to the same vector at every stored subject's key token in its bare prompt (the
+last token the model's own text stays clear of: the name's end, ``memory/routing.py``). A sequence with any
 position at or above the threshold runs with the adapter on every position (the prompt decides,
 before the reply is written); while generating, a new token that matches turns it on for the rest
 of that sequence. A sequence that matches nothing runs on base + MEMIT edits, so the adapter adds
@@ -56,7 +56,7 @@ class Router:
     layer: int  # the residual entering this block is read
     mean: torch.Tensor  # (d,)
     whiten: torch.Tensor  # (d, d)
-    keys: torch.Tensor  # (n, d): whitened, unit-norm states of the stored subjects' distinctive tokens
+    keys: torch.Tensor  # (n, d): whitened, unit-norm states at the stored subjects' key tokens
     threshold: float
 
     def embed(self, states: torch.Tensor) -> torch.Tensor:
