@@ -69,22 +69,23 @@ class Routing(MemoryState):
         cfg = self.settings.lora
         spans = [subject_span(self.backend, row.fact) for row in self.ledger.list_facts()]
         prefixes = [tuple(ids[: last + 1]) for ids, _, last in spans]  # the subject's last token sees only these
-        chosen = self.subject_key_states(prefixes, [first for _, first, _ in spans], layer, whitened)
-        keys = subject_keys(mean, whiten, torch.cat([c for c, _ in chosen])) if chosen else torch.zeros(0, mean.shape[0])
+        limit = cfg.route_threshold - cfg.route_key_margin
+        chosen = self.keyed_subjects(prefixes, [first for _, first, _ in spans], layer, whitened, limit)
+        states = torch.cat([c for c, _ in chosen]) if chosen else torch.zeros(0, mean.shape[0])
+        keys = subject_keys(mean, whiten, states)
         adapter = RoutedAdapter(Router(layer, mean, whiten, keys, cfg.route_threshold), factors)
         adapter.subjects = [self.backend.decode(p) for p in prefixes]
-        adapter.key_limit = cfg.route_threshold - cfg.route_key_margin
+        adapter.key_limit = limit
         warn_undistinctive([reach for _, reach in chosen], adapter.subjects, cfg.route_threshold)
         attach(self.backend, adapter)
 
-    def subject_key_states(self, prefixes: list[tuple[int, ...]], firsts: list[int], layer: int,
-                           whitened: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> list[tuple[torch.Tensor, float]]:
-        """Per subject (its bare prompt up to its last token, and its first token), the states that
-        key it and the closest the model's own text comes to them (``subject_key_states``). Kept
+    def keyed_subjects(self, prefixes: list[tuple[int, ...]], firsts: list[int], layer: int,
+                       whitened: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                       limit: float) -> list[tuple[torch.Tensor, float]]:
+        """Per subject (its bare prompt up to its last token, and its first token), the state that
+        keys it and the closest the model's own text comes to it (``subject_key_states``). Kept
         while no edit sits below ``layer`` (adapters never do: the router reads their first block),
         so a sleep's many compositions read each new subject once."""
-        cfg = self.settings.lora
-        limit = cfg.route_threshold - cfg.route_key_margin
         stable = not any(min(e.layers) < layer for e in self.edits if e.layers)
         cache = self.__dict__.setdefault("_key_cache", {}) if stable else {}
         wanted = [(layer, limit, p, f) for p, f in zip(prefixes, firsts)]

@@ -4,10 +4,10 @@ MEMIT's premise (paper 1) is that a model recognises a subject in the residual s
 subject's last token, in the early-middle layers. The router reads the residual entering the first
 adapted block, whitens it with the statistics of the model's own text (Sigma^{-1/2} (h - mu)), and
 takes its cosine to the same vector at every stored subject's key token in its bare prompt (the
-last token the model's own text stays clear of: the name's end, ``memory/routing.py``). A sequence with any
-position at or above the threshold runs with the adapter on every position (the prompt decides,
-before the reply is written); while generating, a new token that matches turns it on for the rest
-of that sequence. A sequence that matches nothing runs on base + MEMIT edits, so the adapter adds
+last token the model's own text stays clear of: the name's end, ``memory/routing.py``). A sequence
+with any position at or above the threshold runs with the adapter on every position (the prompt
+decides, before the reply is written); while generating, a new token that matches turns it on for
+the rest of that sequence. A sequence that matches nothing runs on base + MEMIT edits, so the adapter adds
 no drift to text that names no stored subject. Side-memory editors route the same way (GRACE by key
 distance, WISE by activation); here the routed part is the sleep-consolidated adapter.
 

@@ -202,7 +202,7 @@ class LoraConfig(BaseModel):
         "auto", description="How the consolidated adapter is applied. 'off': added into the weights, so it "
         "acts on all text. 'subject' (torch): it acts only on sequences that name a stored subject (the "
         "residual entering the first adapted block, whitened by the model's own text, within route_threshold "
-        "of a distinctive token of a stored subject; sleepwake/models/routing.py), so other text runs on "
+        "of a stored subject's key token; sleepwake/models/routing.py), so other text runs on "
         "base + MEMIT edits and the adapter adds no drift to it (docs/results.md). "
         "'auto': 'subject' on torch, 'off' on MLX (which merges adapters into its weights).")
     route_threshold: float = Field(

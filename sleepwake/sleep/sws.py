@@ -5,10 +5,10 @@
    facts): chat Q&A, raw completions, identity, plus a bounded replay of older facts and logged
    conversation turns (``curriculum``), with every gated fact's MEMIT edit switched off
    (``sws.train_without_memit``; the facts ``sws.max_trained`` leaves waiting included). Facts at
-   stages 1-2 are carried by the consolidated adapter and only replayed (maintain sends one that lost
-   its chat answer back to stage 0), so a night's training does not grow with the memory. With ``sws.rounds`` > 1,
-   facts that fail the gate (step 4) get a further round: another LoRA on them alone, the passed
-   ones rehearsed, then the gate again.
+   stages 1-2 are carried by the consolidated adapter and only replayed (maintain sends one that
+   lost its chat answer back to stage 0), so a night's training does not grow with the memory.
+   With ``sws.rounds`` > 1, facts that fail the gate (step 4) get a further round: another LoRA on
+   them alone, the passed ones rehearsed, then the gate again.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
 4. Switch every stage < 3 fact's edit to scale 0; per fact, through the adapters alone: chat
    recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit
