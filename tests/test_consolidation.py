@@ -219,6 +219,37 @@ def test_sws_second_round_trains_the_facts_that_failed_and_rehearses_the_rest(ru
     assert all(r.stage == 1 for r in memory.ledger.list_facts())
 
 
+@pytest.mark.parametrize("max_relearned", [0, 1])
+def test_sws_second_round_relearns_a_consolidated_fact_the_adapter_lost(run, monkeypatch, max_relearned):
+    """A stage-1 fact failing tonight's gate (a later adapter overwrote it) is trained again in round 2
+    beside tonight's failing fact, and advances when it passes; sws.max_relearned=0 leaves it waiting."""
+    memory = run.memory
+    memory.settings.sws.max_relearned = max_relearned
+    old, new_fail, _ = memory.ledger.list_facts()
+    memory.ledger.set_stage(old.fact_id, 1)  # consolidated on an earlier night
+    failing_once = {old.fact.prompt(), new_fail.fact.prompt()}
+    gates: list[int] = []
+
+    def probe(backend, facts, cfg):  # both fail the first gate, and pass once a round has trained them
+        gates.append(len(facts))
+        ok = [len(gates) > 1 and (f.prompt() != old.fact.prompt() or max_relearned) or f.prompt() not in failing_once
+              for f in facts]
+        return [probes.FactProbe(raw=hit, raw_text="", chat=hit, chat_text="") for hit in ok]
+
+    trained: list[list] = []
+    real_train = sws_stage.consolidate.train
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
+        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
+    result = sws_stage.sws(run)
+    assert result.accepted and result.rounds == 2 and result.relearned == max_relearned
+    assert old.fact.prompt() not in trained[0]  # round 1 trains tonight's (stage 0) facts only
+    assert trained[1] == sorted(failing_once if max_relearned else {new_fail.fact.prompt()})
+    assert {r.fact_id: r.stage for r in memory.ledger.list_facts()}[old.fact_id] == (2 if max_relearned else 1)
+
+
 def test_sws_rounds_stop_when_every_fact_passes(run, monkeypatch):
     run.memory.settings = run.settings.model_copy(update={"sws": run.settings.sws.model_copy(update={"rounds": 2})})
     monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [

@@ -1,8 +1,7 @@
 """Settings of the sleep stages (sections ``curate``, ``audit``, ``maintain``, ``validate``, ``sleep``).
 
-They are ordinary sections of :class:`sleepwake.config.Settings` (``--set validate.max_ppl_increase=0.0``)
-and, because they are pydantic models with a description per field, they are also the forms the
-Prefect UI shows for the nap and full-sleep flows.
+Ordinary sections of :class:`sleepwake.config.Settings` (``--set validate.max_ppl_increase=0.0``); pydantic
+models with a description per field, so also the forms the Prefect UI shows for the nap and full-sleep flows.
 """
 
 from __future__ import annotations
@@ -249,18 +248,20 @@ class SwsConfig(BaseModel):
         "wait, their edits at full scale): a night's training and its adapter's reach stay bounded after a "
         "rolled-back night. 500-fact run: 50 trained kept locality 0.910; 118 (after night 2 was rolled back) "
         "took it to 0.874 under 0.879, leak 3.1 %. 0 = no cap.")
+    max_relearned: int = Field(
+        32, ge=0, description="Consolidated facts (stages 1-2) failing tonight's gate that the further rounds "
+        "(rounds > 1) train again with tonight's failing facts, the longest-unchanged first: what later nights' "
+        "adapters overwrote is relearned the same night instead of waiting for maintain. 0 = off.")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
-    replay_size: int = Field(16, ge=0, description="Replay buffer items mixed into each SWS: "
-                             "consolidated facts and logged conversation turns, sampled by priority.")
-    replay_decay: float = Field(5.0e-1, gt=0, le=1, description="Replay priority decays by this "
-                                "factor per day of age.")
+    replay_size: int = Field(16, ge=0, description="Replay items mixed into each SWS: consolidated facts and logged "
+                             "conversation turns, sampled by priority.")
+    replay_decay: float = Field(5.0e-1, gt=0, le=1, description="Replay priority decays by this factor per day of age.")
     repair_disturbed: bool = Field(
-        True, description="When the new adapter costs a fact its raw recall (its edit unchanged), re-solve "
-        "that fact's edit on the weights with the adapter inside the pass (maintain's null-space refresh) "
-        "instead of undoing the whole pass.")
+        True, description="When the new adapter costs a fact its raw recall (its edit unchanged), re-solve that "
+        "fact's edit on the weights with the adapter inside the pass (maintain's refresh) instead of undoing the pass.")
     repair_rounds: int = Field(
-        2, ge=1, le=5, description="How many times a pass re-solves the facts still disturbed after the "
-        "previous repair (each round settles the stages again; a re-solve can move a neighbour).")
+        2, ge=1, le=5, description="How many times a pass re-solves the facts still disturbed after the previous "
+        "repair (each round settles the stages again; a re-solve can move a neighbour).")
     benchmark_max_drop: float = Field(
         1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
         "answered correctly may fall by at most this much, else the whole SWS is rolled back.")
@@ -283,10 +284,10 @@ class RemConfig(BaseModel):
     epochs: int = Field(2, gt=0, description="Passes over the dreamed conversations.")
     checkpointing: bool = Field(True, description="Gradient checkpointing in REM (lora.checkpointing is SWS's): dreams "
                                 "run to lora.max_tokens; without it a 50-fact night peaked at 2.02 GB in REM, 1.74 GB with it.")
-    max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at "
-                                    "most this much over post-SWS (paper 4: 0.10).")
-    min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled "
-                              "consolidated facts is recalled in chat (paper 4: 0.5).")
+    max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at most this much "
+                                    "over post-SWS (paper 4: 0.10)...")
+    min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled consolidated "
+                              "facts is recalled in chat (paper 4: 0.5).")
     recall_sample: int = Field(5, gt=0, description="Consolidated facts sampled for REM's recall gate (paper 4: 5).")
 
 
@@ -295,6 +296,5 @@ class NapConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reinforce: bool = Field(
-        False, description="Train a LoRA on the MEMIT-held facts' chat Q&A without touching MEMIT, "
-        "kept only if perplexity and raw recall pass the validate gates.")
+    reinforce: bool = Field(False, description="Train a LoRA on the MEMIT-held facts' chat Q&A (MEMIT untouched), kept only if "
+        "perplexity and raw recall pass the validate gates.")

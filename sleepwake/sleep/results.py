@@ -128,6 +128,8 @@ class SwsResult(StageResult):
     advanced: int = 0
     reverted_at_settle: int = 0
     repaired: int = 0
+    relearned: int = Field(0, description="Consolidated facts (stages 1-2) that failed tonight's gate and got a further "
+                           "round (sws.max_relearned).")
     lost_ids: list[int] = Field(default_factory=list, description="Gated facts whose raw recall this pass lost "
                                 "(after repair); more than validate.max_recall_drop of them undo the pass.")
     benchmark_before: float | None = None

@@ -7,18 +7,16 @@
    (``sws.train_without_memit``; the facts ``sws.max_trained`` leaves waiting included). Facts at
    stages 1-2 are carried by the consolidated adapter and only replayed (maintain sends one that
    lost its chat answer back to stage 0), so a night's training does not grow with the memory.
-   With ``sws.rounds`` > 1, facts that fail the gate (step 4) get a further round: another LoRA on
-   them alone, the passed ones rehearsed, then the gate again.
+   With ``sws.rounds`` > 1, facts failing the gate (step 4), and up to ``sws.max_relearned``
+   consolidated ones failing it too, get another LoRA, the passed rehearsed, then the gate again.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
 4. Switch every stage < 3 fact's edit to scale 0; per fact, through the adapters alone: chat
-   recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit
-   to that stage's scale in ``sws.schedule`` (1.0 -> 0.5 -> 0.1 -> 0.0); a fail keeps its stage
-   and scale.
+   recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit to
+   that stage's scale in ``sws.schedule`` (1.0 -> 0.5 -> 0.1 -> 0.0); a fail keeps stage and scale.
 5. Settle: with the new scales composed, a fact that advanced but lost its raw recall goes back.
    A fact the LoRA disturbed while its edit kept its scale gets that edit re-solved on the weights
-   with the adapter (maintain's null-space refresh, ``sws.repair_disturbed``); if raw recall is
-   still below its pre-SWS level, the pass is rejected rather than leaving the whole sleep to fail
-   its validate gate.
+   with the adapter (maintain's null-space refresh, ``sws.repair_disturbed``); if raw recall is still
+   below its pre-SWS level, the pass is rejected rather than failing the whole sleep at validate.
 6. On the weights the pass leaves (adapters, edits at their new scales): the benchmark gate (48
    fixed questions; a drop beyond ``sws.benchmark_max_drop`` rejects the pass), then locality and
    leak against the sleep's own floor. A pass failing one of these is first retried with tonight's
@@ -132,9 +130,8 @@ def retry_scaled(session: SleepSession, plan: "Pass", forgets, start, result: Sw
 
 def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[bool], list[bool]],
           start: tuple[float, float | None], result: SwsResult) -> tuple[dict[int, float], str | None]:
-    """The pass's own gates, on the weights it would leave: raw recall lost (the validate gate's
-    tolerance, a fact or two at most: more and the pass is undone here, else the gate would undo the
-    whole sleep, SWS's progress with it), the benchmark, then locality and leak.
+    """The pass's own gates, on the weights it would leave: raw recall lost (validate's tolerance: more
+    and the pass is undone here, else validate would undo the whole sleep), the benchmark, locality, leak.
     Returns (the edits' new scales, the reason to reject or None); records the figures on ``result``."""
     (raw_before, raw_after), (bench_before, locality_before) = raw, start
     result.locality = result.leak = None  # a retry's figures are its own
@@ -145,9 +142,8 @@ def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[
                     f"(lost: fact ids {result.lost_ids})")
     scales = edit_scales(session, gated, stages)
     session.memory.compose(scales=scales)  # the weights this pass would leave: adapters, dissolved edits
-    # The benchmark compares the weights before with the weights this pass leaves (not with the
-    # adapters alone, a state no night keeps: with 12 facts' edits all switched off it cost 3 of 16
-    # questions that the kept weights may well answer).
+    # The benchmark compares the weights before with those this pass leaves, not the adapters alone (a state
+    # no night keeps: with 12 facts' edits all off it cost 3 of 16 questions the kept weights answer).
     bench_after, _ = probes.benchmark(session.memory.backend, session.settings.probes)
     result.benchmark_after = round(bench_after, 4)
     if bench_before - bench_after > session.settings.sws.benchmark_max_drop + 1e-9:
@@ -173,8 +169,7 @@ def train_pass(session: SleepSession, examples: list, switched_off: set[int], fa
     crash_point("sws:after-adapter")
     result.rounds += 1
     result.examples, result.train_steps = result.examples + len(examples), result.train_steps + outcome.steps
-    if result.train_loss_first is None:
-        result.train_loss_first = round(outcome.first_loss, 4)
+    result.train_loss_first = result.train_loss_first if result.train_loss_first is not None else round(outcome.first_loss, 4)
     result.train_loss_last = round(outcome.last_loss, 4)
     return adapter_id
 
@@ -192,22 +187,27 @@ class Pass:
 
 
 def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict[int, int]], result: SwsResult):
-    """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate, with
-    the ones that passed rehearsed (their chat question), then every gated fact is gated again.
-    A night's extra cost follows what did not consolidate; a night where all pass pays nothing.
-    Returns the last (table, stages)."""
-    table, stages = gate
-    for _ in range(session.settings.sws.rounds - 1):
-        failing = [r for r in plan.trained if stages[r.fact_id] == r.stage]
+    """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate and up to
+    ``sws.max_relearned`` consolidated ones (stages 1-2) that failed it too (a night's adapter overwrote
+    them), the passed rehearsed (their chat question), then every gated fact gated again. The extra cost
+    follows what did not hold; a night where all pass pays nothing. Returns the last (table, stages)."""
+    (table, stages), cfg = gate, session.settings.sws
+    relearned: dict = {}  # fact id -> row: consolidated facts given a further round tonight
+    for _ in range(cfg.rounds - 1):
+        lost_old = [r for r in plan.gated if r.stage >= 1 and stages[r.fact_id] == r.stage and r.fact_id not in relearned]
+        room = cfg.max_relearned - len(relearned)  # 0: relearning is off (not "no cap", as max_trained's 0)
+        relearned.update((r.fact_id, r) for r in (waiting_longest(lost_old, room) if room > 0 else []))
+        failing = [r for r in [*plan.trained, *relearned.values()] if stages[r.fact_id] == r.stage]
         if not failing:
             break
-        passed = [r.fact for r in plan.trained if stages[r.fact_id] > r.stage]
+        passed = [r.fact for r in [*plan.trained, *relearned.values()] if stages[r.fact_id] > r.stage]
         backend = session.memory.backend
-        examples = curriculum.fact_examples(backend, [r.fact for r in failing], session.settings.sws.train_raw)
+        examples = curriculum.fact_examples(backend, [r.fact for r in failing], cfg.train_raw)
         examples += [curriculum.rehearsal_example(backend, fact) for fact in passed] + plan.shared
         plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result))
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
+    result.relearned = len(relearned)
     return table, stages
 
 
