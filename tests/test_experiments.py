@@ -249,6 +249,7 @@ def test_consolidation_sweep_and_longevity_tables(harness, tmp_path, tiny_settin
     nights = json.loads((out / "results.json").read_text())["tables"]["nights"]
     assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]
     assert all(n["peak_rss_gb"] > 0 and n["home_bytes"] > 0 and "sws" in n["stage_seconds"] for n in nights)
+    assert all(n["sws_gated"] == n["facts"] and n["sws_train_steps"] > 0 for n in nights), nights  # from the ledger
     assert report["summary"]["nights"] == 2 and (out / "longevity-nights.png").exists()
 
 

@@ -3,7 +3,9 @@
 Each night ``facts_per_day`` new facts are injected in one batch, then one full sleep runs, then
 every fact stored so far is measured (raw and chat recall, perplexity drift, locality and leak on
 the 256 unrelated prompts) with what the night cost: sleep seconds per stage, peak resident
-memory, home bytes, adapters and edits. Paper 5's MEMIT-only system spiralled at 35 facts; a
+memory, home bytes, adapters and edits; and what its stages did, from the sleep's metrics in the
+ledger (``STAGE_FIGURES``: SWS trained, relearned, repaired, gated, steps, chat recall through the
+adapters alone; maintain's reconsolidated; validate's repairs). Paper 5's MEMIT-only system spiralled at 35 facts; a
 lifetime memory must hold recall while its state and its nights stay bounded.
 
 Resumable: every finished night is in ``results.partial.json`` at once; ``--resume`` continues
@@ -24,6 +26,17 @@ from sleepwake.sleep.locality import measure_memory
 
 def home_bytes(home_dir: str) -> int:
     return sum(p.stat().st_size for p in Path(home_dir).rglob("*") if p.is_file())
+
+
+# What each night's stages did, from the sleep's metrics in the ledger: {row column: "stage.metric"}.
+STAGE_FIGURES = {"sws_trained": "sws.trained", "sws_relearned": "sws.relearned", "sws_repaired": "sws.repaired",
+                 "sws_gated": "sws.gated", "sws_train_steps": "sws.train_steps", "lora_chat": "sws.lora_chat_recall",
+                 "reconsolidated": "maintain.reconsolidating", "validate_repaired": "validate.repaired"}
+
+
+def stage_figures(memory, run_id: str | None) -> dict:
+    metrics = memory.ledger.run_metrics(run_id) if run_id else {}
+    return {column: metrics.get(name) for column, name in STAGE_FIGURES.items()}
 
 
 def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
@@ -52,8 +65,8 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
             "stage_peak_rss_gb": report.get("stage_peak_rss_gb") or {},
             # why a night was rolled back or a pass undone (night 2 of the 500-fact run left only figures)
             "failures": report.get("failures") or [], "sws_reason": report.get("sws_reason"),
-            "sws_scale": report.get("sws_scale"),
-            "rem_reason": report.get("rem_reason")}
+            "sws_scale": report.get("sws_scale"), "rem_reason": report.get("rem_reason"),
+            **stage_figures(memory, report.get("run_id"))}
 
 
 def declining(values: list[float], run: int = 3) -> bool:

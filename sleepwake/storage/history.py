@@ -45,6 +45,13 @@ class History(Database):
                 [name, int(limit)],
             ))
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """One run's scalar metrics (no fact), as ``{"stage.name": value}``; the last recorded wins."""
+        with self._connect() as con:
+            rows = con.execute("SELECT stage, name, value FROM metrics WHERE run_id = ? AND fact_id IS NULL "
+                               "AND value IS NOT NULL ORDER BY ts, rowid", [run_id]).fetchall()
+        return {f"{stage}.{name}": float(value) for stage, name, value in rows}
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         with self._connect() as con:
             row = con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
