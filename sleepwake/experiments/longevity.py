@@ -5,8 +5,8 @@ every fact stored so far is measured (raw and chat recall, perplexity drift, loc
 the 256 unrelated prompts) with what the night cost: sleep seconds per stage, peak resident
 memory, home bytes, adapters and edits; and what its stages did, from the sleep's metrics in the
 ledger (``STAGE_FIGURES``: SWS trained, relearned, repaired, gated, steps, chat recall through the
-adapters alone; maintain's reconsolidated; validate's repairs). Paper 5's MEMIT-only system spiralled at 35 facts; a
-lifetime memory must hold recall while its state and its nights stay bounded.
+adapters alone; maintain's reconsolidated; validate's repairs). Paper 5's MEMIT-only system
+spiralled at 35 facts; a lifetime memory must hold recall while its state and nights stay bounded.
 
 Resumable: every finished night is in ``results.partial.json`` at once; ``--resume`` continues
 after the last finished night on the same home (a night killed mid-sleep is undone by the
