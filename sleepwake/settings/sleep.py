@@ -285,7 +285,7 @@ class RemConfig(BaseModel):
     checkpointing: bool = Field(True, description="Gradient checkpointing in REM (lora.checkpointing is SWS's): dreams "
                                 "run to lora.max_tokens; without it a 50-fact night peaked at 2.02 GB in REM, 1.74 GB with it.")
     max_ppl_increase: float = Field(1.0e-1, ge=0, description="REM is kept only if perplexity rises at most this much "
-                                    "over post-SWS (paper 4: 0.10)...")
+                                    "over post-SWS (paper 4: 0.10).")
     min_recall: float = Field(5.0e-1, ge=0, le=1, description="...and at least this share of sampled consolidated "
                               "facts is recalled in chat (paper 4: 0.5).")
     recall_sample: int = Field(5, gt=0, description="Consolidated facts sampled for REM's recall gate (paper 4: 5).")
@@ -296,5 +296,5 @@ class NapConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reinforce: bool = Field(False, description="Train a LoRA on the MEMIT-held facts' chat Q&A (MEMIT untouched), kept only if "
-        "perplexity and raw recall pass the validate gates.")
+    reinforce: bool = Field(False, description="Train a LoRA on the MEMIT-held facts' chat Q&A (MEMIT untouched), kept "
+                            "only if perplexity and raw recall pass the validate gates.")
