@@ -5,10 +5,9 @@
    facts): chat Q&A, raw completions, identity, plus a bounded replay of older facts and logged
    conversation turns (``curriculum``), with every gated fact's MEMIT edit switched off
    (``sws.train_without_memit``; the facts ``sws.max_trained`` leaves waiting included). Facts at
-   stages 1-2 are carried by the consolidated adapter and only replayed (maintain sends one that
-   lost its chat answer back to stage 0), so a night's training does not grow with the memory.
-   With ``sws.rounds`` > 1, facts failing the gate (step 4), and up to ``sws.max_relearned``
-   consolidated ones failing it too, get another LoRA, the passed rehearsed, then the gate again.
+   stages 1-2 are carried by the consolidated adapter and replayed (maintain sends back one that lost
+   its chat answer). With ``sws.rounds`` > 1, facts failing the gate (step 4), and up to
+   ``sws.max_relearned`` consolidated ones failing it too, get another LoRA, the passed rehearsed.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
 4. Switch every stage < 3 fact's edit to scale 0; per fact, through the adapters alone: chat
    recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit to
@@ -169,7 +168,8 @@ def train_pass(session: SleepSession, examples: list, switched_off: set[int], fa
     crash_point("sws:after-adapter")
     result.rounds += 1
     result.examples, result.train_steps = result.examples + len(examples), result.train_steps + outcome.steps
-    result.train_loss_first = result.train_loss_first if result.train_loss_first is not None else round(outcome.first_loss, 4)
+    if result.train_loss_first is None:
+        result.train_loss_first = round(outcome.first_loss, 4)
     result.train_loss_last = round(outcome.last_loss, 4)
     return adapter_id
 
