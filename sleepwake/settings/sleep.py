@@ -250,8 +250,8 @@ class SwsConfig(BaseModel):
         "took it to 0.874 under 0.879, leak 3.1 %. 0 = no cap.")
     max_relearned: int = Field(
         32, ge=0, description="Consolidated facts (stages 1-2) failing tonight's gate that the further rounds "
-        "(rounds > 1) train again with tonight's failing facts, the longest-unchanged first: what later nights' "
-        "adapters overwrote is relearned the same night instead of waiting for maintain. 0 = off.")
+        "(rounds > 1) train again with tonight's failing facts, stage 2 (edit at 0.1) then the longest-unchanged "
+        "first: what later nights' adapters overwrote is relearned the same night, not left for maintain. 0 = off.")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
     replay_size: int = Field(16, ge=0, description="Replay items mixed into each SWS: consolidated facts and logged "
                              "conversation turns, sampled by priority.")

@@ -188,15 +188,16 @@ class Pass:
 
 def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict[int, int]], result: SwsResult):
     """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate and up to
-    ``sws.max_relearned`` consolidated ones (stages 1-2) that failed it too (a night's adapter overwrote
-    them), the passed rehearsed (their chat question), then every gated fact gated again. The extra cost
+    ``sws.max_relearned`` consolidated ones (stages 1-2, stage 2 first) that failed it too (a night's adapter
+    overwrote them), the passed rehearsed (their chat question), then every gated fact gated again. The extra cost
     follows what did not hold; a night where all pass pays nothing. Returns the last (table, stages)."""
     (table, stages), cfg = gate, session.settings.sws
     relearned: dict = {}  # fact id -> row: consolidated facts given a further round tonight
     for _ in range(cfg.rounds - 1):
         lost_old = [r for r in plan.gated if r.stage >= 1 and stages[r.fact_id] == r.stage and r.fact_id not in relearned]
-        room = cfg.max_relearned - len(relearned)  # 0: relearning is off (not "no cap", as max_trained's 0)
-        relearned.update((r.fact_id, r) for r in (waiting_longest(lost_old, room) if room > 0 else []))
+        room = max(cfg.max_relearned - len(relearned), 0)  # 0: relearning is off (not "no cap", as max_trained's 0)
+        by_support = sorted(waiting_longest(lost_old, 0), key=lambda r: -r.stage)  # stage 2 (edit at 0.1) first
+        relearned.update((r.fact_id, r) for r in by_support[:room])
         failing = [r for r in [*plan.trained, *relearned.values()] if stages[r.fact_id] == r.stage]
         if not failing:
             break
