@@ -252,9 +252,10 @@ def test_sws_second_round_relearns_a_consolidated_fact_the_adapter_lost(run, mon
 
 def test_sws_relearns_the_stage_2_fact_first_when_the_cap_is_short(run, monkeypatch):
     """Two consolidated facts fail tonight's gate and one may be relearned: the stage-2 one (its edit at 0.1
-    answers nothing in chat) goes before the stage-1 one (its edit at 0.5), whatever their age."""
+    answers nothing in chat) goes before the stage-1 one (its edit at 0.5), whatever their age; the further
+    round trains for sws.round_epochs, round 1 for lora.epochs."""
     memory = run.memory
-    memory.settings.sws.max_relearned = 1
+    memory.settings.sws.max_relearned, memory.settings.sws.round_epochs = 1, 1
     older, newer, _ = memory.ledger.list_facts()
     memory.ledger.set_stage(older.fact_id, 1)
     memory.ledger.set_stage(newer.fact_id, 2)
@@ -262,13 +263,16 @@ def test_sws_relearns_the_stage_2_fact_first_when_the_cap_is_short(run, monkeypa
     monkeypatch.setattr(sws_stage.probes, "probe_facts", lambda backend, facts, cfg: [
         probes.FactProbe(raw=True, raw_text="", chat=f.prompt() not in lost, chat_text="") for f in facts])
     trained: list[list] = []
+    epochs: list[int] = []
     real_train = sws_stage.consolidate.train
     monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
-        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
+        trained.append(sorted(f.prompt() for f in facts)) or epochs.append(rcp.epochs)
+        or real_train(session, examples, rcp, label, facts)))
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     result = sws_stage.sws(run)
     assert result.relearned == 1 and trained[1] == [newer.fact.prompt()]
+    assert epochs == [memory.settings.lora.epochs, 1] and memory.settings.lora.epochs != 1
 
 
 def test_sws_rounds_stop_when_every_fact_passes(run, monkeypatch):

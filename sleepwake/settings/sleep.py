@@ -231,9 +231,8 @@ class SwsConfig(BaseModel):
         True, description="A fact advances only if, with every trained fact's MEMIT edit at scale 0, "
         "the LoRA answers BOTH its chat question and its raw prompt (off: chat only, as in paper 4; "
         "then dissolving MEMIT can cost raw recall).")
-    train_raw: bool = Field(
-        True, description="Also train raw-completion text (prompt -> object), so both pathways "
-        "learn (the papers' proposed fix for the alignment tax).")
+    train_raw: bool = Field(True, description="Also train raw-completion text (prompt -> object), so both pathways "
+                            "learn (the papers' proposed fix for the alignment tax).")
     train_without_memit: bool = Field(
         True, description="Train with the MEMIT edits of every gated fact (stage < 3: tonight's, those left waiting "
         "by max_trained, those the adapters carry) switched off, so the LoRA learns what it must carry alone "
@@ -259,9 +258,10 @@ class SwsConfig(BaseModel):
     repair_disturbed: bool = Field(
         True, description="When the new adapter costs a fact its raw recall (its edit unchanged), re-solve that "
         "fact's edit on the weights with the adapter inside the pass (maintain's refresh) instead of undoing the pass.")
-    repair_rounds: int = Field(
-        2, ge=1, le=5, description="How many times a pass re-solves the facts still disturbed after the previous "
-        "repair (each round settles the stages again; a re-solve can move a neighbour).")
+    round_epochs: int = Field(0, ge=0, description="Epochs of each further round (rounds > 1) over its examples, "
+                              "facts trained once already tonight or on an earlier night; 0 = lora.epochs.")
+    repair_rounds: int = Field(2, ge=1, le=5, description="How many times a pass re-solves the facts still disturbed "
+                               "after the previous repair (each settles the stages again; a re-solve moves neighbours).")
     benchmark_max_drop: float = Field(
         1.25e-1, ge=0, le=1, description="Benchmark gate: the share of the fixed question set "
         "answered correctly may fall by at most this much, else the whole SWS is rolled back.")

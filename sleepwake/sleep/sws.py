@@ -154,13 +154,14 @@ def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[
     return scales, why
 
 
-def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult) -> int:
+def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult,
+               epochs: int | None = None) -> int:
     """Train one LoRA on ``examples`` with ``switched_off`` edits out of the weights and store it
     (each round of a night adds one adapter; the fold merges them). Returns the adapter's id."""
     memory = session.memory
     memory.compose(skip=switched_off)
     try:
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings), "sws", facts)
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, epochs=epochs), "sws", facts)
     finally:
         memory.compose()
     adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)
@@ -205,7 +206,8 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
         backend = session.memory.backend
         examples = curriculum.fact_examples(backend, [r.fact for r in failing], cfg.train_raw)
         examples += [curriculum.rehearsal_example(backend, fact) for fact in passed] + plan.shared
-        plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result))
+        plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result,
+                                           cfg.round_epochs or None))
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
     result.relearned = len(relearned)
@@ -257,12 +259,10 @@ def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int
 
 
 def repair(session: SleepSession, rows, stages: dict[int, int], raw_before: list[bool], raw_after: list[bool]):
-    """Facts the new adapter disturbed (raw recall lost though their edits kept their scale): their
-    edits are re-solved on the weights with the adapter, as maintain's refresh does (the other edits'
-    outputs held by a hard null-space constraint), inside this pass's snapshot, then settled again;
-    up to ``sws.repair_rounds`` times, each on what is still lost (a re-solve can move a neighbour,
-    and night 2 of the 500-fact run kept 6 of 100 lost after one round of 4).
-    Returns (the gated rows as stored now, stages, raw hits, facts repaired)."""
+    """Facts the new adapter disturbed (raw recall lost, edit scale kept): edits re-solved on the weights with
+    the adapter as maintain's refresh does (other edits held by a null-space constraint), then settled again;
+    up to ``sws.repair_rounds`` times on what is still lost (a re-solve can move a neighbour: night 2 of the
+    500-fact run kept 6 of 100 lost after one round). Returns (gated rows as stored now, stages, raw hits, repaired)."""
     memory, repaired = session.memory, set()
     for _ in range(session.settings.sws.repair_rounds):
         disturbed = [r for r in lost(rows, raw_before, raw_after) if r.edit_id is not None]
@@ -282,9 +282,8 @@ def lost(rows, raw_before: list[bool], raw_after: list[bool]) -> list:
 
 
 def settle(session: SleepSession, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:
-    """Compose with the proposed scales (adapters + partly dissolved MEMIT together) and re-check
-    every gated fact's raw recall; a fact that advanced but fails there goes back to its old stage
-    (its edit regains scale). Returns the settled stages and the final raw hits."""
+    """Compose with the proposed scales (adapters + partly dissolved MEMIT) and re-check every gated fact's raw
+    recall; one that advanced but fails goes back a stage (its edit regains scale). -> (stages, final raw hits)"""
     memory = session.memory
     for _ in range(2):  # reverting only raises scales, so one more check confirms it
         try:
