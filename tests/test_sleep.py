@@ -211,8 +211,8 @@ def test_maintain_wakes_a_consolidated_fact_the_adapters_lost(run):
 
 def test_maintain_sends_a_consolidated_fact_that_lost_its_chat_answer_back_to_sws(run, monkeypatch):
     """Raw kept, chat lost, consolidated at least once (its edit scaled down, or gone): the fact goes
-    back to stage 0 (tonight's SWS trains it), the oldest first, at most ``maintain.max_reconsolidate``
-    a night; an unconsolidated fact failing chat is left to SWS."""
+    back to stage 0 (tonight's SWS trains it), stage 3 (its edit pruned) first, then the oldest, at most
+    ``maintain.max_reconsolidate`` a night; an unconsolidated fact failing chat is left to SWS."""
     memory = run.memory
     rows = memory.ledger.list_facts()
     assert len(rows) >= 4
@@ -228,7 +228,7 @@ def test_maintain_sends_a_consolidated_fact_that_lost_its_chat_answer_back_to_sw
     with_settings(run, maintain=run.settings.maintain.model_copy(update={"max_reconsolidate": 2}))
     result = maintain(run, before)
     stages = {r.fact_id: r.stage for r in memory.ledger.list_facts()}
-    assert result.reconsolidating == 2 and [stages[r.fact_id] for r in rows[:3]] == [0, 0, 3]
+    assert result.reconsolidating == 2 and [stages[r.fact_id] for r in rows[:3]] == [1, 0, 0]  # the oldest waits
     assert all(stages[r.fact_id] == r.stage for r in rows[3:])
 
 

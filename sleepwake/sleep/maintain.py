@@ -6,8 +6,8 @@ constraint that the outputs at every other stored edit's keys stay unchanged, an
 edit replaces its old one in one ledger transaction (``Memory.refresh_many``). A consolidated fact
 the LoRA lost (stage 3, no edit) is woken again: it gets a fresh edit at stage 0 and SWS will
 consolidate it anew. A consolidated fact that still completes raw but lost its chat answer has no
-edit to refresh: it goes back to stage 0 (``maintain.max_reconsolidate`` a night) and tonight's SWS
-trains it again. Facts the audit did not look at tonight are protected like the healthy ones.
+edit to refresh: it goes back to stage 0 (``maintain.max_reconsolidate`` a night, stage 3 first) and
+tonight's SWS trains it again. Facts the audit did not look at tonight are protected like the healthy ones.
 First, MEMIT's key statistics grow by one slice until ``memit.covariance_max_tokens``.
 """
 
@@ -80,12 +80,14 @@ def maintain(session: SleepSession, before: AuditResult, missing_ids: Sequence[i
 
 def reconsolidate(session: SleepSession, chat_lost_ids: Sequence[int]) -> int:
     """Send up to ``maintain.max_reconsolidate`` consolidated facts (stages 1-3) that lost their chat
-    answer back to stage 0, the oldest first, in one transaction; returns how many. Their edits keep
-    their scales (an edit may carry other facts; SWS sets the scale when the fact passes again).
+    answer back to stage 0, stage 3 first, then the oldest, in one transaction; returns how many. Their
+    edits keep their scales (an edit may carry other facts; SWS sets the scale when the fact passes again).
     Inside maintain's snapshot: a rolled-back night restores their stages."""
     rows = {r.fact_id: r for r in session.ledger.list_facts()}
     lost = [fid for fid in chat_lost_ids if fid in rows and rows[fid].stage >= 1]
-    lost = sorted(lost)[: session.settings.maintain.max_reconsolidate]
+    # Stage 3 first: its edit is pruned and no SWS gate looks at it, so nothing else brings it back; a
+    # stage-1/2 fact is gated tonight and relearned by SWS's further round (sws.max_relearned).
+    lost = sorted(lost, key=lambda fid: (-rows[fid].stage, fid))[: session.settings.maintain.max_reconsolidate]
     if lost:
         adapter_rows.commit_consolidation(session.ledger, {fid: 0 for fid in lost}, {})
         session.memory.reload()
