@@ -373,8 +373,8 @@ def test_sws_trains_at_most_max_trained_facts_the_longest_waiting_first(run, mon
     newest = max(rows, key=lambda r: (r.updated_at, r.fact_id))
     trained = []
     real = sws_stage.train_pass
-    monkeypatch.setattr(sws_stage, "train_pass", lambda session, examples, off, facts, result: (
-        trained.append([f.key for f in facts]), real(session, examples, off, facts, result))[1])
+    monkeypatch.setattr(sws_stage, "train_pass", lambda session, examples, off, facts, result, *epochs: (
+        trained.append([f.key for f in facts]), real(session, examples, off, facts, result, *epochs))[1])
     result = sws_stage.sws(run)
     assert result.trained == 2 and result.gated == len(rows) == 3
     assert trained[0] and newest.fact.key not in trained[0] and len(trained[0]) == 2
