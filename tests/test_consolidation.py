@@ -8,6 +8,7 @@ bundled model measures those.
 from __future__ import annotations
 
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.models import probes
 from sleepwake.models.lora import LoraRecipe, TrainExample, collate, example_loss, plan_steps, train_lora
-from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, sws as sws_stage
+from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, settled as settled_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
 from sleepwake.sleep.session import SleepSession
 from sleepwake.storage import adapters as adapter_rows
@@ -248,6 +249,59 @@ def test_sws_second_round_relearns_a_consolidated_fact_the_adapter_lost(run, mon
     assert old.fact.prompt() not in trained[0]  # round 1 trains tonight's (stage 0) facts only
     assert trained[1] == sorted(failing_once if max_relearned else {new_fail.fact.prompt()})
     assert {r.fact_id: r.stage for r in memory.ledger.list_facts()}[old.fact_id] == (2 if max_relearned else 1)
+
+
+@pytest.mark.parametrize("checked", [0, 1])
+def test_sws_relearns_a_stage_3_fact_tonights_adapter_overwrote(run, monkeypatch, checked):
+    """A stage-3 fact (edit pruned, the adapters hold it) that lost its chat answer after round 1 is trained
+    again in round 2 beside tonight's failing fact and stays at stage 3; sws.settled_checked=0 never gates it."""
+    memory = run.memory
+    memory.settings.sws.settled_checked = checked
+    old, new_fail, _ = memory.ledger.list_facts()
+    memory.ledger.set_stage(old.fact_id, 3)
+    failing_once = {old.fact.prompt(), new_fail.fact.prompt()}
+    trained: list[list] = []
+    gates: list[list] = []
+
+    def probe(backend, facts, cfg):  # both fail after round 1 and pass once round 2 has trained
+        gates.append(sorted(f.prompt() for f in facts))
+        return [probes.FactProbe(raw=True, raw_text="", chat=len(trained) > 1 or f.prompt() not in failing_once,
+                                 chat_text="") for f in facts]
+
+    real_train = sws_stage.consolidate.train
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
+        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(settled_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
+    result = sws_stage.sws(run)
+    assert result.accepted and result.rounds == 2 and result.relearned == 0
+    assert (result.settled_checked, result.settled_lost, result.settled_relearned, result.settled_held) == (checked,) * 4
+    assert old.fact.prompt() not in trained[0]  # round 1 trains tonight's (stage 0) facts only
+    assert trained[1] == sorted(failing_once if checked else {new_fail.fact.prompt()})
+    assert any(old.fact.prompt() in gate for gate in gates) == bool(checked)
+    assert {r.fact_id: r.stage for r in memory.ledger.list_facts()}[old.fact_id] == 3
+
+
+def test_settled_sample_puts_chat_lost_first_then_unaudited_then_the_oldest(run):
+    """The stage-3 facts SWS checks: the last audit's chat misses first, then the never audited, then by age."""
+    ledger = run.memory.ledger
+    first, second, third = ledger.list_facts()
+    for row in (first, second, third):
+        ledger.set_stage(row.fact_id, 3)
+    ledger.record_audits([
+        {"run_id": "r1", "fact_id": first.fact_id, "ts": datetime(2026, 1, 2), "raw_recall": 1.0, "chat_recall": 1.0,
+         "healthy": True},
+        {"run_id": "r1", "fact_id": third.fact_id, "ts": datetime(2026, 1, 3), "raw_recall": 1.0, "chat_recall": 0.0,
+         "healthy": True}])
+    rows = ledger.list_facts()
+    run.settings.sws.settled_checked = 3
+    assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id, second.fact_id, first.fact_id]
+    run.settings.sws.settled_checked = 1
+    assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id]
+    run.settings.sws.rounds = 1  # no further round could relearn them: none checked
+    assert settled_stage.sample(run, rows) == []
 
 
 def test_sws_relearns_the_stage_2_fact_first_when_the_cap_is_short(run, monkeypatch):

@@ -30,6 +30,7 @@ def home_bytes(home_dir: str) -> int:
 
 # What each night's stages did, from the sleep's metrics in the ledger: {row column: "stage.metric"}.
 STAGE_FIGURES = {"sws_trained": "sws.trained", "sws_relearned": "sws.relearned", "sws_repaired": "sws.repaired",
+                 "settled_relearned": "sws.settled_relearned", "settled_held": "sws.settled_held",
                  "sws_gated": "sws.gated", "sws_train_steps": "sws.train_steps", "lora_chat": "sws.lora_chat_recall",
                  "reconsolidated": "maintain.reconsolidating", "validate_repaired": "validate.repaired"}
 

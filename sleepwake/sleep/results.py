@@ -130,6 +130,10 @@ class SwsResult(StageResult):
     repaired: int = 0
     relearned: int = Field(0, description="Consolidated facts (stages 1-2) that failed tonight's gate and got a further "
                            "round (sws.max_relearned).")
+    settled_checked: int = Field(0, description="Stage-3 facts (edit pruned) gated after round 1 (sws.settled_checked).")
+    settled_lost: int = Field(0, description="Of those, the ones tonight's first adapter left without their answer.")
+    settled_relearned: int = Field(0, description="Checked stage-3 facts trained again in a further round tonight.")
+    settled_held: int = Field(0, description="Of those relearned, the ones answering at the last gate.")
     lost_ids: list[int] = Field(default_factory=list, description="Gated facts whose raw recall this pass lost "
                                 "(after repair); more than validate.max_recall_drop of them undo the pass.")
     benchmark_before: float | None = None

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from sleepwake.faults import crash_point
 from sleepwake.models import probes
-from sleepwake.sleep import adapter_scale, consolidate, curriculum, forgetting, journal, locality as locality_stage, replay
+from sleepwake.sleep import adapter_scale, consolidate, curriculum, forgetting, journal, locality as locality_stage, replay, settled
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import SwsResult
 from sleepwake.sleep.session import SleepSession
@@ -44,7 +44,8 @@ def sws(session: SleepSession) -> SwsResult:
     started = time.perf_counter()
     memory, cfg = session.memory, session.settings.sws
     with journal.stage(session, "sws") as snap:
-        gated = [r for r in memory.ledger.list_facts() if r.stage < 3]
+        rows = memory.ledger.list_facts()
+        gated = [r for r in rows if r.stage < 3]
         trained = waiting_longest([r for r in gated if r.stage == 0], cfg.max_trained)
         forgets = forgetting.unsettled(session)
         why_not = consolidate.cannot_train(memory)
@@ -57,7 +58,7 @@ def sws(session: SleepSession) -> SwsResult:
         locality_before = locality_stage.start_locality(session)
         result = SwsResult(trained=len(trained), gated=len(gated), benchmark_before=round(bench_before, 4),
                            locality_start=locality_before, leak_start=locality_stage.start_leak(session))
-        plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set())
+        plan = Pass(trained, gated, edit_ids, edit_ids if cfg.train_without_memit else set(), settled.sample(session, rows))
         if trained or forgets:
             plan.shared, result.replay = replay.shared_examples(session)
             examples = curriculum.fact_examples(memory.backend, [r.fact for r in trained], cfg.train_raw) if trained else []
@@ -183,35 +184,49 @@ class Pass:
     gated: list  # every fact the gate checks (stage < 3 rows)
     edit_ids: set[int]  # the gated facts' edits: at scale 0 while gating
     switched_off: set[int]  # edits out of the weights while training (``sws.train_without_memit``)
+    settled: list = field(default_factory=list)  # stage-3 facts checked after each round (``sws.settled_checked``)
     shared: list = field(default_factory=list)  # identity pairs and the night's replay, the same every round
     adapter_ids: list[int] = field(default_factory=list)  # the adapters this pass stored (one per round)
 
 
 def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict[int, int]], result: SwsResult):
-    """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate and up to
+    """Rounds 2.. of ``sws.rounds``: a further LoRA on tonight's facts that failed their gate, up to
     ``sws.max_relearned`` consolidated ones (stages 1-2, stage 2 first) that failed it too (a night's adapter
-    overwrote them), the passed rehearsed (their chat question), then every gated fact gated again. The extra cost
-    follows what did not hold; a night where all pass pays nothing. Returns the last (table, stages)."""
+    overwrote them) and the checked stage-3 facts that lost their chat answer (``settled``), the passed rehearsed
+    (their chat question), then every gated and checked fact gated again. The extra cost follows what did not
+    hold; a night where all pass pays nothing. Returns the last (table, stages)."""
     (table, stages), cfg = gate, session.settings.sws
+    held = settled.holding(session, plan.settled)  # stage-3 facts after round 1: do they still answer?
+    result.settled_checked, result.settled_lost = len(held), sum(not ok for ok in held.values())
     relearned: dict = {}  # fact id -> row: consolidated facts given a further round tonight
     for _ in range(cfg.rounds - 1):
         lost_old = [r for r in plan.gated if r.stage >= 1 and stages[r.fact_id] == r.stage and r.fact_id not in relearned]
-        room = max(cfg.max_relearned - len(relearned), 0)  # 0: relearning is off (not "no cap", as max_trained's 0)
+        room = max(cfg.max_relearned - count_gated(relearned), 0)  # 0: off (not "no cap", as max_trained's 0)
         by_support = sorted(waiting_longest(lost_old, 0), key=lambda r: -r.stage)  # stage 2 (edit at 0.1) first
         relearned.update((r.fact_id, r) for r in by_support[:room])
-        failing = [r for r in [*plan.trained, *relearned.values()] if stages[r.fact_id] == r.stage]
+        relearned.update((r.fact_id, r) for r in plan.settled if not held[r.fact_id])
+        holds = [(r, held[r.fact_id] if r.stage >= 3 else stages[r.fact_id] > r.stage)
+                 for r in [*plan.trained, *relearned.values()]]
+        failing = [r for r, ok in holds if not ok]
         if not failing:
             break
-        passed = [r.fact for r in [*plan.trained, *relearned.values()] if stages[r.fact_id] > r.stage]
         backend = session.memory.backend
         examples = curriculum.fact_examples(backend, [r.fact for r in failing], cfg.train_raw)
-        examples += [curriculum.rehearsal_example(backend, fact) for fact in passed] + plan.shared
+        examples += [curriculum.rehearsal_example(backend, r.fact) for r, ok in holds if ok] + plan.shared
         plan.adapter_ids.append(train_pass(session, examples, plan.switched_off, [r.fact for r in failing], result,
                                            cfg.round_epochs or None))
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
-    result.relearned = len(relearned)
+        held = settled.holding(session, plan.settled)
+    result.relearned = count_gated(relearned)
+    result.settled_relearned = len(relearned) - result.relearned
+    result.settled_held = sum(1 for fid, r in relearned.items() if r.stage >= 3 and held[fid])
     return table, stages
+
+
+def count_gated(relearned: dict) -> int:
+    """The relearned facts at stages 1-2 (``sws.max_relearned`` caps them; the stage-3 ones have their own cap)."""
+    return sum(1 for r in relearned.values() if r.stage < 3)
 
 
 def waiting_longest(rows, cap: int) -> list:
@@ -235,8 +250,7 @@ def raw_hits(session: SleepSession, rows) -> list[bool]:
 def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:
     """Per-fact recall through the adapters alone (gated edits at 0) -> (table, proposed stages)."""
     cfg = session.settings.sws
-    probe_cfg = session.settings.probes.model_copy(update={"paraphrases": False, "chat": True})
-    results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], probe_cfg)
+    results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], settled.gate_probes(session))
     table, stages = [], {}
     for row, probe in zip(rows, results):
         passed = bool(probe.chat) and (probe.raw or not cfg.gate_raw)

@@ -1,0 +1,51 @@
+"""Settled facts in SWS: stage-3 facts (edit pruned, only the folded adapters hold them) checked the
+same night as tonight's training and, where it overwrote them, relearned in SWS's further round.
+
+The stage-1/2 facts are gated every night and relearned at once (``sws.max_relearned``); a stage-3
+fact was never looked at by SWS, so one that tonight's adapter overwrote waited for a later audit,
+maintain's reconsolidation (10 a night) or validate's MEMIT repair (whose edits drift the model).
+The 500-fact run lost 16-26 % of its stage-3 facts in chat by nights 5-7 while stages 1-2 held at
+3-6 % (docs/results.md). Checking costs one chat probe per sampled fact and round; relearning needs
+no edit: the fact's ledger row is its training text.
+"""
+
+from __future__ import annotations
+
+from sleepwake.models import probes
+from sleepwake.sleep.session import SleepSession
+
+
+def gate_probes(session: SleepSession):
+    """The probe settings of every SWS gate: the fact's own question in chat and its raw prompt."""
+    return session.settings.probes.model_copy(update={"paraphrases": False, "chat": True})
+
+
+def sample(session: SleepSession, rows) -> list:
+    """Up to ``sws.settled_checked`` stage-3 rows: those whose latest audit lost the chat answer first,
+    then those never audited, then those audited longest ago (a rotation over the nights). None with
+    ``sws.rounds`` 1: without a further round nothing could relearn them."""
+    cfg = session.settings.sws
+    settled = [r for r in rows if r.stage >= 3]
+    if not cfg.settled_checked or cfg.rounds < 2 or not settled:
+        return []
+    latest = session.ledger.latest_audits()
+
+    def lost_chat(row) -> bool:
+        chat = latest.get(row.fact_id, {}).get("chat_recall")
+        return chat is not None and chat < 0.5
+
+    unaudited = [r for r in settled if r.fact_id not in latest]
+    audited = sorted((r for r in settled if r.fact_id in latest),
+                     key=lambda r: (not lost_chat(r), latest[r.fact_id]["ts"], r.fact_id))
+    lost = [r for r in audited if lost_chat(r)]
+    ordered = lost + unaudited + audited[len(lost):]
+    return ordered[:cfg.settled_checked]
+
+
+def holding(session: SleepSession, rows) -> dict[int, bool]:
+    """Fact id -> whether the weights as composed answer it (chat; and raw with ``sws.gate_raw``)."""
+    if not rows:
+        return {}
+    results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], gate_probes(session))
+    gate_raw = session.settings.sws.gate_raw
+    return {r.fact_id: bool(p.chat) and (p.raw or not gate_raw) for r, p in zip(rows, results)}
