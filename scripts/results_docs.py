@@ -26,7 +26,8 @@ RESULTS = ROOT / "docs" / "results"
 COLUMNS = {
     "longevity": ("nights", ["night", "facts", "raw", "chat", "chat_held_out", "drift", "locality", "leak", "outcome",
                              "audited", "stage_0", "stage_1", "stage_2", "stage_3", "adapters", "home_bytes",
-                             "sleep_seconds", "peak_rss_gb", "sws_trained", "sws_relearned", "sws_repaired", "lora_chat"]),
+                             "sleep_seconds", "peak_rss_gb", "sws_trained", "sws_relearned", "settled_relearned", "settled_held",
+                             "sws_repaired", "lora_chat"]),
     "forgetting": ("steps", ["step", "raw", "chat", "forgotten_probes", "forgotten_raw_hits", "forgotten_paraphrase_hits",
                              "forgotten_chat_hits", "forget_drift", "updated", "updated_consolidated", "new_raw", "new_chat",
                              "old_raw", "old_chat", "drift", "outcome"]),

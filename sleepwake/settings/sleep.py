@@ -56,7 +56,7 @@ class MaintainConfig(BaseModel):
         10, ge=0, description="At most this many degraded facts are refreshed per sleep cycle.")
     max_reconsolidate: int = Field(10, ge=0, description="At most this many facts consolidated once or more (stages 1-3) that "
         "answer raw but not in chat at the audit go back to stage 0 a sleep, for tonight's SWS; stage 3 first (edit "
-        "pruned, never gated; SWS relearns stages 1-2). 0: never.")
+        "pruned; SWS gates only sws.settled_checked of them a night, every stage-1/2 fact). 0: never.")
     protect_refreshed: bool = Field(
         True, description="Facts refreshed earlier in the same cycle join the protected key set "
         "(the paper protected only facts healthy before the cycle, which caused its cycle-1 dip).")

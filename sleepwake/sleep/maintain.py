@@ -85,8 +85,8 @@ def reconsolidate(session: SleepSession, chat_lost_ids: Sequence[int]) -> int:
     Inside maintain's snapshot: a rolled-back night restores their stages."""
     rows = {r.fact_id: r for r in session.ledger.list_facts()}
     lost = [fid for fid in chat_lost_ids if fid in rows and rows[fid].stage >= 1]
-    # Stage 3 first: its edit is pruned and no SWS gate looks at it, so nothing else brings it back; a
-    # stage-1/2 fact is gated tonight and relearned by SWS's further round (sws.max_relearned).
+    # Stage 3 first: its edit is pruned and SWS checks only sws.settled_checked of them a night, where
+    # every stage-1/2 fact is gated tonight and relearned by SWS's further round (sws.max_relearned).
     lost = sorted(lost, key=lambda fid: (-rows[fid].stage, fid))[: session.settings.maintain.max_reconsolidate]
     if lost:
         adapter_rows.commit_consolidation(session.ledger, {fid: 0 for fid in lost}, {})
