@@ -6,8 +6,9 @@
    conversation turns (``curriculum``), with every gated fact's MEMIT edit switched off
    (``sws.train_without_memit``; the facts ``sws.max_trained`` leaves waiting included). Facts at
    stages 1-2 are carried by the consolidated adapter and replayed (maintain sends back one that lost
-   its chat answer). With ``sws.rounds`` > 1, facts failing the gate (step 4), and up to
-   ``sws.max_relearned`` consolidated ones failing it too, get another LoRA, the passed rehearsed.
+   its chat answer). With ``sws.rounds`` > 1, facts failing the gate (step 4), up to
+   ``sws.max_relearned`` consolidated ones failing it too, and the stage-3 facts checked after round 1
+   that lost their answer (``sws.settled_checked``, ``settled``), get another LoRA, the passed rehearsed.
 3. Store it as an adapter (factor file + ledger row): the weights now include it.
 4. Switch every stage < 3 fact's edit to scale 0; per fact, through the adapters alone: chat
    recall (and raw recall with ``sws.gate_raw``). A pass moves the fact one stage on and its edit to
