@@ -19,8 +19,7 @@ class CurateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_active_facts: int = Field(
-        200, gt=0,
-        description="Cap on facts held by MEMIT edits (the cap counts facts, not edits, so a refresh "
+        200, gt=0, description="Cap on facts held by MEMIT edits (the cap counts facts, not edits, so a refresh "
         "never pushes it). Above it only consolidated edits (scale 0) are pruned; a healthy fact is "
         "never dropped, the report warns instead.",
     )
@@ -52,8 +51,7 @@ class MaintainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Run the maintain stage in a full sleep.")
-    max_refresh: int = Field(
-        10, ge=0, description="At most this many degraded facts are refreshed per sleep cycle.")
+    max_refresh: int = Field(10, ge=0, description="At most this many degraded facts are refreshed per sleep cycle.")
     max_reconsolidate: int = Field(10, ge=0, description="At most this many facts consolidated once or more (stages 1-3) that "
         "answer raw but not in chat at the audit go back to stage 0 a sleep, for tonight's SWS; stage 3 first (edit "
         "pruned; SWS gates only sws.settled_checked of them a night, every stage-1/2 fact). 0: never.")
@@ -69,8 +67,7 @@ class ValidateConfig(BaseModel):
 
     enabled: bool = Field(True, description="Gate the sleep; off keeps every change unchecked.")
     max_ppl_increase: float = Field(
-        1.0e-1, ge=0,
-        description="Largest relative perplexity rise over the pre-sleep value (0.10 = +10 %, the "
+        1.0e-1, ge=0, description="Largest relative perplexity rise over the pre-sleep value (0.10 = +10 %, the "
         "papers' REM threshold); above it the whole sleep is rolled back byte-exactly.",
     )
     max_drift: float = Field(
@@ -120,8 +117,7 @@ class SleepConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    keep_snapshots: int = Field(
-        1, ge=0, description="Closed pre-sleep snapshots kept on disk after a sleep (0 deletes them).")
+    keep_snapshots: int = Field(1, ge=0, description="Closed pre-sleep snapshots kept on disk after a sleep (0 deletes them).")
     lock_wait_s: float = Field(
         30.0, ge=0, description="How long a sleep, wake or forget flow waits for the home's write lock "
         "(another inject, forget, sleep, or a serving process storing a turn) before failing as busy; "
@@ -251,11 +247,10 @@ class SwsConfig(BaseModel):
         64, ge=0, description="Consolidated facts (stages 1-2) failing tonight's gate that the further rounds "
         "(rounds > 1) train again with tonight's failing facts, stage 2 (edit at 0.1) first: what later adapters "
         "overwrote is relearned the same night. 0 = off. 500-fact run, night 4: 32 (hit) chat 0.89; 64 (40) 0.91.")
-    settled_checked: int = Field(
-        64, ge=0, description="Stage-3 facts (edit pruned, only the adapters hold them) gated after round 1 each "
-        "night: those whose last audit lost the chat answer first, then the longest unaudited; each one tonight's "
-        "adapter left without its answer is trained again in the further rounds (rounds > 1) and stays at stage 3. "
-        "0 = off (stage-3 facts wait for the audit and maintain).")
+    settled_checked: int = Field(64, ge=0, description="Stage-3 facts (edit pruned, only the adapters hold them) gated "
+        "after round 1 each night, those whose last audit lost the chat answer first, then the longest unaudited; each "
+        "one tonight's adapter left without its answer is trained again in the further rounds (rounds > 1) and stays "
+        "at stage 3. 0 = off (stage-3 facts wait for the audit and maintain).")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")
     replay_size: int = Field(16, ge=0, description="Replay items mixed into each SWS: consolidated facts and logged "
                              "conversation turns, sampled by priority.")

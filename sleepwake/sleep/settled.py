@@ -1,5 +1,6 @@
-"""Settled facts in SWS: stage-3 facts (edit pruned, only the folded adapters hold them) checked the
-same night as tonight's training and, where it overwrote them, relearned in SWS's further round.
+"""SWS's gate (per-fact recall through the weights as composed) and the settled facts in it: stage-3
+facts (edit pruned, only the folded adapters hold them) checked the same night as tonight's training
+and, where it overwrote them, relearned in SWS's further round.
 
 The stage-1/2 facts are gated every night and relearned at once (``sws.max_relearned``); a stage-3
 fact was never looked at by SWS, so one that tonight's adapter overwrote waited for a later audit,
@@ -44,8 +45,18 @@ def sample(session: SleepSession, rows) -> list:
 
 def holding(session: SleepSession, rows) -> dict[int, bool]:
     """Fact id -> whether the weights as composed answer it (chat; and raw with ``sws.gate_raw``)."""
-    if not rows:
-        return {}
+    return {entry["fact_id"]: entry["passed"] for entry in gate_facts(session, rows)[0]} if rows else {}
+
+
+def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:
+    """Per-fact recall through the adapters alone (gated edits at 0) -> (table, proposed stages)."""
+    cfg = session.settings.sws
     results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], gate_probes(session))
-    gate_raw = session.settings.sws.gate_raw
-    return {r.fact_id: bool(p.chat) and (p.raw or not gate_raw) for r, p in zip(rows, results)}
+    table, stages = [], {}
+    for row, probe in zip(rows, results):
+        passed = bool(probe.chat) and (probe.raw or not cfg.gate_raw)
+        stages[row.fact_id] = min(row.stage + 1, 3) if passed else row.stage
+        table.append({"fact_id": row.fact_id, "fact": f"{row.fact.prompt()} -> {row.object}", "chat": bool(probe.chat),
+                      "raw": probe.raw, "passed": passed, "stage_before": row.stage, "edit_id": row.edit_id,
+                      "answer": (probe.chat_text or "").strip()[:60]})
+    return table, stages

@@ -36,6 +36,7 @@ from sleepwake.sleep import adapter_scale, consolidate, curriculum, forgetting, 
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import SwsResult
 from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.settled import gate_facts
 from sleepwake.storage import adapters as adapter_rows
 
 log = logging.getLogger(__name__)
@@ -200,14 +201,15 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
     held = settled.holding(session, plan.settled)  # stage-3 facts after round 1: do they still answer?
     result.settled_checked, result.settled_lost = len(held), sum(not ok for ok in held.values())
     relearned: dict = {}  # fact id -> row: consolidated facts given a further round tonight
+    again: dict = {}  # the same for the checked stage-3 facts (``sws.settled_checked`` caps them, not max_relearned)
     for _ in range(cfg.rounds - 1):
         lost_old = [r for r in plan.gated if r.stage >= 1 and stages[r.fact_id] == r.stage and r.fact_id not in relearned]
-        room = max(cfg.max_relearned - count_gated(relearned), 0)  # 0: off (not "no cap", as max_trained's 0)
+        room = max(cfg.max_relearned - len(relearned), 0)  # 0: off (not "no cap", as max_trained's 0)
         by_support = sorted(waiting_longest(lost_old, 0), key=lambda r: -r.stage)  # stage 2 (edit at 0.1) first
         relearned.update((r.fact_id, r) for r in by_support[:room])
-        relearned.update((r.fact_id, r) for r in plan.settled if not held[r.fact_id])
+        again.update((r.fact_id, r) for r in plan.settled if not held[r.fact_id])
         holds = [(r, held[r.fact_id] if r.stage >= 3 else stages[r.fact_id] > r.stage)
-                 for r in [*plan.trained, *relearned.values()]]
+                 for r in [*plan.trained, *relearned.values(), *again.values()]]
         failing = [r for r, ok in holds if not ok]
         if not failing:
             break
@@ -219,15 +221,9 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
         session.memory.compose(skip=plan.edit_ids)
         table, stages = gate_facts(session, plan.gated)
         held = settled.holding(session, plan.settled)
-    result.relearned = count_gated(relearned)
-    result.settled_relearned = len(relearned) - result.relearned
-    result.settled_held = sum(1 for fid, r in relearned.items() if r.stage >= 3 and held[fid])
+    result.relearned, result.settled_relearned = len(relearned), len(again)
+    result.settled_held = sum(1 for fid in again if held[fid])
     return table, stages
-
-
-def count_gated(relearned: dict) -> int:
-    """The relearned facts at stages 1-2 (``sws.max_relearned`` caps them; the stage-3 ones have their own cap)."""
-    return sum(1 for r in relearned.values() if r.stage < 3)
 
 
 def waiting_longest(rows, cap: int) -> list:
@@ -247,19 +243,6 @@ def reject(session: SleepSession, snap, result: SwsResult, reason: str, started:
 def raw_hits(session: SleepSession, rows) -> list[bool]:
     return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
 
-
-def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:
-    """Per-fact recall through the adapters alone (gated edits at 0) -> (table, proposed stages)."""
-    cfg = session.settings.sws
-    results = probes.probe_facts(session.memory.backend, [r.fact for r in rows], settled.gate_probes(session))
-    table, stages = [], {}
-    for row, probe in zip(rows, results):
-        passed = bool(probe.chat) and (probe.raw or not cfg.gate_raw)
-        stages[row.fact_id] = min(row.stage + 1, 3) if passed else row.stage
-        table.append({"fact_id": row.fact_id, "fact": f"{row.fact.prompt()} -> {row.object}", "chat": bool(probe.chat),
-                      "raw": probe.raw, "passed": passed, "stage_before": row.stage, "edit_id": row.edit_id,
-                      "answer": (probe.chat_text or "").strip()[:60]})
-    return table, stages
 
 
 def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int, float]:
