@@ -271,8 +271,7 @@ def test_sws_relearns_a_stage_3_fact_tonights_adapter_overwrote(run, monkeypatch
     real_train = sws_stage.consolidate.train
     monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
         trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
-    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
-    monkeypatch.setattr(settled_stage.probes, "probe_facts", probe)
+    monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)  # the one probes module: the stage-3 check's too
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     result = sws_stage.sws(run)

@@ -244,7 +244,6 @@ def raw_hits(session: SleepSession, rows) -> list[bool]:
     return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
 
 
-
 def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int, float]:
     """Each gated edit's scale from its facts' stages. An edit may hold several facts (one subject
     key): it dissolves only as far as its least consolidated fact allows."""
