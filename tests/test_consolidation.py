@@ -608,6 +608,22 @@ def test_replay_prefers_recent_items():
     assert picks.count([3]) >= 19  # priority 1 vs 0.5 ** 30
 
 
+def test_successive_sleeps_replay_other_old_facts(run, monkeypatch):
+    """A fixed seed drew nearly the same replay every night: each sleep of a home draws its own."""
+    run.settings.sws.replay_size = 4
+    old = [type("Row", (), {"fact": Fact(subject=f"Person {i}", relation="lives in", object=f"Town {i}"),
+                            "updated_at": None, "stage": 3})() for i in range(40)]
+    monkeypatch.setattr(replay_stage, "conversation_turns", lambda ledger: [])
+    monkeypatch.setattr(run.ledger, "list_facts", lambda: old)
+    draws = []
+    for _ in range(3):
+        session = SleepSession(run.memory, "full_sleep")
+        run.ledger.start_run(session.run_id, "full_sleep", None)
+        draws.append([ex.prompt for ex in replay_stage.replay_examples(session)])
+        assert [ex.prompt for ex in replay_stage.replay_examples(session)] == draws[-1]  # a sleep's own draw is fixed
+    assert len({tuple(map(tuple, d)) for d in draws}) == 3
+
+
 def test_adapter_ids_are_never_reused(run):
     first, second = adapter_rows.next_adapter_id(run.ledger), adapter_rows.next_adapter_id(run.ledger)
     assert second == first + 1

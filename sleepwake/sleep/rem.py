@@ -124,7 +124,7 @@ def dream_facts(session: SleepSession) -> list:
     rows = session.ledger.list_facts()
     fresh = [r.fact for r in rows if r.stage < 3]
     older = [r.fact for r in rows if r.stage >= 3]
-    rng = random.Random(session.settings.seed)
+    rng = random.Random(session.night_seed())  # other older facts each night
     return fresh + rng.sample(older, min(len(older), max(len(fresh), 2)))
 
 

@@ -25,7 +25,7 @@ def replay_examples(session: SleepSession) -> list:
     memory, cfg = session.memory, session.settings.sws
     older = [(r.fact, r.updated_at) for r in memory.ledger.list_facts() if r.stage >= 1]
     turns = conversation_turns(memory.ledger)
-    return curriculum.replay_examples(memory.backend, older, turns, cfg.replay_size, cfg.replay_decay, session.settings.seed)
+    return curriculum.replay_examples(memory.backend, older, turns, cfg.replay_size, cfg.replay_decay, session.night_seed())
 
 
 def conversation_turns(ledger, limit: int = 200) -> list[dict]:

@@ -68,6 +68,12 @@ class SleepSession:
     def ledger(self):
         return self.memory.ledger
 
+    def night_seed(self) -> int:
+        """The seed of this sleep's own draws (replay, REM's older facts): the settings' seed and
+        the number of sleeps started in this home. One fixed seed drew nearly the same replay every
+        night (the weighted draw keys each fact by its index), so most old facts were never replayed."""
+        return self.settings.seed * 100_003 + self.ledger.count_runs()
+
     def progress(self, stage: str, done: int, total: int, note: str = "") -> None:
         if self.on_progress is not None:
             self.on_progress(stage, done, total, note)

@@ -78,6 +78,12 @@ class History(Database):
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET finished_at = excluded.finished_at, "
                         "outcome = excluded.outcome", [run_id, kind, flow_run_id, now, now, outcome])
 
+    def count_runs(self, kind: str | None = None) -> int:
+        """How many sleep runs (of ``kind``, or any) were ever started here, this one included."""
+        with self._connect() as con:
+            where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
+            return int(con.execute(f"SELECT count(*) FROM sleep_runs {where}", args).fetchone()[0])
+
     def runs(self, limit: int = 20) -> list[dict]:
         """The newest sleep runs, newest first (run id, kind, Prefect flow run id, outcome)."""
         with self._connect() as con:
