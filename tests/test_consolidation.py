@@ -207,8 +207,8 @@ def test_sws_second_round_trains_the_facts_that_failed_and_rehearses_the_rest(ru
 
     trained: list[list] = []
     real_train = sws_stage.consolidate.train
-    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
-        trained.append(list(facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts, kept=(): (
+        trained.append(list(facts)) or real_train(session, examples, rcp, label, facts, kept)))
     monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
@@ -239,8 +239,8 @@ def test_sws_second_round_relearns_a_consolidated_fact_the_adapter_lost(run, mon
 
     trained: list[list] = []
     real_train = sws_stage.consolidate.train
-    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
-        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts, kept=(): (
+        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts, kept)))
     monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
@@ -269,8 +269,8 @@ def test_sws_relearns_a_stage_3_fact_tonights_adapter_overwrote(run, monkeypatch
                                  chat_text="") for f in facts]
 
     real_train = sws_stage.consolidate.train
-    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
-        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts)))
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts, kept=(): (
+        trained.append(sorted(f.prompt() for f in facts)) or real_train(session, examples, rcp, label, facts, kept)))
     monkeypatch.setattr(sws_stage.probes, "probe_facts", probe)  # the one probes module: the stage-3 check's too
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
@@ -281,6 +281,58 @@ def test_sws_relearns_a_stage_3_fact_tonights_adapter_overwrote(run, monkeypatch
     assert trained[1] == sorted(failing_once if checked else {new_fail.fact.prompt()})
     assert any(old.fact.prompt() in gate for gate in gates) == bool(checked)
     assert {r.fact_id: r.stage for r in memory.ledger.list_facts()}[old.fact_id] == 3
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_sws_anchors_consolidated_facts_it_does_not_train(run, monkeypatch, count):
+    """lora.memory_anchors: each round's anchor term also holds up to that many consolidated facts (stage >= 1),
+    never the round's own; 0 anchors none."""
+    memory = run.memory
+    memory.settings.lora.memory_anchors = count
+    old, *_ = memory.ledger.list_facts()
+    memory.ledger.set_stage(old.fact_id, 3)
+    seen: list[tuple[list, list]] = []
+    real_train = sws_stage.consolidate.train
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts, kept=(): (
+        seen.append((list(facts), list(kept))) or real_train(session, examples, rcp, label, facts, kept)))
+    monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
+    monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
+    sws_stage.sws(run)
+    assert seen and all(not set(kept) & set(facts) for facts, kept in seen)
+    assert seen[0][1] == ([old.fact] if count else [])
+
+
+def test_memory_anchors_are_taught_by_the_weights_as_composed_and_anchor_the_answer(run):
+    """A kept fact's anchor is its chat question followed by its statement, the answer positions anchored, the
+    teacher the weights in force (not the base model's, whatever lora.anchor_teacher says)."""
+    from sleepwake.models import anchors as anchor_models
+    from sleepwake.sleep.consolidate import anchor_set
+
+    memory, fact = run.memory, FACTS[0]
+    plain, held = anchor_set(memory, []), anchor_set(memory, [], [fact])
+    assert len(held) == len(plain) + 1
+    anchor, example = held[-1], curriculum.rehearsal_example(memory.backend, fact)
+    assert anchor.ids == example.prompt + example.target and anchor.start == len(example.prompt)
+    now = anchor_models.teacher(memory.backend, [(anchor.ids, anchor.start)], memory.settings.lora.anchor_topk)[0]
+    with memory.base_weights():
+        base = anchor_models.teacher(memory.backend, [(anchor.ids, anchor.start)], memory.settings.lora.anchor_topk)[0]
+    assert torch.allclose(anchor.top_logp, now.top_logp) and not torch.allclose(anchor.top_logp, base.top_logp)
+
+
+def test_anchored_facts_are_drawn_anew_each_sleep_and_capped(run):
+    memory = run.memory
+    for row in memory.ledger.list_facts():
+        memory.ledger.set_stage(row.fact_id, 2)
+    memory.settings.lora.memory_anchors = 2
+    rows = memory.ledger.list_facts()
+    picks = []
+    for _ in range(6):
+        session = SleepSession(memory, "full_sleep")
+        memory.ledger.start_run(session.run_id, "full_sleep", None)
+        picks.append(tuple(f.key for f in settled_stage.anchored(session, [rows[0].fact])))
+        assert picks[-1] == tuple(f.key for f in settled_stage.anchored(session, [rows[0].fact]))
+    assert all(len(p) == min(2, len(rows) - 1) and rows[0].fact.key not in p for p in picks)
+    assert len(set(picks)) > 1
 
 
 def test_settled_sample_puts_chat_lost_first_then_unaudited_then_the_oldest(run):
@@ -318,9 +370,9 @@ def test_sws_relearns_the_stage_2_fact_first_when_the_cap_is_short(run, monkeypa
     trained: list[list] = []
     epochs: list[int] = []
     real_train = sws_stage.consolidate.train
-    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts: (
+    monkeypatch.setattr(sws_stage.consolidate, "train", lambda session, examples, rcp, label, facts, kept=(): (
         trained.append(sorted(f.prompt() for f in facts)) or epochs.append(rcp.epochs)
-        or real_train(session, examples, rcp, label, facts)))
+        or real_train(session, examples, rcp, label, facts, kept)))
     monkeypatch.setattr(sws_stage, "raw_hits", lambda run, rows: [True] * len(rows))
     monkeypatch.setattr(sws_stage.locality_stage, "pass_failure", lambda session, before, leak_before=None: ({}, None))
     result = sws_stage.sws(run)

@@ -11,6 +11,7 @@ from sleepwake.models import anchors, probes
 from sleepwake.models.anchors import Anchor
 from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
 from sleepwake.progress import bar
+from sleepwake.sleep import curriculum
 from sleepwake.sleep.session import SleepSession
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,25 @@ def recipe(settings, learning_rate: float | None = None, epochs: int | None = No
                       micro_batch=cfg.micro_batch)
 
 
-def anchor_set(memory, facts: Sequence[Fact] = ()) -> list[Anchor]:
+def anchor_set(memory, facts: Sequence[Fact] = (), kept: Sequence[Fact] = ()) -> list[Anchor]:
     """The KL anchors of one training pass: the cached base-model anchors in every format, plus
     contrast anchors for ``facts`` (look-alike subjects asked the same things), with the teacher
-    the base model (``lora.anchor_teacher=base``) or the weights as composed now (``current``)."""
+    the base model (``lora.anchor_teacher=base``) or the weights as composed now (``current``); plus
+    each of ``kept`` asked in chat and answered with its statement, taught by the weights as composed
+    now whatever the setting (what is anchored there is what earlier nights consolidated)."""
     cfg = memory.settings.lora
     if cfg.anchor_weight <= 0:
         return []
     backend = memory.backend
     extra = anchors.contrast_texts(backend, facts, cfg.contrast_anchors, probes.chat_question) if cfg.contrast_anchors else []
+    rehearsed = [curriculum.rehearsal_example(backend, fact) for fact in kept]
+    held = anchors.teacher(backend, [(ex.prompt + ex.target, len(ex.prompt)) for ex in rehearsed], cfg.anchor_topk)
     if cfg.anchor_teacher == "base":
         with memory.base_weights():
             contrast = anchors.teacher(backend, complete(backend, extra), cfg.anchor_topk)
-        return memory.base_anchors() + contrast
+        return memory.base_anchors() + contrast + held
     fixed = [(a.ids, a.start) for a in memory.base_anchors()]
-    return anchors.teacher(backend, fixed + complete(backend, extra), cfg.anchor_topk)
+    return anchors.teacher(backend, fixed + complete(backend, extra), cfg.anchor_topk) + held
 
 
 def complete(backend, texts: list[tuple[list[int], int]], tokens: int = 8) -> list[tuple[list[int], int]]:
@@ -68,11 +73,12 @@ def complete(backend, texts: list[tuple[list[int], int]], tokens: int = 8) -> li
 
 
 def train(session: SleepSession, examples: list[TrainExample], lora_recipe: LoraRecipe, label: str,
-          facts: Sequence[Fact] = ()) -> TrainOutcome:
+          facts: Sequence[Fact] = (), kept: Sequence[Fact] = ()) -> TrainOutcome:
     """Train one pass over the memory's current weights (``facts``: what the pass teaches, for the
-    contrast anchors); progress goes to the log and a bar."""
+    contrast anchors; ``kept``: consolidated facts whose answers the anchors hold); progress goes to
+    the log and a bar."""
     memory = session.memory
-    anchored = anchor_set(memory, facts)
+    anchored = anchor_set(memory, facts, kept)
     shown = bar(None, f"{label}: LoRA", "step")
 
     def progress(step: int, total: int, loss: float) -> None:

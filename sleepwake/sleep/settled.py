@@ -12,6 +12,8 @@ no edit: the fact's ledger row is its training text.
 
 from __future__ import annotations
 
+import random
+
 from sleepwake.models import probes
 from sleepwake.sleep.session import SleepSession
 
@@ -41,6 +43,19 @@ def sample(session: SleepSession, rows) -> list:
     lost = [r for r in audited if lost_chat(r)]
     ordered = lost + unaudited + audited[len(lost):]
     return ordered[:cfg.settled_checked]
+
+
+def anchored(session: SleepSession, exclude=()) -> list:
+    """Up to ``lora.memory_anchors`` consolidated facts (stage >= 1) not among ``exclude`` (the pass's own),
+    drawn with the sleep's own seed: what an SWS pass's anchor term holds where it is (``consolidate.anchor_set``).
+    A fact one night's adapter no longer trains is overwritten by later ones; the 500-fact run's stage-3
+    facts lost a fifth to a half of their chat answers each night (docs/results.md)."""
+    count = session.settings.lora.memory_anchors
+    if not count:
+        return []
+    skip = {fact.key for fact in exclude}
+    rows = [r for r in session.ledger.list_facts() if r.stage >= 1 and r.fact.key not in skip]
+    return [r.fact for r in random.Random(session.night_seed()).sample(rows, min(count, len(rows)))]
 
 
 def holding(session: SleepSession, rows) -> dict[int, bool]:

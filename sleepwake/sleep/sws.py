@@ -164,7 +164,8 @@ def train_pass(session: SleepSession, examples: list, switched_off: set[int], fa
     memory = session.memory
     memory.compose(skip=switched_off)
     try:
-        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, epochs=epochs), "sws", facts)
+        outcome = consolidate.train(session, examples, consolidate.recipe(session.settings, epochs=epochs), "sws", facts,
+                                    settled.anchored(session, facts))
     finally:
         memory.compose()
     adapter_id = memory.store_adapter("sws", session.run_id, outcome.factors)

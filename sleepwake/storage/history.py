@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from sleepwake.storage.database import Database, _dicts, _now
+from sleepwake.storage.database import Database, _dicts, _now, scalar
 from sleepwake.storage.schema import AUDIT_COLS, METRIC_COLS
 
 
@@ -82,7 +82,7 @@ class History(Database):
         """How many sleep runs (of ``kind``, or any) were ever started here, this one included."""
         with self._connect() as con:
             where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
-            return int(con.execute(f"SELECT count(*) FROM sleep_runs {where}", args).fetchone()[0])
+            return int(scalar(con.execute(f"SELECT count(*) FROM sleep_runs {where}", args)))
 
     def runs(self, limit: int = 20) -> list[dict]:
         """The newest sleep runs, newest first (run id, kind, Prefect flow run id, outcome)."""

@@ -1,0 +1,104 @@
+"""Settings of the LoRA every consolidation pass trains (section ``lora``: SWS, REM, a reinforcing nap).
+
+An ordinary section of :class:`sleepwake.config.Settings` (``--set lora.rank=8``); a pydantic model with a
+description per field (the Prefect forms and ``sleepwake config show``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sleepwake.settings.model import Layers, resolved_layers
+
+
+class LoraConfig(BaseModel):
+    """The LoRA every consolidation pass trains (SWS, REM and a reinforcing nap share it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, gt=0, description="LoRA rank r (paper 4: 16).")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (paper 4: 32).")
+    layers: Layers = Field(
+        default="auto",
+        description="Decoder layers that get adapters (paper 4: 8 layers). Spread over the depth: "
+        "the chat pathway runs through all of them. 'auto': 8 layers at the bundled preset's "
+        "fractions of the depth (sleepwake.models.depth; 4, 7, ... 25 of its 30).")
+
+    def adapted_layers(self) -> list[int]:
+        return resolved_layers(self.layers, "lora.layers")
+    modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj", "gate_up_proj"],
+        description="Linear module names (last path component) adapted in those layers; names a model "
+        "does not have are skipped (qkv_proj and gate_up_proj are Phi-3's fused projections).")
+    learning_rate: float = Field(6.0e-3, gt=0, description="AdamW learning rate (linear decay to 0).")
+    epochs: int = Field(5, gt=0, description="Passes over the training examples (paper 4: 1-3 at 3B-70B; "
+                        "a 135M model needs more).")
+    batch_size: int = Field(8, gt=0, description="Examples per optimisation step.")
+    max_steps: int = Field(400, gt=0, description="Cap on optimisation steps per pass, whatever the data size.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on the adapter.")
+    anchor_weight: float = Field(
+        8.0, ge=0, description="Weight of the KL term that keeps the adapted model's next-token "
+        "distribution on the model's own text equal to the teacher's (0 = off). It is what keeps "
+        "perplexity flat and unrelated answers unchanged.")
+    anchor_batch: int = Field(4, gt=0, description="Anchor sequences per step.")
+    anchor_tokens: int = Field(64, gt=1, description="Tokens the model writes per anchor text.")
+    anchor_formats: list[Literal["prose", "question", "chat", "instruction"]] = Field(
+        default=["prose", "question", "chat", "instruction"],  # type: ignore[arg-type]
+        description="Formats of the anchor texts, all written by the base model itself: prose, raw "
+        "questions, chat questions and instructions through the chat template (with its replies).")
+    anchor_count: int = Field(32, gt=0, description="Anchor texts per format (made once per model, cached).")
+    anchor_teacher: Literal["base", "current"] = Field(
+        "base", description="Whose next-token distributions the anchors hold: the base model's "
+        "('base': every night pulls back to the base, so drift cannot pile up) or the weights' "
+        "before this pass ('current').")
+    anchor_topk: int = Field(32, gt=0, description="Teacher tokens kept per anchored position (the rest "
+                             "of its mass is one bucket).")
+    contrast_anchors: int = Field(
+        2, ge=0, description="Look-alike subjects per trained fact whose raw prompt and chat question are "
+        "anchored to the base model's answers: the fact must not spill onto them (the leak).")
+    memory_anchors: int = Field(
+        0, ge=0, description="Consolidated facts (stage >= 1, none of the pass's own) whose chat question and "
+        "answer each SWS pass anchors to the weights as they are before it (drawn anew each sleep; 0 = off): "
+        "the anchor term then also holds what earlier nights consolidated, at no extra cost per step (the "
+        "anchors share lora.anchor_batch).")
+    checkpointing: bool = Field(
+        False, description="Gradient checkpointing while training: blocks recompute their activations in the backward "
+        "pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled model, 25 "
+        "facts, 2 cores: 4.4-5.0 s a step at 1.37 GB peak RSS off, 6.7-7.7 s at 1.27 GB on, the same adapter, "
+        "benchmarks/lora_speed.py; the night 1.25x faster). SWS, the reinforcing nap and forgetting use it; REM has "
+        "rem.checkpointing. On where memory is tight (long sequences, big micro-batches).")
+    micro_batch: int = Field(
+        2, ge=0, description="Examples per forward and backward pass within a training step (their gradients "
+        "accumulate to the step's batch, the same update): fewer hold fewer activations and target logits "
+        "at the peak, and pad less (bundled model, 2 cores, a batch of 8: 0.19 GB over the baseline and "
+        "35 s a step whole, 0.10 GB and 25 s in parts of 2). 0 = the whole batch at once. Torch backend.")
+    max_tokens: int = Field(
+        192, ge=0, description="Longest training sequence: a longer example's prompt (a dreamed conversation) is "
+        "cut from the left, keeping its latest turns (0 = no limit).")
+    fold_energy: float = Field(
+        9.99e-1, gt=0, le=1, description="A full sleep folds every adapter into one consolidated adapter "
+        "per module, keeping the smallest rank that holds this share of the sum's squared singular "
+        "values (1.0 = exact up to fold_max_rank).")
+    fold_max_rank: int = Field(
+        256, gt=0, description="Rank budget of the consolidated adapter per module: bounds the home's "
+        "bytes and compose time however many nights have been folded into it.")
+    routing: Literal["auto", "off", "subject"] = Field(
+        "auto", description="How the consolidated adapter is applied. 'off': added into the weights, so it "
+        "acts on all text. 'subject' (torch): it acts only on sequences that name a stored subject (the "
+        "residual entering the first adapted block, whitened by the model's own text, within route_threshold "
+        "of a stored subject's key token; sleepwake/models/routing.py), so other text runs on "
+        "base + MEMIT edits and the adapter adds no drift to it (docs/results.md). "
+        "'auto': 'subject' on torch, 'off' on MLX (which merges adapters into its weights).")
+    route_threshold: float = Field(
+        6.0e-1, gt=-1, lt=1, description="Whitened cosine at which a sequence counts as naming a stored "
+        "subject (routing 'subject'). Bundled model, 200 stored subjects: the model's own text peaked at "
+        "0.45, the reference corpus at 0.41, the stored subjects' chat questions were at 0.84 or above.")
+    route_key_margin: float = Field(1.0e-1, ge=0, lt=2, description="A subject's token keys it when the model's "
+        "own text stays under route_threshold minus this (else its least reached token: memory/routing.py).")
+    protect_energy: float = Field(
+        9.0e-1, ge=0, lt=1, description="Null-space constraint of consolidation: each adapted module's "
+        "LoRA A is kept orthogonal to the top input directions holding this share of the input energy "
+        "on ordinary text (the model's samples and the anchors), so the adapter leaves that text alone "
+        "(sleepwake/models/protection.py). 0 turns it off; 0.9 chosen by the locality ablation in docs/results.md.")
