@@ -59,10 +59,11 @@ class LoraConfig(BaseModel):
         2, ge=0, description="Look-alike subjects per trained fact whose raw prompt and chat question are "
         "anchored to the base model's answers: the fact must not spill onto them (the leak).")
     memory_anchors: int = Field(
-        0, ge=0, description="Consolidated facts (stage >= 1, none of the pass's own) whose chat question and "
+        128, ge=0, description="Consolidated facts (stage >= 1, none of the pass's own) whose chat question and "
         "answer each SWS pass anchors to the weights as they are before it (drawn anew each sleep; 0 = off): "
         "the anchor term then also holds what earlier nights consolidated, at no extra cost per step (the "
-        "anchors share lora.anchor_batch).")
+        "anchors share lora.anchor_batch). Night 10 of the 500-fact run with 128: raw 0.952, chat 0.808, "
+        "drift +4.16 % against 0.944, 0.788, +4.49 % with 0 (docs/results.md).")
     checkpointing: bool = Field(
         False, description="Gradient checkpointing while training: blocks recompute their activations in the backward "
         "pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled model, 25 "
