@@ -21,11 +21,11 @@ from sleepwake.errors import ConfigError
 from sleepwake.settings.chat import ChatConfig, ServeConfig
 from sleepwake.settings.experiment import ExperimentConfig
 from sleepwake.settings.forget import ForgetConfig
+from sleepwake.settings.lora import LoraConfig
 from sleepwake.settings.model import HealthConfig, MemitConfig, ModelConfig, ProbeConfig  # noqa: F401  (re-exported)
 from sleepwake.settings.sleep import (
     AuditConfig,
     CurateConfig,
-    LoraConfig,
     MaintainConfig,
     NapConfig,
     RemConfig,

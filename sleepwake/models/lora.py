@@ -39,7 +39,7 @@ class TrainExample:
 
 @dataclass(frozen=True)
 class LoraRecipe:
-    """Backend-neutral training settings (built from ``sleepwake.settings.sleep.LoraConfig``)."""
+    """Backend-neutral training settings (built from ``sleepwake.settings.lora.LoraConfig``)."""
 
     rank: int
     alpha: float

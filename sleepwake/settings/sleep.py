@@ -11,8 +11,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sleepwake.settings.lora import LoraConfig  # noqa: F401  (re-exported: a section of the sleep settings)
-
 
 class CurateConfig(BaseModel):
     """Which facts the sleep looks after, and the cap on facts held by MEMIT."""
