@@ -125,7 +125,7 @@ def test_a_simulated_year_keeps_the_home_bounded(tmp_path, tiny_settings_overrid
     """365 nights, 2 new facts each: wake (batched MEMIT), curate (prunes consolidated edits), SWS
     (train, store, advance), REM, fold. Facts pass the SWS gate by the test's say-so (above)."""
     settings = load_settings(None, [*tiny_settings_overrides, "lora.max_steps=1", "lora.anchor_count=2",
-                                    "lora.contrast_anchors=0", "rem.dreams=1", "rem.epochs=1", "memit.v_steps=4",
+                                    "lora.contrast_anchors=0", "lora.memory_anchors=0", "rem.dreams=1", "rem.epochs=1", "memit.v_steps=4",
                                     "memit.context_count=0", "lora.layers=[3]", "lora.modules=[q_proj,down_proj]",
                                     "lora.fold_max_rank=16", "sws.benchmark_max_drop=1.0", "rem.max_ppl_increase=100.0",
                                     "sws.replay_size=2", "sws.identity_weight=0.0"])

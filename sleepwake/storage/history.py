@@ -81,8 +81,9 @@ class History(Database):
     def count_runs(self, kind: str | None = None) -> int:
         """How many sleep runs (of ``kind``, or any) were ever started here, this one included."""
         with self._connect() as con:
-            where, args = ("WHERE kind = ?", [kind]) if kind else ("", [])
-            return int(scalar(con.execute(f"SELECT count(*) FROM sleep_runs {where}", args)))
+            if kind:
+                return int(scalar(con.execute("SELECT count(*) FROM sleep_runs WHERE kind = ?", [kind])))
+            return int(scalar(con.execute("SELECT count(*) FROM sleep_runs")))
 
     def runs(self, limit: int = 20) -> list[dict]:
         """The newest sleep runs, newest first (run id, kind, Prefect flow run id, outcome)."""
