@@ -661,7 +661,8 @@ def test_replay_prefers_recent_items():
 
 
 def test_successive_sleeps_replay_other_old_facts(run, monkeypatch):
-    """A fixed seed drew nearly the same replay every night: each sleep of a home draws its own."""
+    """With one fixed seed an unchanged list of old facts was replayed the same every night: each sleep of a
+    home draws its own."""
     run.settings.sws.replay_size = 4
     old = [type("Row", (), {"fact": Fact(subject=f"Person {i}", relation="lives in", object=f"Town {i}"),
                             "updated_at": None, "stage": 3})() for i in range(40)]

@@ -70,8 +70,9 @@ class SleepSession:
 
     def night_seed(self) -> int:
         """The seed of this sleep's own draws (replay, REM's older facts): the settings' seed and
-        the number of sleeps started in this home. One fixed seed drew nearly the same replay every
-        night (the weighted draw keys each fact by its index), so most old facts were never replayed."""
+        the number of sleeps started in this home. With one fixed seed every position of the list of
+        old facts got the same random key each night, so a list that only grows at its end replayed
+        mostly the same items night after night."""
         return self.settings.seed * 100_003 + self.ledger.count_runs()
 
     def progress(self, stage: str, done: int, total: int, note: str = "") -> None:
