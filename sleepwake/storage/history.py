@@ -78,11 +78,9 @@ class History(Database):
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET finished_at = excluded.finished_at, "
                         "outcome = excluded.outcome", [run_id, kind, flow_run_id, now, now, outcome])
 
-    def count_runs(self, kind: str | None = None) -> int:
-        """How many sleep runs (of ``kind``, or any) were ever started here, this one included."""
+    def count_runs(self) -> int:
+        """How many sleep runs were ever started here, this one included."""
         with self._connect() as con:
-            if kind:
-                return int(scalar(con.execute("SELECT count(*) FROM sleep_runs WHERE kind = ?", [kind])))
             return int(scalar(con.execute("SELECT count(*) FROM sleep_runs")))
 
     def runs(self, limit: int = 20) -> list[dict]:
