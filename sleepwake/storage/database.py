@@ -33,8 +33,9 @@ def _record_absent_pandas() -> None:
     DuckDB's Python client tries to import pandas twice for every bound parameter (to recognise
     pandas values). Python caches only imports that succeed, so without pandas each try searches
     ``sys.path`` and every import hook again (~0.3 ms a statement in a plain process, more under
-    pytest's import hook: a quarter of the ledger's time in the simulated year). ``sys.modules[name] = None`` is Python's own record of "not
-    importable"; with pandas installed nothing changes.
+    pytest's import hook: a quarter of the ledger's time in the simulated year).
+    ``sys.modules[name] = None`` is Python's own record of "not importable"; with pandas installed
+    nothing changes.
     """
     if "pandas" not in sys.modules and importlib.util.find_spec("pandas") is None:
         sys.modules["pandas"] = None  # type: ignore[assignment]
