@@ -19,17 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
-from pathlib import Path
 
-
-def chat_hits(memory, facts) -> list[bool]:
-    from sleepwake.models import probes
-
-    replies = memory.backend.chat([probes.chat_question(f) for f in facts], memory.settings.probes.chat_max_new_tokens)
-    return [probes.answer_matches(text, fact.object) for text, fact in zip(replies, facts)]
+from night_wear import chat_hits, open_copy  # the sibling benchmark's home copy and chat probe
 
 
 def refold(memory, energy: float) -> int:
@@ -51,14 +44,8 @@ def main() -> None:
     parser.add_argument("--energy", type=float, action="append", help="fold energy; repeat for a sequence (default 0.999, 0.99)")
     parser.add_argument("--set", action="append", default=[], help="settings override key=value (the run's, e.g. seed=1)")
     args = parser.parse_args()
-    from sleepwake.config import load_settings
-    from sleepwake.memory import Memory
-    from sleepwake.storage.home import Home
-
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(scratch) / "home"
-        shutil.copytree(args.home, work, ignore=shutil.ignore_patterns("write.lock", "snapshots"))
-        memory = Memory.open(Home.open(work), load_settings(None, args.set))
+        memory = open_copy(args.home, scratch, "home", args.set)
         if len(memory.adapters) != 1:
             raise SystemExit(f"{args.home}: expected one consolidated adapter, found {len(memory.adapters)}")
         rows = [r for r in memory.ledger.list_facts() if r.stage >= 1]
