@@ -12,6 +12,8 @@ the same examples, anchors and protected subspaces as a real SWS pass on a fresh
 
     .venv/bin/python benchmarks/lora_speed.py --facts 25 --steps 8 \\
         --variant default= --variant "no checkpointing=lora.checkpointing=false"
+    .venv/bin/python benchmarks/lora_speed.py --facts 25 --kept 64 --steps 8 \\
+        --variant default= --variant "memory anchors in the pool draw=lora.memory_anchor_batch=0"
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 
 
-def run_one(facts_n: int, seed: int, steps: int, overrides: list[str], out: Path) -> dict:
+def run_one(facts_n: int, seed: int, steps: int, overrides: list[str], out: Path, kept_n: int = 0) -> dict:
     """Train ``steps`` LoRA steps as SWS would; returns the figures and saves the factors to ``out``."""
     from safetensors.torch import save_file
 
@@ -41,14 +43,15 @@ def run_one(facts_n: int, seed: int, steps: int, overrides: list[str], out: Path
 
     settings = load_settings(None, overrides)
     backend = load_backend(settings)
-    facts = [p.fact for p in generate_pool(facts_n, seed=seed)]
+    pool = [p.fact for p in generate_pool(facts_n + kept_n, seed=seed)]
+    facts, kept = pool[:facts_n], pool[facts_n:]  # kept: consolidated facts the memory anchors hold
     with lending(settings, backend), tempfile.TemporaryDirectory() as home:
         memory = Memory.open(Home.open(Path(home)), settings, backend=backend)
         settings = memory.settings  # lora.layers resolved for the model
         examples = curriculum.fact_examples(backend, facts, settings.sws.train_raw)
         examples += curriculum.identity_examples(backend, settings.sws.identity_weight)
         recipe = dataclasses.replace(consolidate.recipe(settings), max_steps=steps)
-        anchored = consolidate.anchor_set(memory, facts)
+        anchored = consolidate.anchor_set(memory, facts, kept)
         protect = memory.lora_protection(recipe) if settings.lora.protect_energy > 0 else None
         stamps: list[float] = []
         started = time.perf_counter()
@@ -75,13 +78,15 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=25, help="facts whose SWS examples are trained")
     parser.add_argument("--seed", type=int, default=3, help="fact pool seed (3: held out)")
     parser.add_argument("--steps", type=int, default=8, help="LoRA steps per variant")
+    parser.add_argument("--kept", type=int, default=0, help="more pool facts whose chat answers the memory "
+                        "anchors hold (lora.memory_anchors), as SWS's consolidated facts (default 0)")
     parser.add_argument("--variant", action="append", required=True, help="NAME=OVERRIDE[,OVERRIDE...]")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one variant here
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
         overrides = [o for o in args.one.split(",") if o]
-        print(json.dumps(run_one(args.facts, args.seed, args.steps, overrides, Path(args.out))), flush=True)
+        print(json.dumps(run_one(args.facts, args.seed, args.steps, overrides, Path(args.out), args.kept)), flush=True)
         return
     folder = Path(tempfile.mkdtemp(prefix="lora-speed-"))
     first: Path | None = None
@@ -89,7 +94,8 @@ def main() -> None:
         name, _, overrides = text.partition("=")
         out = folder / f"{len(list(folder.iterdir()))}.safetensors"
         proc = subprocess.run([sys.executable, __file__, "--facts", str(args.facts), "--seed", str(args.seed),
-                               "--steps", str(args.steps), "--variant", text, "--one", overrides, "--out", str(out)],
+                               "--steps", str(args.steps), "--kept", str(args.kept), "--variant", text, "--one",
+                               overrides, "--out", str(out)],
                               capture_output=True, text=True, env=os.environ.copy())
         if proc.returncode != 0:
             print(json.dumps({"variant": name, "error": proc.stderr.strip().splitlines()[-1:]}), flush=True)

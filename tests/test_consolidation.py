@@ -17,7 +17,8 @@ import torch
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.models import probes
-from sleepwake.models.lora import LoraRecipe, TrainExample, collate, example_loss, plan_steps, train_lora
+from sleepwake.models.lora import collate, example_loss, train_lora
+from sleepwake.models.recipes import LoraRecipe, TrainExample, plan_steps
 from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, settled as settled_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
 from sleepwake.sleep.session import SleepSession

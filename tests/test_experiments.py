@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -280,10 +281,15 @@ def test_longevity_resumes_after_its_last_finished_night(tmp_path, tiny_settings
     # Other settings would draw other facts for the nights to come: refused, and nothing is lost.
     with pytest.raises(InvalidInputError, match="experiment.days"):
         run_experiment("longevity", tmp_path, None, [*overrides, "experiment.days=3"], sleeper, "run-x", resume=True)
+    before = time.perf_counter()
     result = run_experiment("longevity", tmp_path, None, overrides, sleeper, "run-2", resume=True)
+    segment = time.perf_counter() - before
     nights = result.tables["nights"]
     assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]
     assert nights[0] == partial["tables"]["nights"][0]  # night 1 was not run again
+    # The run's seconds are the interrupted part's (as saved when it stopped) plus the resumed part's.
+    assert partial["seconds"] > 0
+    assert partial["seconds"] + 0.9 * segment <= result.seconds <= partial["seconds"] + segment + 0.1
     assert len(calls) == 3  # night 1, the killed night 2, night 2 again
 
 

@@ -37,7 +37,7 @@ from sleepwake.facts import Fact
 from sleepwake.sleep.forget import forget
 from sleepwake.memory import Memory
 from sleepwake.models import anchors, covariance, mlx_internals, protection
-from sleepwake.models.lora import LoraRecipe, TrainExample
+from sleepwake.models.recipes import LoraRecipe, TrainExample
 from sleepwake.models.editor import compute_edit, vstar_rows, vstar_settings
 from sleepwake.models.mlx_backend import MlxBackend
 from sleepwake.models.mlx_loading import rope_overrides
@@ -293,6 +293,24 @@ def test_lora_training_matches_torch(pair):
     assert adapted["mlx"] == pytest.approx(adapted["torch"], abs=0.25), (base, adapted)
     assert target_nll(mlx_b, examples, made["mlx"].factors) == pytest.approx(adapted["mlx"], abs=1.0e-3)
     assert type(mlx_internals.decoder(mlx_b.net).layers[0].self_attn.q_proj) is nn.Linear  # LoRA layers removed
+
+
+def test_memory_anchors_drawn_apart_weigh_the_same_on_mlx(pair):
+    """``lora.memory_anchor_batch``: the held anchors' own term weighs the same on both backends (first loss
+    to 1e-3, with teachers away from the untrained adapter so the anchor term is not zero), and differs from
+    the shared draw's."""
+    torch_b, mlx_b = pair
+    examples, teachers, base_recipe = lora_setup(pair)
+    generator = torch.Generator().manual_seed(0)
+    moved = [dataclasses.replace(a, top_logp=(a.top_logp + torch.randn(a.top_logp.shape, generator=generator))
+                                 .log_softmax(-1)) for a in teachers]
+    mixed = [moved[0], dataclasses.replace(moved[1], held=True)]
+    apart = dataclasses.replace(base_recipe, memory_anchor_batch=2, max_steps=1)
+    first = {name: b.train_lora(examples, apart, anchors=mixed).first_loss
+             for name, b in (("torch", torch_b), ("mlx", mlx_b))}
+    assert first["mlx"] == pytest.approx(first["torch"], abs=1.0e-3)
+    shared = torch_b.train_lora(examples, dataclasses.replace(apart, memory_anchor_batch=0), anchors=mixed).first_loss
+    assert abs(shared - first["torch"]) > 1.0e-2, (shared, first)
 
 
 def test_protected_lora_stays_in_its_subspace_on_mlx(pair):

@@ -14,7 +14,8 @@ from hypothesis import given, settings as hsettings, strategies as st
 from sleepwake.config import load_settings
 from sleepwake.memory import Memory
 from sleepwake.models import protection
-from sleepwake.models.lora import LoraRecipe, TrainExample, target_names, train_lora
+from sleepwake.models.lora import target_names, train_lora
+from sleepwake.models.recipes import LoraRecipe, TrainExample
 from sleepwake.storage.home import Home
 
 pytestmark = pytest.mark.usefixtures("one_thread", "cache_env")

@@ -141,7 +141,7 @@ def test_vstar_differentiates_through_4bit_layers(tiny_model_dir, tiny_settings_
 
 @needs_bnb
 def test_lora_trains_over_4bit_layers_without_kbit_preparation(tiny_model_dir):
-    from sleepwake.models.lora import LoraRecipe, TrainExample
+    from sleepwake.models.recipes import LoraRecipe, TrainExample
 
     backend = TorchBackend.load(ModelConfig(source=str(tiny_model_dir), quantization="nf4", dtype="bfloat16"), DOWN)
     backend.set_weight(1, backend.pristine_weight(DOWN.format(1)))  # one dense layer beside 4-bit ones

@@ -83,12 +83,16 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
     started = time.perf_counter()
     backend = load_backend(settings)
     dumped = settings.model_dump(mode="json", by_alias=True)
-    earlier = load_partial(out, name, dumped) if resume else {}
+    earlier, spent = load_partial(out, name, dumped) if resume else ({}, 0.0)
     measured: dict[str, list[dict]] = {table: list(rows) for table, rows in earlier.items()}
+
+    def elapsed() -> float:  # the interrupted parts' seconds too: a resumed run's figure is the whole run's
+        return round(spent + time.perf_counter() - started, 1)
 
     def track(table: str, row: dict) -> None:
         measured.setdefault(table, []).append(row)
-        save_partial(ExperimentResult(name, {"status": "running"}, measured, settings=dumped), out)  # a kill keeps every row
+        running = ExperimentResult(name, {"status": "running"}, measured, settings=dumped, seconds=elapsed())
+        save_partial(running, out)  # a kill keeps every row
         if progress is not None:
             progress(table, row)
 
@@ -97,11 +101,13 @@ def run_experiment(name: str, out: str | Path, config: str | None, overrides: Se
         with lending(settings, backend):
             result = EXPERIMENTS[name](lab)
     except BaseException as exc:  # keep what was measured: hours of work are not thrown away
-        save_partial(ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured, settings=dumped), out)
+        failed = ExperimentResult(name, {"error": f"{type(exc).__name__}: {exc}"}, measured, settings=dumped,
+                                  seconds=elapsed())
+        save_partial(failed, out)
         log.error("experiment %s failed; the rows measured so far are in %s", name, out / "results.partial.json")
         raise
     result.run_id = run_id
-    result.seconds = round(time.perf_counter() - started, 1)
+    result.seconds = elapsed()
     result.settings = settings.model_dump(mode="json", by_alias=True)
     result.plots = draw_plots(result, out)
     save(result, out)
@@ -142,9 +148,10 @@ def save_partial(result: ExperimentResult, out: Path) -> None:
         log.error("could not write the partial results (%s)", exc)
 
 
-def load_partial(out: Path, name: str, settings: dict) -> dict[str, list[dict]]:
-    """The tables of an interrupted run of ``name`` in ``out`` (nothing to resume: an error). The
-    run must continue with its own settings: the facts each night draws depend on them."""
+def load_partial(out: Path, name: str, settings: dict) -> tuple[dict[str, list[dict]], float]:
+    """The tables of an interrupted run of ``name`` in ``out`` (nothing to resume: an error) and the seconds
+    it ran until it stopped (its last save). The run must continue with its own settings: the facts each
+    night draws depend on them."""
     path = out / "results.partial.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -158,7 +165,7 @@ def load_partial(out: Path, name: str, settings: dict) -> dict[str, list[dict]]:
     if changed:
         raise InvalidInputError(f"--resume: the interrupted run used other settings ({', '.join(changed[:5])}); "
                                 "resume with the same --config and --set options")
-    return data.get("tables", {})
+    return data.get("tables", {}), float(data.get("seconds") or 0.0)
 
 
 def save(result: ExperimentResult, out: Path) -> None:

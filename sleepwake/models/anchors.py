@@ -39,6 +39,7 @@ class Anchor:
     start: int  # first position whose next-token distribution is anchored
     top_ids: torch.Tensor  # (len(ids) - start, k) long: the base model's top-k next tokens
     top_logp: torch.Tensor  # (len(ids) - start, k) float: their log-probabilities
+    held: bool = False  # a consolidated fact's answer (``lora.memory_anchor_batch`` draws these apart)
 
     def as_json(self) -> dict:
         return {"ids": self.ids, "start": self.start, "top_ids": self.top_ids.tolist(),

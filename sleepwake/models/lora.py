@@ -13,58 +13,18 @@ target): training on the question text would bend the model's general distributi
 from __future__ import annotations
 
 import logging
-import math
-import random
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 from sleepwake.models import torch_internals
 from sleepwake.models.anchors import Anchor, kl_to_teacher
-from sleepwake.models.protection import project
+from sleepwake.models.protection import Projection
+from sleepwake.models.recipes import (LoraRecipe, TrainExample, TrainOutcome, anchor_runs, batches, fit, micro_batches,
+                                      plan_steps)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainExample:
-    """One training sequence: ``prompt`` ids are context, ``target`` ids carry the loss."""
-
-    prompt: list[int]
-    target: list[int]
-    weight: float = 1.0
-
-
-@dataclass(frozen=True)
-class LoraRecipe:
-    """Backend-neutral training settings (built from ``sleepwake.settings.lora.LoraConfig``)."""
-
-    rank: int
-    alpha: float
-    layers: list[int]
-    modules: list[str]
-    learning_rate: float
-    epochs: int
-    batch_size: int
-    max_steps: int
-    weight_decay: float
-    seed: int
-    anchor_weight: float = 0.0  # beta of the KL term on the model's own text (0 = off)
-    anchor_batch: int = 4
-    anchor_tokens: int = 64
-    checkpointing: bool = False  # gradient checkpointing: less memory, about a quarter more compute
-    max_tokens: int = 0  # 0 = no limit; else the prompt is cut from the left to fit with its target
-    micro_batch: int = 0  # examples per forward/backward (gradients accumulate to the step); 0 = the whole batch
-
-
-@dataclass
-class TrainOutcome:
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module name -> (U (out, r), V (in, r))
-    steps: int
-    first_loss: float
-    last_loss: float
 
 
 def collate(batch: Sequence[TrainExample], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -153,52 +113,11 @@ def hf_model(peft_model) -> Any:
     return peft_model.base_model.model
 
 
-def fit(example: TrainExample, max_tokens: int) -> TrainExample:
-    """Cut the prompt from the left so prompt + target fit in ``max_tokens`` (a long dreamed
-    conversation keeps its latest turns: activations grow with the length, attention with its square)."""
-    room = max(1, max_tokens - len(example.target))
-    if len(example.prompt) <= room:
-        return example
-    return TrainExample(example.prompt[-room:], example.target, example.weight)
-
-
 def backward(loss: torch.Tensor, step: int) -> float:
     if not torch.isfinite(loss):
         raise FloatingPointError(f"LoRA loss became {loss.item()} at step {step}")
     loss.backward()
     return loss.item()
-
-
-def micro_batches(batch: Sequence[TrainExample], size: int) -> Iterator[tuple[list[TrainExample], float]]:
-    """``batch`` in parts of ``size`` examples (0: whole), each with its share of the batch's weight:
-    the shares' sum of the parts' weighted means is the batch's weighted mean, so the accumulated
-    gradient is the whole batch's while only one part's activations and logits are alive."""
-    size = size or len(batch)
-    total = sum(ex.weight for ex in batch)
-    for start in range(0, len(batch), size):
-        part = list(batch[start:start + size])
-        yield part, sum(ex.weight for ex in part) / total
-
-
-def plan_steps(n_examples: int, recipe: LoraRecipe) -> int:
-    """Iterations scale with the data (paper 4): ``epochs`` passes, capped at ``max_steps``."""
-    return max(1, min(recipe.max_steps, recipe.epochs * math.ceil(n_examples / recipe.batch_size)))
-
-
-def batches(examples: Sequence[TrainExample], recipe: LoraRecipe, anchors: Sequence[Anchor],
-            steps: int) -> Iterator[tuple[list[TrainExample], list[Anchor]]]:
-    """Each step's examples (shuffled epochs, seeded) and anchors (drawn with replacement when
-    ``recipe.anchor_weight`` > 0): the same draws on every backend."""
-    rng = random.Random(recipe.seed)
-    order: list[TrainExample] = []
-    for _ in range(steps):
-        if len(order) < recipe.batch_size:
-            fresh = list(examples)
-            rng.shuffle(fresh)
-            order += fresh
-        batch, order = order[: recipe.batch_size], order[recipe.batch_size :]
-        use = anchors and recipe.anchor_weight > 0
-        yield batch, [anchors[rng.randrange(len(anchors))] for _ in range(recipe.anchor_batch)] if use else []
 
 
 def target_names(model, recipe: LoraRecipe) -> list[str]:
@@ -211,27 +130,6 @@ def target_names(model, recipe: LoraRecipe) -> list[str]:
             if parts[parts.index("layers") + 1] in wanted:
                 names.append(name)
     return names
-
-
-class Projection:
-    """Keeps each adapted module's A out of its protected subspace: A <- A (I - U_k U_k^T)
-    (``models.protection``), at the start and after every optimizer step (projected gradient descent)."""
-
-    def __init__(self, peft_model, protect: dict[str, torch.Tensor] | None):
-        from peft.tuners.lora import LoraLayer
-
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        module: Any
-        for name, module in hf_model(peft_model).named_modules():
-            if protect and name in protect and isinstance(module, LoraLayer) and "default" in module.lora_A:
-                weight: Any = module.lora_A["default"].weight  # (r, in)
-                self.pairs.append((weight, protect[name].to(device=weight.device, dtype=weight.dtype)))
-        self.apply()
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        for weight, basis in self.pairs:  # weight: A (r, in); basis: U_k (in, k)
-            weight.copy_(project(weight, basis))
 
 
 def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
@@ -265,13 +163,8 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                 loss = 0.0
                 for part, share in micro_batches(batch, recipe.micro_batch):
                     loss += backward(share * example_loss(peft_model, part, pad_id, device), step)
-                if picks:
-                    # One anchor per backward pass (their mean, weighted by length): the vocabulary-
-                    # wide logits of one anchor at a time are the largest tensors of a training step.
-                    total = sum(len(a.ids) - a.start for a in picks)
-                    for anchor in picks:
-                        share = recipe.anchor_weight * (len(anchor.ids) - anchor.start) / total
-                        loss += backward(share * anchor_loss(peft_model, [anchor], pad_id, device), step)
+                for run, weight in anchor_runs(picks, recipe):
+                    loss += backward(weight * anchor_loss(peft_model, run, pad_id, device), step)
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 projection.apply()

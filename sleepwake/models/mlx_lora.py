@@ -32,7 +32,7 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_lm.tuner.trainer import TrainingArgs, TrainingCallback, train
 from mlx_lm.tuner.utils import remove_lora_layers
 
-from sleepwake.models import lora as recipes
+from sleepwake.models import recipes
 from sleepwake.models.anchors import Anchor
 from sleepwake.models.mlx_internals import (decoder, head, log_softmax, module_at, right_pad, run_blocks, to_mlx,
                                              to_torch)
@@ -117,17 +117,18 @@ def example_batch(batch: Sequence[recipes.TrainExample], pad_id: int) -> dict[st
             "weights": mx.array([ex.weight for ex in batch], dtype=mx.float32)}
 
 
-def anchor_batch(picks: Sequence[Anchor], weight: float, pad_id: int) -> dict[str, mx.array]:
-    """Arrays of the step's anchors; each anchor's share of ``weight`` is its anchored length."""
+def anchor_batch(picks: Sequence[Anchor], shares: Sequence[float], pad_id: int) -> dict[str, mx.array]:
+    """Arrays of the step's anchors; each anchored position weighs its anchor's share of the anchor
+    term (``recipes.anchor_shares``) over the anchor's anchored length."""
     ids, valid = right_pad([a.ids for a in picks], pad_id)
     lengths = [len(a.ids) - a.start for a in picks]
     rows = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
     cols = np.concatenate([np.arange(a.start - 1, len(a.ids) - 1) for a in picks])
-    # Mean over an anchor's positions times its share = weight / total tokens per position.
+    scale = np.concatenate([np.full(n, share / n) for n, share in zip(lengths, shares)])
     return {"anchor_ids": ids, "anchor_valid": valid, "anchor_rows": mx.array(rows), "anchor_cols": mx.array(cols),
             "top_ids": to_mlx(torch.cat([a.top_ids for a in picks]), mx.int32),
             "top_logp": to_mlx(torch.cat([a.top_logp for a in picks])),
-            "anchor_scale": mx.array(weight / sum(lengths), dtype=mx.float32)}
+            "anchor_scale": mx.array(scale, dtype=mx.float32)}
 
 
 def kl_to_teacher(student: mx.array, top_ids: mx.array, top_logp: mx.array) -> mx.array:
@@ -152,7 +153,7 @@ def step_loss(net, batch: dict[str, mx.array]):
     if "anchor_ids" in batch:
         hidden = hidden_states(net, batch["anchor_ids"], batch["anchor_valid"])[batch["anchor_rows"], batch["anchor_cols"]]
         kl = kl_to_teacher(log_softmax(head(net, hidden)), batch["top_ids"], batch["top_logp"])
-        loss = loss + batch["anchor_scale"] * kl.sum()
+        loss = loss + (batch["anchor_scale"] * kl).sum()
     return loss, mx.array(nll.shape[0])
 
 
@@ -212,7 +213,7 @@ def train_lora(backend, examples: Sequence[recipes.TrainExample], recipe: recipe
     for batch, picks in recipes.batches(examples, recipe, anchors, steps):
         arrays = example_batch(batch, backend.pad_id)
         if picks:
-            arrays.update(anchor_batch(picks, recipe.anchor_weight, backend.pad_id))
+            arrays.update(anchor_batch(picks, recipes.anchor_shares(picks, recipe), backend.pad_id))
         batches.append((arrays,))
     names = target_names(backend.net, recipe)
     schedule = optim.linear_schedule(recipe.learning_rate, recipe.learning_rate / (steps + 1), steps)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import torch
 from safetensors.torch import load_file, save
@@ -115,3 +115,24 @@ def load_or_estimate(backend, names: list[str], sequences_fn, folder: Path, tag:
             found[name] = (sums.pop(name) / max(count, 1)).float().contiguous()
             write_cached(cache_file(folder, tag, name), "moment", found[name], {"tokens": str(count)})
     return found
+
+
+class Projection:
+    """Keeps each adapted module's A out of its protected subspace: A <- A (I - U_k U_k^T)
+    (:func:`project`), at the start and after every optimizer step (projected gradient descent)."""
+
+    def __init__(self, peft_model, protect: dict[str, torch.Tensor] | None):
+        from peft.tuners.lora import LoraLayer
+
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        module: Any
+        for name, module in peft_model.base_model.model.named_modules():
+            if protect and name in protect and isinstance(module, LoraLayer) and "default" in module.lora_A:
+                weight: Any = module.lora_A["default"].weight  # (r, in)
+                self.pairs.append((weight, protect[name].to(device=weight.device, dtype=weight.dtype)))
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for weight, basis in self.pairs:  # weight: A (r, in); basis: U_k (in, k)
+            weight.copy_(project(weight, basis))

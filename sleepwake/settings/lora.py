@@ -61,9 +61,15 @@ class LoraConfig(BaseModel):
     memory_anchors: int = Field(
         128, ge=0, description="Consolidated facts (stage >= 1, none of the pass's own) whose chat question and "
         "answer each SWS pass anchors to the weights as they are before it (drawn anew each sleep; 0 = off): "
-        "the anchor term then also holds what earlier nights consolidated, at no extra cost per step (the "
-        "anchors share lora.anchor_batch). Night 10 of the 500-fact run with 128: raw 0.952, chat 0.808, "
-        "drift +4.16 % against 0.944, 0.788, +4.49 % with 0 (docs/results.md).")
+        "the anchor term then also holds what earlier nights consolidated (lora.memory_anchor_batch draws them). "
+        "Night 10 of the 500-fact run with 128 (in the pool's draw): raw 0.952, chat 0.808, drift +4.16 % "
+        "against 0.944, 0.788, +4.49 % with 0 (docs/results.md).")
+    memory_anchor_batch: int = Field(
+        4, ge=0, description="Memory anchors (lora.memory_anchors) drawn apart each step, beside lora.anchor_batch, "
+        "as a KL term of their own weighted lora.anchor_weight per position like the pool's (0 = they share the "
+        "pool's draw, where they had about a tenth of the term). Night 10 of the 500-fact run with 4: old "
+        "facts' chat answers lost 27 against 49, chat 0.868 against 0.836, drift +2.92 % against +2.69 %, for one "
+        "more short pass a step (~20 % slower steps, docs/results.md).")
     checkpointing: bool = Field(
         False, description="Gradient checkpointing while training: blocks recompute their activations in the backward "
         "pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled model, 25 "

@@ -4,12 +4,13 @@ progress in the logs (a line every tenth of the way) and the run's metrics."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Sequence
 
 from sleepwake.facts import Fact
 from sleepwake.models import anchors, probes
 from sleepwake.models.anchors import Anchor
-from sleepwake.models.lora import LoraRecipe, TrainExample, TrainOutcome
+from sleepwake.models.recipes import LoraRecipe, TrainExample, TrainOutcome
 from sleepwake.progress import bar
 from sleepwake.sleep import curriculum
 from sleepwake.sleep.session import SleepSession
@@ -40,7 +41,7 @@ def recipe(settings, learning_rate: float | None = None, epochs: int | None = No
                       learning_rate=learning_rate or cfg.learning_rate, epochs=epochs or cfg.epochs,
                       batch_size=cfg.batch_size, max_steps=cfg.max_steps, weight_decay=cfg.weight_decay,
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
-                      anchor_tokens=cfg.anchor_tokens,
+                      anchor_tokens=cfg.anchor_tokens, memory_anchor_batch=cfg.memory_anchor_batch,
                       checkpointing=cfg.checkpointing if checkpointing is None else checkpointing, max_tokens=cfg.max_tokens,
                       micro_batch=cfg.micro_batch)
 
@@ -57,7 +58,8 @@ def anchor_set(memory, facts: Sequence[Fact] = (), kept: Sequence[Fact] = ()) ->
     backend = memory.backend
     extra = anchors.contrast_texts(backend, facts, cfg.contrast_anchors, probes.chat_question) if cfg.contrast_anchors else []
     rehearsed = [curriculum.rehearsal_example(backend, fact) for fact in kept]
-    held = anchors.teacher(backend, [(ex.prompt + ex.target, len(ex.prompt)) for ex in rehearsed], cfg.anchor_topk)
+    taught = anchors.teacher(backend, [(ex.prompt + ex.target, len(ex.prompt)) for ex in rehearsed], cfg.anchor_topk)
+    held = [replace(anchor, held=True) for anchor in taught]
     if cfg.anchor_teacher == "base":
         with memory.base_weights():
             contrast = anchors.teacher(backend, complete(backend, extra), cfg.anchor_topk)

@@ -21,7 +21,7 @@ from typing import Callable, Sequence, TypeVar
 
 from sleepwake.facts import Fact
 from sleepwake.identity import load_identity
-from sleepwake.models.lora import TrainExample
+from sleepwake.models.recipes import TrainExample
 from sleepwake.models.probes import chat_question
 
 T = TypeVar("T")

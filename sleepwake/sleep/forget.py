@@ -33,7 +33,7 @@ from sleepwake.faults import crash_point
 from sleepwake.facts import Fact
 from sleepwake.memory.wake import companions
 from sleepwake.models import probes
-from sleepwake.models.lora import TrainExample
+from sleepwake.models.recipes import TrainExample
 from sleepwake.models.lowrank import refactor
 from sleepwake.sleep.consolidate import anchor_set, recipe
 from sleepwake.sleep.curriculum import chat_example, fact_examples
