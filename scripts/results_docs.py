@@ -58,8 +58,10 @@ def table(name: str, result: dict) -> str:
     present = [c for c in columns if any(c in row for row in rows)]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
     lines += ["| " + " | ".join(cell(row.get(c)) for c in present) + " |" for row in rows]
-    source = f"`docs/results/{name}.json`, " + (f"{result['seconds']:.0f} s" if result.get("seconds")
-                                                 else f"{len(rows)} finished so far: a partial run")
+    seconds = f"{result['seconds']:.0f} s" if result.get("seconds") else ""
+    if name.startswith("partial/") or not seconds:  # a partial run's seconds (a resume adds them up): so far
+        seconds = f"{len(rows)} finished so far: a partial run" + (f", {seconds}" if seconds else "")
+    source = f"`docs/results/{name}.json`, {seconds}"
     return "\n".join(lines) + f"\n\n({source})"
 
 
