@@ -102,10 +102,9 @@ def batches(examples: Sequence[TrainExample], recipe: LoraRecipe, anchors: Seque
 
 
 def split_anchors(anchors: Sequence[Anchor], recipe: LoraRecipe) -> tuple[list[Anchor], list[Anchor]]:
-    """(pool, held apart): the held anchors are a draw and a term of their own only with ``memory_anchor_batch``."""
-    if not recipe.memory_anchor_batch:
-        return list(anchors), []
-    return [a for a in anchors if not a.held], [a for a in anchors if a.held]
+    """(pool, held apart) by :func:`anchor_group`: the held anchors are a draw and a term of their own only
+    with ``memory_anchor_batch``."""
+    return ([a for a in anchors if not anchor_group(a, recipe)], [a for a in anchors if anchor_group(a, recipe)])
 
 
 def anchor_group(anchor: Anchor, recipe: LoraRecipe) -> bool:
