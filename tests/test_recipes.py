@@ -1,5 +1,6 @@
 """A training pass's draws and weights (``models.recipes``): which anchors each step holds and how much each
-weighs, the same on every backend; the memory anchors drawn apart (``lora.memory_anchor_batch``)."""
+weighs, the same on every backend; the memory anchors drawn apart (``lora.memory_anchor_batch``); the teacher's
+forwards in padded runs."""
 
 from __future__ import annotations
 
@@ -98,3 +99,26 @@ def test_runs_give_the_anchor_term_of_one_anchor_per_pass(tiny_model_dir):
         runs = sum(w * anchor_loss(backend.model, run, backend.tokenizer.pad_token_id, "cpu")
                    for run, w in anchor_runs(picks, rcp, tokens=64))
     assert float(alone) > 0 and float(runs) == pytest.approx(float(alone), rel=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 90), max_size=30), st.integers(1, 300))
+def test_length_runs_cover_each_text_once_within_the_padded_tokens(lengths, tokens):
+    runs = anchor_models.length_runs(lengths, tokens)
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    for run in runs:
+        assert len(run) == 1 or len(run) * max(lengths[i] for i in run) <= tokens
+
+
+def test_teacher_in_padded_runs_matches_one_forward_per_text(tiny_model_dir):
+    """Batched teacher forwards (right-padded, masked) give each text the top-k it gets alone, in input order."""
+    backend = TorchBackend.load(ModelConfig(source=str(tiny_model_dir)), "model.layers.{}.mlp.down_proj")
+    words = "the river ran past the old mill while evening came over a short walk home".split()
+    texts = [(backend.encode(" ".join(words[: 2 + (5 * i) % 13])), 1 + i % 2) for i in range(9)]
+    together = anchor_models.teacher(backend, texts, 8, tokens=64)
+    alone = anchor_models.teacher(backend, texts, 8, tokens=1)
+    assert len(anchor_models.length_runs([len(ids) for ids, _ in texts], 64)) < len(texts)  # really batched
+    for a, b, (ids, start) in zip(together, alone, texts):
+        assert a.ids == ids and a.start == start and a.top_logp.shape == (len(ids) - start, 8)
+        assert torch.allclose(a.top_logp, b.top_logp, atol=1e-5)
+        assert torch.equal(a.top_ids, b.top_ids)
