@@ -43,7 +43,7 @@ def token_logprobs(backend, prompt: str, continuation: str):
     context = backend.encode(prompt)
     target = backend.encode(continuation, special=False)
     with torch.no_grad():
-        logprobs = backend.next_token_logprobs(context + target)[len(context) - 1 : -1]  # (T, vocab)
+        logprobs = backend.next_token_logits([context + target])[0, len(context) - 1 : -1].log_softmax(-1)  # (T, vocab)
     return logprobs.gather(1, torch.tensor(target, device=logprobs.device)[:, None])[:, 0]
 
 
@@ -74,7 +74,7 @@ def top1_margins(memory, prompts) -> list[float]:
     choice of the next token: how firmly the greedy answer is held (any backend)."""
     margins = []
     for prompt in prompts:
-        top = memory.backend.next_token_logprobs(memory.backend.encode(prompt))[-1].topk(2).values
+        top = memory.backend.next_token_logits([memory.backend.encode(prompt)])[0, -1].log_softmax(-1).topk(2).values
         margins.append(float(top[0] - top[1]))
     return margins
 

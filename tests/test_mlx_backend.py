@@ -263,7 +263,7 @@ def target_nll(backend, examples, factors) -> float:
             backend.set_module_weight(name, before[name] + u @ v.T)
         total = 0.0
         for ex in examples:
-            logp = backend.next_token_logprobs([ex.prompt + ex.target])[0]
+            logp = backend.next_token_logits([ex.prompt + ex.target])[0].log_softmax(-1)
             total -= sum(float(logp[len(ex.prompt) - 1 + j, t]) for j, t in enumerate(ex.target)) / len(ex.target)
         return total / len(examples)
     finally:

@@ -90,13 +90,13 @@ def teacher(backend, texts: Sequence[tuple[list[int], int]], k: int, tokens: int
     """The current weights' (the caller composes the base model) top-k next-token log-probs, in the order of
     ``texts``. Texts of like length share a forward of at most ``tokens`` padded tokens: a night's anchor sets are
     hundreds of short answers, and one forward each was a few percent of the night; the bound keeps the
-    (rows, longest, vocab) log-probs near 50 MB on a 49k vocabulary."""
+    (rows, longest, vocab) logits near 50 MB on a 49k vocabulary, and each row's softmax is taken apart."""
     anchors: dict[int, Anchor] = {}
     for run in length_runs([len(ids) for ids, _ in texts], tokens):
-        logp = backend.next_token_logprobs([texts[i][0] for i in run])  # (rows, longest, vocab)
-        for row, i in zip(logp, run):
+        logits = backend.next_token_logits([texts[i][0] for i in run])  # (rows, longest, vocab)
+        for row, i in zip(logits, run):
             ids, start = texts[i]
-            top = row[start - 1 : len(ids) - 1].topk(k, dim=-1)  # (n, k)
+            top = row[start - 1 : len(ids) - 1].log_softmax(-1).topk(k, dim=-1)  # (n, k)
             anchors[i] = Anchor(list(ids), start, top.indices.cpu(), top.values.float().cpu())
     return [anchors[i] for i in range(len(texts))]
 

@@ -121,11 +121,11 @@ class MlxBackend:
         """Sampled continuations (top-k 50, seeded on torch's generator like the torch backend)."""
         return mlx_internals.sample_ids(self, prompts, max_new_tokens, seed, batch_size)
 
-    def next_token_logprobs(self, batch: Sequence[list[int]]) -> torch.Tensor:
-        """(rows, longest, vocab) float32 log-probabilities of the next token at every position of the right-padded
-        rows of ``batch`` (one forward; a row's positions past its own length are padding)."""
+    def next_token_logits(self, batch: Sequence[list[int]]) -> torch.Tensor:
+        """(rows, longest, vocab) float32 next-token logits at every position of the right-padded rows of
+        ``batch`` (one forward; a row's positions past its own length are padding)."""
         rows, valid = mlx_internals.right_pad([list(ids) for ids in batch], self.pad_id)
-        return mlx_internals.to_torch(mlx_internals.log_softmax(mlx_internals.logits_all(self.net, rows, valid, 0)))
+        return mlx_internals.to_torch(mlx_internals.logits_all(self.net, rows, valid, 0).astype(mx.float32))
 
     def chat_ids(self, question: str) -> list[int]:
         return self.chat_messages_ids([{"role": "user", "content": question}])

@@ -184,11 +184,11 @@ class TorchBackend:
         return out
 
     @torch.no_grad()
-    def next_token_logprobs(self, batch: Sequence[list[int]]) -> torch.Tensor:
-        """(rows, longest, vocab) float32 log-probabilities of the next token at every position of the right-padded
-        rows of ``batch`` (one forward; a row's positions past its own length are padding)."""
+    def next_token_logits(self, batch: Sequence[list[int]]) -> torch.Tensor:
+        """(rows, longest, vocab) float32 next-token logits at every position of the right-padded rows of
+        ``batch`` (one forward; a row's positions past its own length are padding)."""
         ids, mask = torch_internals.right_pad(batch, self.tokenizer.pad_token_id, self.input_device)
-        return self.model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+        return self.model(input_ids=ids, attention_mask=mask).logits.float()
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         return self.generate_texts([self.encode(p) for p in prompts], max_new_tokens)
