@@ -76,6 +76,9 @@ def test_logits_match_on_a_padded_batch(pair):
         with torch.no_grad():
             want = torch_b.model(torch.tensor([row])).logits[0]
         assert torch.allclose(got[i, : len(row)], want, atol=1.0e-4, rtol=0), (got[i, : len(row)] - want).abs().max()
+    batched = [backend.next_token_logits(rows) for backend in pair]  # what the anchors' teacher reads, per backend
+    for i, row in enumerate(rows):
+        assert torch.allclose(batched[0][i, : len(row)], batched[1][i, : len(row)], atol=1.0e-4, rtol=0)
 
 
 def test_greedy_generation_and_chat_match(pair):
