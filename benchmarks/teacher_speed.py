@@ -17,12 +17,6 @@ import resource
 import time
 
 
-def timed(teach, backend, texts, k: int, tokens: int) -> tuple[float, list]:
-    started = time.perf_counter()
-    taught = teach(backend, texts, k, tokens=tokens)
-    return time.perf_counter() - started, taught
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=128, help="texts of each kind (lora.memory_anchors: 128)")
@@ -49,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         seconds, taught = {}, {}
         for _ in range(2):
             for tokens in args.tokens:
-                spent, taught[tokens] = timed(anchors.teacher, backend, texts, k, tokens)
-                seconds[tokens] = min(spent, seconds.get(tokens, float("inf")))
+                started = time.perf_counter()
+                taught[tokens] = anchors.teacher(backend, texts, k, tokens=tokens)
+                seconds[tokens] = min(time.perf_counter() - started, seconds.get(tokens, float("inf")))
         first = args.tokens[0]
         gap = max(float((a.top_logp - b.top_logp).abs().max()) for tokens in args.tokens
                   for a, b in zip(taught[tokens], taught[first]))
