@@ -99,3 +99,35 @@ def test_damaged_snapshot_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(CorruptedStateError, match="damaged"):
         store.restore(snap)
     assert (home / "ledger.duckdb").read_bytes() == b"current"  # nothing was touched
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="names an fsync'd descriptor through /proc")
+def test_a_take_reads_only_new_factor_files_and_syncs_only_copies(tmp_path, monkeypatch):
+    """Factor files are linked, not copied, and immutable: a second snapshot hashes only the ledger
+    and the factor file that is new, and fsyncs the copied ledger, not the linked files. A factor
+    file damaged in place after its digest was taken is still refused at restore (it reads all)."""
+    import os
+
+    from sleepwake.errors import CorruptedStateError
+    from sleepwake.storage import snapshots
+
+    home = make_home(tmp_path / "home")
+    store = SnapshotStore(home)
+    store.take("run-1", {})
+    read, synced = [], []
+    real_read, real_fsync = Path.read_bytes, os.fsync
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real_read(self))
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    (home / "deltas" / "edit-00000002.safetensors").write_bytes(b"factors 2")
+    second = store.take("run-2", {})
+    assert sorted(read) == ["edit-00000002.safetensors", "ledger.duckdb"]
+    assert set(second.manifest["files"]) == {"ledger.duckdb", "deltas/edit-00000001.safetensors",
+                                             "deltas/edit-00000002.safetensors"}
+    assert not any(p.endswith(".safetensors") for p in synced)
+    assert any(p.endswith("ledger.duckdb") for p in synced)
+    monkeypatch.undo()
+    stat = (home / "deltas" / "edit-00000001.safetensors").stat()
+    (home / "deltas" / "edit-00000001.safetensors").write_bytes(b"factors X")  # same size, same inode
+    os.utime(home / "deltas" / "edit-00000001.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CorruptedStateError, match="damaged"):
+        store.restore(second)

@@ -70,16 +70,18 @@ class SnapshotStore:
         for suffix in ("", ".wal"):
             source = self.root / (self.db_name + suffix)
             if source.exists():
-                shutil.copy2(source, tmp / source.name)
+                _copy_synced(source, tmp / source.name)
         deltas = self.root / DELTAS_DIR
         if deltas.exists():
-            # Factor files are immutable (a change writes a new file under a new id and renames
-            # it into place), so a hard link is as good as a copy and costs nothing.
+            # Factor files are immutable (a change writes a new file under a new id, synced, and
+            # renames it into place), so a hard link is as good as a copy and costs nothing; only
+            # the new directory entries need syncing, not the files again.
             shutil.copytree(deltas, tmp / DELTAS_DIR, ignore=shutil.ignore_patterns(".tmp-*"),
                             copy_function=_link_or_copy)
+            fsync_dir(tmp / DELTAS_DIR)
         crash_point("snapshot:before-manifest")
-        _fsync_files(tmp)
-        manifest = {"name": name, "state": "open", "created_at": _now(), "files": _file_hashes(tmp), **info}
+        fsync_dir(tmp)
+        manifest = {"name": name, "state": "open", "created_at": _now(), "files": _file_hashes(tmp, reuse=True), **info}
         _write_json(tmp / MANIFEST, manifest)
         os.replace(tmp, path)
         fsync_dir(self.dir)
@@ -138,7 +140,7 @@ class SnapshotStore:
             if target.exists() and (os.path.samefile(target, path) or target.read_bytes() == path.read_bytes()):
                 continue
             staged = live / f".tmp-restore-{path.name}"
-            shutil.copy2(path, staged)
+            _copy_synced(path, staged)
             os.replace(staged, target)
         fsync_dir(live)
         return names
@@ -150,7 +152,7 @@ class SnapshotStore:
         for source, target in ((source_dir / self.db_name, db), (source_dir / (self.db_name + ".wal"), wal)):
             if source.exists():
                 staged = target.with_name(target.name + ".restore")
-                shutil.copy2(source, staged)
+                _copy_synced(source, staged)
                 os.replace(staged, target)
         fsync_dir(self.root)
 
@@ -200,28 +202,47 @@ def _link_or_copy(source: str, target: str) -> None:
     try:
         os.link(source, target)
     except OSError:  # another file system, or links not allowed: a real copy
-        shutil.copy2(source, target)
+        _copy_synced(Path(source), Path(target))
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    """A copy whose bytes are on disk before anything (a manifest, a rename) refers to it."""
+    shutil.copy2(source, target)
+    with open(target, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
 
 
-def _file_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` but the manifest, by relative path."""
+# Digests of factor files by identity. They never change once written, and each snapshot links
+# the same files again: hashing them once per process, not once per snapshot, keeps a take's cost
+# to the files that are new. Never used for the ledger, nor when restoring (that must read).
+_DIGESTS: dict[tuple, str] = {}
+
+
+def _file_hashes(folder: Path, reuse: bool = False) -> dict[str, str]:
+    """sha256 of every file under ``folder`` but the manifest, by relative path (``reuse``: factor
+    files already hashed under the same name, inode, size and mtime are not read again)."""
     hashes = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name not in (MANIFEST, MANIFEST + ".tmp"):
-            hashes[path.relative_to(folder).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+            relative = path.relative_to(folder).as_posix()
+            hashes[relative] = _digest(path, reuse and relative.startswith(DELTAS_DIR + "/"))
     return hashes
 
 
-def _fsync_files(folder: Path) -> None:
-    """The copies must be on disk before the manifest declares the snapshot complete."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+def _digest(path: Path, reuse: bool) -> str:
+    if not reuse:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    st = path.stat()
+    key = (path.name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)  # not ctime: each link changes it
+    if key not in _DIGESTS:
+        if len(_DIGESTS) > 65536:  # a long-lived process: forget, do not grow without bound
+            _DIGESTS.clear()
+        _DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _DIGESTS[key]
 
 
 def _write_json(path: Path, data: dict) -> None:
