@@ -109,7 +109,6 @@ def test_a_take_reads_only_new_factor_files_and_syncs_only_copies(tmp_path, monk
     import os
 
     from sleepwake.errors import CorruptedStateError
-    from sleepwake.storage import snapshots
 
     home = make_home(tmp_path / "home")
     store = SnapshotStore(home)
