@@ -141,7 +141,7 @@ def inject_all(memory, pool, batched: bool, trajectory: bool, probes) -> tuple[l
     return seconds, recalls
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--facts", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1, help="fact pool seed (0 = tuning pool)")
@@ -156,7 +156,11 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="also write the result JSON here (the specificity figures as soon as they are "
                              "measured, so a run stopped in its fresh-process recall keeps them)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     from sleepwake.config import load_settings
     from sleepwake.factpool import generate_pool

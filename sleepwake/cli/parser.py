@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sleepwake {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    for add_commands in (add_serving_commands, add_memory_commands, add_run_commands):
+        add_commands(sub, parent)
+    return parser
+
+
+def add_serving_commands(sub, parent: argparse.ArgumentParser) -> None:
+    """serve, config."""
     serve = sub.add_parser("serve", parents=[parent], help="an OpenAI-compatible chat API over the home",
                            description="Serve the memory to chat apps over the OpenAI chat-completions API "
                            "(base URL http://HOST:PORT/v1, model 'sleepwake'). What users state is remembered, "
@@ -74,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                             description="'config list' names the presets shipped with sleepwake; 'config show' prints "
                             "the effective settings (preset + --set) with each field's description.")
     config.add_argument("action", choices=["list", "show"], help="list | show")
+
+
+def add_memory_commands(sub, parent: argparse.ArgumentParser) -> None:
+    """inject, recall, status, forget, ask: one command, one change to (or look at) the memory."""
     inject = sub.add_parser("inject", parents=[parent], help="store facts in the weights (wake)",
                             description="Store facts in the model's weights with MEMIT: facts are solved in batches "
                             "(memit.wake_batch per solve) and stored as one edit per subject key.")
@@ -102,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--raw", action="store_true", help="complete QUESTION as a raw prompt (no chat template)")
     ask.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                      help="answer length limit (default: chat.max_new_tokens)")
+
+
+def add_run_commands(sub, parent: argparse.ArgumentParser) -> None:
+    """nap, sleep, chat, experiment: the flows and the conversation."""
     sub.add_parser("nap", parents=[parent], help="run the nap flow: health check, audit of recent facts, report",
                    description="Run the nap flow (Prefect; ephemeral unless PREFECT_API_URL is set). "
                    "Changes no weights unless --set nap.reinforce=true (a gated LoRA pass on MEMIT-held facts).")
@@ -125,6 +140,3 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     experiment.add_argument("--resume", action="store_true",
                             help="continue an interrupted run in --out after its last finished night (longevity)")
-    return parser
-
-

@@ -95,11 +95,20 @@ def run_forgetting(lab: Lab) -> ExperimentResult:
               **{f"old_{k}": v for k, v in answers_with(memory, new, [p.object for p in changed]).items()}}
     current = {f.key: f for f in new}
     point("updated, slept", [current.get(p.fact.key, p.fact) for p in kept], forgotten, **update, **slept)
-    last = rows[-1]
-    summary = {"facts": len(pool), "forgotten": len(gone), "forget_drift": rows[cfg.forget_sleeps]["forget_drift"],
-               "forgotten_hits_at_once": sum(rows[cfg.forget_sleeps][f"forgotten_{k}_hits"] for k in ("raw", "paraphrase", "chat")),
-               "forgotten_hits_after_sleeps": max(sum(r[f"forgotten_{k}_hits"] for k in ("raw", "paraphrase", "chat"))
-                                                  for r in rows[cfg.forget_sleeps + 1:]),
-               "kept_raw": last.get("raw"), "kept_chat": last.get("chat"),
-               **{k: last[k] for k in ("new_raw", "new_chat", "old_raw", "old_chat")}}
+    summary = forgetting_summary(rows, cfg.forget_sleeps, facts=len(pool), forgotten=len(gone))
     return ExperimentResult("forgetting", summary, {"steps": rows})
+
+
+def forgetting_summary(rows: list[dict], sleeps: int, facts: int, forgotten: int) -> dict:
+    """The headline figures: rows[sleeps] is the step right after forgetting, the rows after it
+    the sleeps that follow (where a forgotten fact could come back from the adapters)."""
+    last = rows[-1]
+
+    def hits(row: dict) -> int:
+        return sum(row[f"forgotten_{k}_hits"] for k in ("raw", "paraphrase", "chat"))
+
+    return {"facts": facts, "forgotten": forgotten, "forget_drift": rows[sleeps]["forget_drift"],
+            "forgotten_hits_at_once": hits(rows[sleeps]),
+            "forgotten_hits_after_sleeps": max(hits(r) for r in rows[sleeps + 1:]),
+            "kept_raw": last.get("raw"), "kept_chat": last.get("chat"),
+            **{k: last[k] for k in ("new_raw", "new_chat", "old_raw", "old_chat")}}

@@ -92,20 +92,35 @@ def convergence(session: SleepSession, degraded_after: int) -> str:
 def report(session: SleepSession, outcome: str, *results: StageResult | None) -> Report:
     """``outcome``: "kept", "rolled_back", "no_change" (a nap) or "reinforced"."""
     started = time.perf_counter()
+    validate = pick(results, ValidateResult)
+    if outcome == "kept" and validate:
+        session.save_audits(validate.audit.verdicts)
+    if session.kind == "full_sleep":  # facts changed before now count as slept on (kept or rolled back)
+        session.ledger.set_meta(LAST_SLEEP_KEY, datetime.now(timezone.utc).replace(tzinfo=None).isoformat())
+    result = summarise(session, outcome, results)
+    if session.kind == "full_sleep":
+        session.record("report", {CYCLE_METRIC: result.degraded_after})
+    session.ledger.finish_run(session.run_id, session.kind, session.flow_run_id, outcome)
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.stage_seconds["report"] = result.seconds
+    result.stage_seconds["total"] = round(session.elapsed(), 2)
+    result.note = render_markdown(result)
+    return result
+
+
+def summarise(session: SleepSession, outcome: str, results: tuple[StageResult | None, ...]) -> Report:
+    """The stages' results as one Report; a rolled-back run reports its "after" figures as the
+    "before" ones (the weights are those again)."""
     health, audit, validate = pick(results, HealthResult), pick(results, AuditResult), pick(results, ValidateResult)
     maintain, curate, selection = pick(results, MaintainResult), pick(results, CurateResult), pick(results, SelectionResult)
     sws, rem, fold = pick(results, SwsResult), pick(results, RemResult), pick(results, FoldResult)
     reinforced = pick(results, ReinforceResult)
     kept = outcome != "rolled_back"
     after = validate if validate and kept else None
-    if outcome == "kept" and validate:
-        session.save_audits(validate.audit.verdicts)
-    if session.kind == "full_sleep":  # facts changed before now count as slept on (kept or rolled back)
-        session.ledger.set_meta(LAST_SLEEP_KEY, datetime.now(timezone.utc).replace(tzinfo=None).isoformat())
     counts = session.ledger.counts()
     memory = session.memory
     degraded_after = after.degraded_after if after else (audit.degraded if audit else 0)
-    result = Report(
+    return Report(
         run_id=session.run_id, flow_run_id=session.flow_run_id, kind=session.kind, outcome=outcome,
         facts=counts["facts"], edits=counts["edits"], adapters=len(memory.adapters),
         adapter_bytes=sum(a.nbytes for a in memory.adapters), delta_bytes=sum(e.nbytes for e in memory.edits),
@@ -134,14 +149,6 @@ def report(session: SleepSession, outcome: str, *results: StageResult | None) ->
         stage_seconds={r.stage: round(r.seconds, 2) for r in results if r is not None},
         stage_peak_rss_gb={r.stage: r.peak_rss_gb for r in results if r is not None and r.peak_rss_gb is not None},
     )
-    if session.kind == "full_sleep":
-        session.record("report", {CYCLE_METRIC: degraded_after})
-    session.ledger.finish_run(session.run_id, session.kind, session.flow_run_id, outcome)
-    result.seconds = round(time.perf_counter() - started, 3)
-    result.stage_seconds["report"] = result.seconds
-    result.stage_seconds["total"] = round(session.elapsed(), 2)
-    result.note = render_markdown(result)
-    return result
 
 
 def render_markdown(r: Report) -> str:
