@@ -269,18 +269,20 @@ def _optimize(backend, suffix: SuffixModel, rows: Sequence[VStarRow], n_facts: i
             kl = F.kl_div(kl_logp, reference_kl[kl_now], log_target=True, reduction="none").sum(-1)  # (k,)
             loss = loss + cfg.kl_factor * (kl * active[fact_of_row[kl_now]]).sum() / n_facts
         loss = loss + cfg.weight_decay * (((delta.norm(dim=-1) / anchor.norm(dim=-1)) ** 2) * active).sum() / n_facts
-        step_active(optimizer, delta, loss, active, lambda d: clamp_delta(d, anchor, cfg.clamp_norm))
+        step_active(optimizer, delta, loss, active, anchor, cfg.clamp_norm)
     stats = {"steps": int(steps_of.max()), "mean_steps": round(float(steps_of.float().mean()), 1),
              "nll": [round(float(x), 4) for x in nll]}
     return delta.detach().float().cpu(), anchor.cpu(), stats
 
 
-def step_active(optimizer, delta: torch.Tensor, loss: torch.Tensor, active: torch.Tensor, clamp) -> None:
-    """One Adam step on the active facts' rows of ``delta`` (n_facts, d), then MEMIT's clamp; the
-    converged facts' rows are put back as they were (Adam's momentum would still move them)."""
+def step_active(optimizer, delta: torch.Tensor, loss: torch.Tensor, active: torch.Tensor,
+                anchor: torch.Tensor, clamp_norm: float) -> None:
+    """One Adam step on the active facts' rows of ``delta`` (n_facts, d), then MEMIT's clamp to
+    ``clamp_norm`` times each ``anchor`` row's norm; the converged facts' rows are put back as they
+    were (Adam's momentum would still move them)."""
     frozen = delta.detach().clone()
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
     with torch.no_grad():
-        delta.copy_(torch.where(active[:, None], clamp(delta), frozen))
+        delta.copy_(torch.where(active[:, None], clamp_delta(delta, anchor, clamp_norm), frozen))
