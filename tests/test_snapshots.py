@@ -130,3 +130,26 @@ def test_a_take_reads_only_new_factor_files_and_syncs_only_copies(tmp_path, monk
     os.utime(home / "deltas" / "edit-00000001.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns))
     with pytest.raises(CorruptedStateError, match="damaged"):
         store.restore(second)
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_a_ledger_snapshot_with_its_wal_unfolded_restores_every_committed_row(tmp_path, hold):
+    """The journal folds the WAL only when it is over 1 MiB: a snapshot then copies the ledger file
+    and its WAL, and restoring them gives back every row committed before the take, none after."""
+    from sleepwake.storage.ledger import Ledger
+
+    home = tmp_path / "home"
+    ledger = Ledger(home / "ledger.duckdb", hold=hold)
+    ledger.set_meta("night", "1")
+    assert ledger.checkpoint(min_wal_bytes=1 << 20) is False
+    if hold:  # a held writer keeps its WAL until something folds it
+        assert (home / "ledger.duckdb.wal").stat().st_size > 0
+    store = SnapshotStore(home)
+    snap = store.take("run-1-pre-sleep", {})
+    ledger.set_meta("night", "2")
+    ledger.set_meta("other", "x")
+    ledger.release()
+    store.restore(snap)
+    reopened = Ledger(home / "ledger.duckdb", hold=hold)
+    assert reopened.get_meta("night") == "1" and reopened.get_meta("other") is None
+    assert reopened.checkpoint() is True
