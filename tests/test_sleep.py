@@ -391,6 +391,25 @@ def test_validate_repairs_a_fact_the_sleep_cost_before_judging(run, monkeypatch)
     assert verdict.raw_recall_after == before.raw_recall
 
 
+def test_validate_repairs_facts_degraded_before_and_after_only_when_asked(run, monkeypatch):
+    """A fact degraded before the sleep and still after it is not the sleep's doing: it is re-solved
+    only under ``validate.repair_degraded`` (maintain refreshed it before SWS, or not at all)."""
+    before = audit(run)
+    victim = next(r for r in run.ledger.list_facts() if r.fact_id == before.healthy_ids[0])
+    before.healthy_ids.remove(victim.fact_id)
+    before.degraded_ids.append(victim.fact_id)
+    lose_until_resolved(run, monkeypatch, victim)
+    health = HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9)
+    monkeypatch.setattr(run.settings.validate_, "repair_degraded", 0)
+    untouched = validate(run, before, health)
+    assert untouched.repaired == 0 and victim.fact_id in untouched.audit.degraded_ids
+    assert run.ledger.find_fact(victim.subject, victim.relation).edit_id == victim.edit_id
+    monkeypatch.setattr(run.settings.validate_, "repair_degraded", 1)
+    verdict = validate(run, before, health)
+    assert verdict.repaired >= 1 and victim.fact_id not in verdict.audit.degraded_ids
+    assert run.ledger.find_fact(victim.subject, victim.relation).edit_id != victim.edit_id
+
+
 def test_an_interrupted_sleep_is_undone_by_the_next_writer(run, settings):
     memory = run.memory
     digest, facts = memory.weights_digest(), journal.facts_fingerprint(memory)

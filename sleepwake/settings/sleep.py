@@ -86,6 +86,11 @@ class ValidateConfig(BaseModel):
         "this sleep cost their raw recall, and audit again: REM and the fold can disturb a fact after SWS's own "
         "repair (measured: a 6-night run lost its night 5, 16 -> 15 facts, to this).",
     )
+    repair_degraded: int = Field(
+        0, ge=0, description="With repair_lost, also re-solve up to this many audited facts that were degraded "
+        "before the sleep and still are (those maintain did not refresh, or whose refresh tonight's training undid), "
+        "oldest first: re-solved after the training, they start the next day with their answer. 0: off.",
+    )
     min_locality: float = Field(
         9.0e-1, ge=0, le=1,
         description="Smallest teacher-forced locality on the unrelated probe sample: the share of the "

@@ -108,14 +108,17 @@ def leak_start(health: HealthResult, maintained: MaintainResult | None) -> float
 
 
 def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> list[int]:
-    """Facts healthy before the sleep and degraded now: their edits re-solved on the weights as they
-    are now (the other edits held by the null-space constraint, as in SWS's repair); a consolidated
-    fact with no edit left gets a fresh one at stage 0, as maintain would re-wake it the next night
-    (a 6-night run lost its night 5 to a fact with raw recall before the sleep and no edit to
-    repair). Under a stage snapshot inside this sleep's, so a failed repair is undone and the sleep
-    is judged unrepaired. Returns the ids of every fact whose edit changed (companions included:
-    ``refresh_many`` reports only its targets)."""
+    """Facts healthy before the sleep and degraded now, and up to ``validate.repair_degraded`` of those
+    degraded before and still now: their edits re-solved on the weights as they are now (the other
+    edits held by the null-space constraint, as in SWS's repair); a consolidated fact with no edit
+    left gets a fresh one at stage 0, as maintain would re-wake it the next night (a 6-night run lost
+    its night 5 to a fact with raw recall before the sleep and no edit to repair). Under a stage
+    snapshot inside this sleep's, so a failed repair is undone and the sleep is judged unrepaired.
+    Returns the ids of every fact whose edit changed (companions included: ``refresh_many`` reports
+    only its targets)."""
     lost = set(before.healthy_ids) & set(after.degraded_ids)
+    still = sorted(set(before.degraded_ids) & set(after.degraded_ids))  # fact ids grow with age: oldest first
+    lost |= set(still[: session.settings.validate_.repair_degraded])
     facts = session.ledger.list_facts()
     rows = [r for r in facts if r.fact_id in lost]
     if not rows:
