@@ -136,14 +136,16 @@ def test_a_take_reads_only_new_factor_files_and_syncs_only_copies(tmp_path, monk
 def test_a_ledger_snapshot_with_its_wal_unfolded_restores_every_committed_row(tmp_path, hold):
     """The journal folds the WAL only when it is over 1 MiB: a snapshot then copies the ledger file
     and its WAL, and restoring them gives back every row committed before the take, none after."""
+    from sleepwake.sleep.journal import WAL_FOLD_BYTES
+    from sleepwake.storage.database import wal_path
     from sleepwake.storage.ledger import Ledger
 
     home = tmp_path / "home"
     ledger = Ledger(home / "ledger.duckdb", hold=hold)
     ledger.set_meta("night", "1")
-    assert ledger.checkpoint(min_wal_bytes=1 << 20) is False
+    assert ledger.checkpoint(min_wal_bytes=WAL_FOLD_BYTES) is False
     if hold:  # a held writer keeps its WAL until something folds it
-        assert (home / "ledger.duckdb.wal").stat().st_size > 0
+        assert wal_path(home / "ledger.duckdb").stat().st_size > 0
     store = SnapshotStore(home)
     snap = store.take("run-1-pre-sleep", {})
     ledger.set_meta("night", "2")

@@ -38,6 +38,7 @@ from sleepwake.facts import MAX_FIELD_CHARS, Fact
 from sleepwake.identity import load_identity
 from sleepwake.memory import Memory
 from sleepwake.storage import conversations
+from sleepwake.storage.database import wal_path
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
 
@@ -273,7 +274,7 @@ class Engine:
 
     def _stamp(self) -> tuple:
         """What changes when another process changes the home (the ledger file and its log)."""
-        files = [self.home.db_path, self.home.db_path.with_name(self.home.db_path.name + ".wal")]
+        files = [self.home.db_path, wal_path(self.home.db_path)]
         return tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.exists() else None for f in files)
 
     def _spool(self) -> Path:

@@ -46,6 +46,11 @@ _record_absent_pandas()
 # Substrings of DuckDB errors that mean "someone else has the file", not "the file is bad".
 _LOCK_MARKERS = ("Conflicting lock", "Could not set lock", "different configuration")
 
+def wal_path(db_path: Path) -> Path:
+    """DuckDB's write-ahead log beside ``db_path``: committed transactions not yet folded into the file."""
+    return db_path.with_name(db_path.name + ".wal")
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -221,7 +226,7 @@ class Database:
         """Fold the write-ahead log into the file when it holds more than ``min_wal_bytes``; returns
         whether it did. Every committed transaction is in the file plus its WAL, so a snapshot that
         copies both is whole either way: folding only keeps the WAL a snapshot copies and hashes small."""
-        wal = self.path.with_name(self.path.name + ".wal")
+        wal = wal_path(self.path)
         if min_wal_bytes and (not wal.exists() or wal.stat().st_size <= min_wal_bytes):
             return False
         with self._connect(write=True) as con:
