@@ -238,3 +238,31 @@ def test_a_subject_the_models_own_text_reaches_is_named_in_a_warning(caplog):
         assert warn_undistinctive([0.3], ["Aria Nakamura"], 0.6) == []
         assert warn_undistinctive([0.3, 0.7], ["Aria Nakamura", "Lena Brandt's home"], 0.6) == ["Lena Brandt's home"]
     assert "reaches 1 of 2 stored subjects" in caplog.text
+
+
+def test_rows_that_stop_early_leave_the_batch_and_the_rest_decode_as_before(routed_home, tiny_settings_overrides):
+    """``done`` lets a row stop (probes stop once the answer is settled); the others keep the tokens
+    of transformers' greedy generate, routed rows included (the router's latch loses the same rows)."""
+    for routing in ("off", "subject"):
+        backend = open_memory(routed_home, tiny_settings_overrides, routing).backend
+        prompts = [backend.encode(OTHER_TEXT), backend.encode(FACT.prompt()), backend.encode("The capital of")]
+        want = backend.generate_ids(prompts, 8)
+        assert backend.generate_ids(prompts, 8, done=lambda row, tokens: False) == want
+        steps = []  # (rows in the step, rows the router's latch knows): a latch of another size is ignored
+        if backend.routed is not None:
+            decide = backend.routed._decide
+
+            def watched(module, args, kwargs):
+                hidden = args[0] if args else kwargs["hidden_states"]
+                latch = backend.routed.latch
+                if hidden.shape[1] == 1:
+                    steps.append((hidden.shape[0], None if latch is None else latch.shape[0]))
+                return decide(module, args, kwargs)
+
+            backend.routed._decide = watched
+            backend.routed.remove()
+            backend.routed.install(backend.model)
+        stopped = backend.generate_ids(prompts, 8, done=lambda row, tokens: row != 1 and len(tokens) == 2)
+        assert [len(t) for t in stopped] == [2, len(want[1]), 2]
+        assert stopped[1] == want[1] and stopped[0] == want[0][:2] and stopped[2] == want[2][:2]
+        assert all(rows == known for rows, known in steps) and (routing == "off" or (3, 3) in steps and (1, 1) in steps)

@@ -110,7 +110,8 @@ class MlxBackend:
         return mlx_internals.decode_loop(self.net, batch, max_new_tokens, self.pad_id, self.eos_ids, pick)
 
     def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 16,
-                       banned: Sequence[list[int]] | None = None) -> list[str]:
+                       banned: Sequence[list[int]] | None = None, done=None) -> list[str]:
+        """Greedy continuations; ``done`` (a row may stop early) is not used: every row runs its budget."""
         results: list[str] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]

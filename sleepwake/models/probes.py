@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sleepwake.config import ProbeConfig
 from sleepwake.facts import Fact, normalize_answer
+from sleepwake.models.backend import length_batches
 from sleepwake.relations import chat_question, paraphrase_prompts  # noqa: F401  (re-exported)
 
 def answer_matches(continuation: str, obj: str) -> bool:
@@ -48,20 +50,42 @@ def answer_budget(backend, obj: str, extra: int) -> int:
     return len(backend.encode(" " + obj, special=False)) + extra
 
 
-def greedy_ids(backend, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32) -> list[list[int]]:
+def greedy_ids(backend, prompts: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
     """Greedy new tokens for many token prompts, batched by similar length, in input order."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        picked = order[start:start + batch_size]
+    for picked in length_batches(prompts, max_new_tokens):
         for index, row in zip(picked, backend.generate_ids([prompts[i] for i in picked], max_new_tokens)):
             out[index] = list(row)
     return out
 
 
+# A match followed by one of these can no longer be undone by the tokens after it (a letter could
+# glue on: "Oslo" -> "Oslofjord"); a cut multi-byte character decodes to U+FFFD, not one of these.
+_SETTLED_END = frozenset(string.whitespace + string.punctuation)
+
+
+def answer_seen(backend, answers: Sequence[Sequence[str]]) -> Callable[[int, list[int]], bool]:
+    """``done`` for ``generate_texts``: row i may stop once its text holds one of ``answers[i]``,
+    word-bounded and settled (the match is then the same however the reply goes on)."""
+    def done(row: int, tokens: list[int]) -> bool:
+        text = backend.decode(tokens)
+        return bool(text) and text[-1] in _SETTLED_END and any(answer_matches(text, a) for a in answers[row])
+    return done
+
+
+def generate_probes(backend, prompts: Sequence[str], max_new_tokens: int, answers: Sequence[Sequence[str]]) -> list[str]:
+    """Greedy continuations of raw prompts, each allowed to stop once it holds one of its answers."""
+    return backend.generate_texts([backend.encode(p) for p in prompts], max_new_tokens, done=answer_seen(backend, answers))
+
+
+def chat_probes(backend, questions: Sequence[str], max_new_tokens: int, answers: Sequence[Sequence[str]]) -> list[str]:
+    """Greedy chat replies to single questions, each allowed to stop once it holds one of its answers."""
+    return backend.generate_texts([backend.chat_ids(q) for q in questions], max_new_tokens, done=answer_seen(backend, answers))
+
+
 def raw_recall(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[tuple[bool, str]]:
     budget = max(answer_budget(backend, f.object, cfg.extra_new_tokens) for f in facts)
-    texts = backend.generate([f.prompt() for f in facts], budget)
+    texts = generate_probes(backend, [f.prompt() for f in facts], budget, [[f.object] for f in facts])
     return [(answer_matches(text, f.object), text) for text, f in zip(texts, facts)]
 
 
@@ -77,7 +101,7 @@ def probe_facts(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[FactPr
                 prompts.append(prompt)
                 owners.append(index)
     budget = max(answer_budget(backend, f.object, cfg.extra_new_tokens) for f in facts)
-    texts = backend.generate(prompts, budget)
+    texts = generate_probes(backend, prompts, budget, [[facts[owner].object] for owner in owners])
     probes = [FactProbe(raw=answer_matches(text, f.object), raw_text=text) for text, f in zip(texts, facts)]
     if cfg.paraphrases:
         hits: dict[int, list[bool]] = {}
@@ -86,7 +110,7 @@ def probe_facts(backend, facts: Sequence[Fact], cfg: ProbeConfig) -> list[FactPr
         for index, probe in enumerate(probes):
             probe.paraphrase = sum(hits[index]) / len(hits[index])
     if cfg.chat:
-        replies = backend.chat([chat_question(f) for f in facts], cfg.chat_max_new_tokens)
+        replies = chat_probes(backend, [chat_question(f) for f in facts], cfg.chat_max_new_tokens, [[f.object] for f in facts])
         for probe, reply, fact in zip(probes, replies, facts):
             probe.chat, probe.chat_text = answer_matches(reply, fact.object), reply
     return probes
@@ -123,6 +147,6 @@ def benchmark_questions() -> list[dict]:
 def benchmark(backend, cfg: ProbeConfig) -> tuple[float, list[bool]]:
     """Share of the fixed questions answered correctly through the chat template (greedy)."""
     questions = benchmark_questions()
-    replies = backend.chat([q["question"] for q in questions], cfg.chat_max_new_tokens)
+    replies = chat_probes(backend, [q["question"] for q in questions], cfg.chat_max_new_tokens, [q["answers"] for q in questions])
     hits = [any(answer_matches(reply, a) for a in q["answers"]) for q, reply in zip(questions, replies)]
     return sum(hits) / len(hits), hits

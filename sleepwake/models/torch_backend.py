@@ -13,8 +13,9 @@ import torch
 from sleepwake.config import ModelConfig
 from sleepwake.errors import ModelLoadError
 from sleepwake.models import torch_internals, torch_moments, torch_vstar
-from sleepwake.models.backend import VStarRow, VStarSettings, chat_text, text_chunks
+from sleepwake.models.backend import VStarRow, VStarSettings, chat_text, length_batches, text_chunks
 from sleepwake.models.bundled import default_cache_dir
+from sleepwake.models.torch_decoding import Done, greedy_until
 from sleepwake.models.source import quiet_transformers, resolve_device, resolve_source
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,12 @@ class TorchBackend:
     # ---- generation and probes -------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(self, batch: Sequence[list[int]], max_new_tokens: int,
-                     banned: Sequence[list[int]] | None = None) -> list[list[int]]:
+                     banned: Sequence[list[int]] | None = None, done: Done | None = None) -> list[list[int]]:
         """Greedy decoding of token prompts (left-padded batch); returns the new tokens only.
-        ``banned``: token sequences never to produce (forget's base answers ban the object)."""
+        ``banned``: token sequences never to produce (forget's base answers ban the object).
+        ``done(row, tokens)``: that row may stop there (``torch_decoding``; not with ``banned``)."""
+        if done is not None and not banned:
+            return greedy_until(self, batch, max_new_tokens, done)
         input_ids, attention = torch_internals.left_pad(batch, self.tokenizer.pad_token_id, self.input_device)
         out = self.model.generate(
             input_ids=input_ids,
@@ -136,15 +140,15 @@ class TorchBackend:
         )
         return [row[input_ids.shape[1]:].tolist() for row in out]
 
-    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int = 32,
-                       banned: Sequence[list[int]] | None = None) -> list[str]:
-        """Greedy continuations of token prompts, decoded, in batches of similar length (less
-        padding per batch); results come back in the order of ``prompts``."""
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    def generate_texts(self, prompts: Sequence[list[int]], max_new_tokens: int,
+                       banned: Sequence[list[int]] | None = None, done: Done | None = None) -> list[str]:
+        """Greedy continuations of token prompts, decoded, in batches of similar length
+        (``length_batches``); results come back in the order of ``prompts``. ``done(i, tokens)``:
+        prompt i's continuation may stop there."""
         results: list[str] = [""] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            picked = order[start : start + batch_size]
-            for index, row in zip(picked, self.generate_ids([prompts[i] for i in picked], max_new_tokens, banned)):
+        for picked in length_batches(prompts, max_new_tokens):
+            in_batch = None if done is None else (lambda row, tokens, picked=picked: done(picked[row], tokens))
+            for index, row in zip(picked, self.generate_ids([prompts[i] for i in picked], max_new_tokens, banned, in_batch)):
                 results[index] = self.decode(row)
         return results
 
