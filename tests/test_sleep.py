@@ -361,13 +361,12 @@ def lose_until_resolved(run, monkeypatch, victim):
     """Validate's audits report ``victim`` degraded for as long as it keeps its old edit."""
     real = validate_stage.audit_stage.audit
 
-    def audit_now(session, ids, label):
-        result = real(session, ids, label=label)
+    def audit_now(session, ids, label, standing=None):
+        result = real(session, ids, label=label, standing=standing)
         now = session.ledger.find_fact(victim.subject, victim.relation)
         if now.edit_id == victim.edit_id and victim.fact_id in result.healthy_ids:
-            result.healthy_ids.remove(victim.fact_id)
-            result.degraded_ids.append(victim.fact_id)
-            result.raw_recall = round(len(result.healthy_ids) / result.n, 4)
+            next(t for t in result.rows if t["fact_id"] == victim.fact_id)["raw"] = False
+            result = result.model_copy(update=validate_stage.audit_stage.summarize(result.rows))
         return result
 
     monkeypatch.setattr(validate_stage.audit_stage, "audit", audit_now)
@@ -389,6 +388,33 @@ def test_validate_repairs_a_fact_the_sleep_cost_before_judging(run, monkeypatch)
     assert verdict.passed is True and verdict.repaired >= 1, verdict.failures
     assert run.ledger.find_fact(victim.subject, victim.relation).edit_id != victim.edit_id
     assert verdict.raw_recall_after == before.raw_recall
+
+
+def test_validate_audits_again_only_what_a_repair_may_have_moved(run, monkeypatch):
+    """After a repair, validate probes the re-solved facts and the ``audit.near_facts`` nearest each;
+    every other fact keeps the verdict of the audit just before the repair."""
+    before = audit(run)
+    victim = next(r for r in run.ledger.list_facts() if r.fact_id == before.healthy_ids[0])
+    lose_until_resolved(run, monkeypatch, victim)
+    calls: list[tuple[list[int], object]] = []
+    losing = validate_stage.audit_stage.audit
+
+    def recorded(session, ids, label, standing=None):
+        result = losing(session, ids, label, standing)
+        calls.append((sorted(ids), result))
+        return result
+
+    monkeypatch.setattr(validate_stage.audit_stage, "audit", recorded)
+    with_settings(run, audit=run.settings.audit.model_copy(update={"near_facts": 1}))
+    verdict = validate(run, before, HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9))
+    everything = sorted(v["fact_id"] for v in before.verdicts)
+    assert len(everything) == 4 and [ids for ids, _ in calls][0] == everything
+    again = calls[1][0]
+    assert len(calls) == 2 and len(again) == 2 and victim.fact_id in again  # the repaired and its nearest
+    assert verdict.passed and verdict.audit.n == 4 and victim.fact_id in verdict.audit.healthy_ids
+    standing = {v["fact_id"]: v for v in calls[0][1].verdicts}
+    kept = [v for v in verdict.audit.verdicts if v["fact_id"] not in again]
+    assert len(kept) == 2 and all(v == standing[v["fact_id"]] for v in kept)
 
 
 def test_validate_repairs_facts_degraded_before_and_after_only_when_asked(run, monkeypatch):

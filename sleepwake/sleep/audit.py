@@ -17,8 +17,10 @@ from sleepwake.sleep.results import AuditResult
 from sleepwake.sleep.session import SleepSession
 
 
-def audit(session: SleepSession, fact_ids: Sequence[int] | None = None, label: str = "audit") -> AuditResult:
-    """Probe the given facts (all facts when None)."""
+def audit(session: SleepSession, fact_ids: Sequence[int] | None = None, label: str = "audit",
+          standing: AuditResult | None = None) -> AuditResult:
+    """Probe the given facts (all facts when None). With ``standing`` (an earlier audit of the same
+    weights but a few changed edits), its verdicts stand for the facts not probed again."""
     started = time.perf_counter()
     rows = session.ledger.list_facts()
     if fact_ids is not None:
@@ -33,17 +35,26 @@ def audit(session: SleepSession, fact_ids: Sequence[int] | None = None, label: s
         table.append({"fact_id": row.fact_id, "fact": f"{row.fact.prompt()} -> {row.object}", "stage": row.stage,
                       "raw": probe.raw, "paraphrase": probe.paraphrase, "chat": probe.chat,
                       "completion": probe.raw_text.strip()[:60]})
-    result = AuditResult(stage=label, verdicts=verdicts, rows=table, **summarize(rows, results))
+    if standing is not None:
+        probed = {r.fact_id for r in rows}
+        verdicts = sorted(verdicts + [v for v in standing.verdicts if v["fact_id"] not in probed], key=_by_fact)
+        table = sorted(table + [t for t in standing.rows if t["fact_id"] not in probed], key=_by_fact)
+    result = AuditResult(stage=label, verdicts=verdicts, rows=table, **summarize(table))
     if label == "audit":
         session.save_audits(verdicts)
     return finish(session, result, started)
 
 
-def summarize(rows, results) -> dict:
-    n = len(rows)
-    healthy = [r.fact_id for r, p in zip(rows, results) if p.raw]
-    paraphrase = [p.paraphrase for p in results if p.paraphrase is not None]
-    chat = [p.chat for p in results if p.chat is not None]
+def _by_fact(entry: dict) -> int:
+    return entry["fact_id"]
+
+
+def summarize(table: list[dict]) -> dict:
+    """The audit's figures from its per-fact rows (fact_id, stage, raw, paraphrase, chat)."""
+    n = len(table)
+    healthy = [t["fact_id"] for t in table if t["raw"]]
+    paraphrase = [t["paraphrase"] for t in table if t["paraphrase"] is not None]
+    chat = [t["chat"] for t in table if t["chat"] is not None]
     return {
         "n": n,
         "raw_recall": round(len(healthy) / n, 4) if n else None,
@@ -51,9 +62,9 @@ def summarize(rows, results) -> dict:
         "chat_recall": round(sum(chat) / len(chat), 4) if chat else None,
         "degraded": n - len(healthy),
         "healthy_ids": healthy,
-        "degraded_ids": [r.fact_id for r, p in zip(rows, results) if not p.raw],
+        "degraded_ids": [t["fact_id"] for t in table if not t["raw"]],
         # Facts consolidated at least once (the adapter carries their chat answer; their edit is scaled
         # down or gone) that still complete raw but no longer answer in chat: a later night's training
         # overwrote them in the adapter.
-        "chat_lost_ids": [r.fact_id for r, p in zip(rows, results) if r.stage >= 1 and p.raw and p.chat is False],
+        "chat_lost_ids": [t["fact_id"] for t in table if t["stage"] >= 1 and t["raw"] and t["chat"] is False],
     }
