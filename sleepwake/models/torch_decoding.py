@@ -52,7 +52,7 @@ def greedy_until(backend, batch: Sequence[list[int]], max_new_tokens: int, done:
         if not keep or step == max_new_tokens - 1:
             break
         if len(keep) < len(rows):
-            keep_index = torch.tensor(keep, device=mask.device)
+            keep_index = torch.tensor(keep)  # on the host: indexes the cache on whatever device each layer sits
             cache.batch_select_indices(keep_index)
             mask, positions = mask[keep_index], positions[keep_index]
             tokens = [tokens[i] for i in keep]
