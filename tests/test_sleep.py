@@ -417,6 +417,24 @@ def test_validate_audits_again_only_what_a_repair_may_have_moved(run, monkeypatc
     assert len(kept) == 2 and all(v == standing[v["fact_id"]] for v in kept)
 
 
+def test_validate_audits_again_no_fact_the_sleep_did_not_audit(run, monkeypatch):
+    """The nearest facts a repair may have moved are taken among the audited ones: the raw-recall gate
+    compares the same facts before and after the sleep."""
+    full = audit(run)
+    victim = next(r for r in run.ledger.list_facts() if r.fact_id == full.healthy_ids[0])
+    outside = next(v["fact_id"] for v in full.verdicts if v["fact_id"] != victim.fact_id)
+    before = full.model_copy(update={"verdicts": [v for v in full.verdicts if v["fact_id"] != outside]})
+    lose_until_resolved(run, monkeypatch, victim)
+    calls: list[list[int]] = []
+    losing = validate_stage.audit_stage.audit
+    monkeypatch.setattr(validate_stage.audit_stage, "audit", lambda session, ids, label, standing=None: (
+        calls.append(sorted(ids)), losing(session, ids, label, standing))[1])
+    with_settings(run, audit=run.settings.audit.model_copy(update={"near_facts": 3}))
+    verdict = validate(run, before, HealthResult(perplexity=1.0e9, perplexity_baseline=1.0e9))
+    assert len(calls) == 2 and outside not in calls[0] + calls[1] and victim.fact_id in calls[1]
+    assert verdict.audit.n == 3  # (its gate compares against the 4-fact figures of `full`: not judged here)
+
+
 def test_validate_repairs_facts_degraded_before_and_after_only_when_asked(run, monkeypatch):
     """A fact degraded before the sleep and still after it is not the sleep's doing: it is re-solved
     only under ``validate.repair_degraded`` (maintain refreshed it before SWS, or not at all)."""

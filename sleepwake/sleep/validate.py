@@ -9,8 +9,8 @@ perplexity rose over ``validate.max_ppl_increase`` (relative to before the sleep
 refreshes, when that was lower already) or its leak rose over ``validate.max_leak`` (or over what the weights
 already leaked then, when that was higher: ``locality.leak_ceiling``); or a forgotten object came back.
 Before judging, facts this sleep cost their raw recall (REM and the fold come after SWS's own repair) get
-their edits re-solved and are audited again with the facts nearest them (``validate.repair_lost``). The post-change audit is handed
-to the report, which saves its verdicts if the sleep is kept.
+their edits re-solved and are audited again with the audited facts nearest them (``validate.repair_lost``).
+The post-change audit is handed to the report, which saves its verdicts if the sleep is kept.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     after = audit_stage.audit(session, audited, label="validate-audit")
     repaired = repair_lost(session, before, after) if cfg.enabled and cfg.repair_lost else []
     if repaired:
-        after = audit_stage.audit(session, reaudited(session, repaired), label="validate-audit", standing=after)
+        after = audit_stage.audit(session, reaudited(session, repaired, audited), label="validate-audit", standing=after)
     ppl = session.memory.perplexity()
     local = locality_stage.measure_sample(session)
     resurfaced = forgetting.resurfaced(session)
@@ -133,15 +133,15 @@ def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) 
     return [r.fact_id for r in session.ledger.list_facts() if edits.get(r.fact_id) != r.edit_id]
 
 
-def reaudited(session: SleepSession, repaired: list[int]) -> list[int]:
-    """What a repair may have moved: the re-solved facts and, for each, the ``audit.near_facts``
-    facts whose subject keys are closest to its own (a MEMIT edit spills onto nearby keys; the
-    other edits are held by the null-space constraint). The rest keep the verdicts of the audit
-    just before the repair: auditing every audited fact again was a third of night 10's validate
-    in the 500-fact run."""
-    near = select_stage.nearest_facts(session, session.ledger.list_facts(), set(repaired),
-                                      session.settings.audit.near_facts)
-    return sorted(set(repaired) | near)
+def reaudited(session: SleepSession, repaired: list[int], audited: list[int]) -> list[int]:
+    """What a repair may have moved: the re-solved facts and the ``audit.near_facts`` audited facts whose
+    subject keys are closest to each (a MEMIT edit spills onto nearby keys; the other edits are held by
+    the null-space constraint; only audited ones, so the raw-recall gate compares the same facts before
+    and after). The rest keep the verdicts of the audit just before the repair: auditing every audited
+    fact again was a third of night 10's validate in the 500-fact run."""
+    judged = set(audited) | set(repaired)
+    rows = [r for r in session.ledger.list_facts() if r.fact_id in judged]
+    return sorted(set(repaired) | select_stage.nearest_facts(session, rows, set(repaired), session.settings.audit.near_facts))
 
 
 def _round(value):
