@@ -83,7 +83,7 @@ class ValidateConfig(BaseModel):
     )
     repair_lost: bool = Field(
         True, description="Before judging, re-solve (maintain's null-space refresh) the edits of audited facts "
-        "this sleep cost their raw recall, and audit them again with the audit.near_facts facts nearest each (the others "
+        "this sleep cost their raw recall, and audit them again with the audit.near_facts audited facts nearest each (the others "
         "keep their verdicts): REM and the fold can disturb a fact after SWS's own repair (measured: a 6-night run "
         "lost its night 5, 16 -> 15 facts, to this).",
     )
