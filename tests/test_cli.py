@@ -60,6 +60,7 @@ def test_inject_recall_status_forget(tmp_path, capsys, tiny_settings_overrides):
     home, opts = tmp_path / "home", tiny_settings_overrides
     base = status(capsys, home, opts, perplexity=True)  # a home that does not exist yet reads as empty
     assert STATUS_FIELDS <= base.keys() and base["facts"] == 0 and base["perplexity_drift"] == 0
+    assert not home.exists()  # and reading it created nothing
 
     result = run_json(capsys, ["inject", SUBJECT, RELATION, OBJECT, *options(home, opts)])
     [injected] = result["injected"]
@@ -265,6 +266,21 @@ def test_sleep_on_a_missing_home_is_one_line_and_creates_nothing(tmp_path, capsy
     code, out, err = run(capsys, ["nap", *options(missing, tiny_settings_overrides)])
     assert code != 0 and err.count("\n") == 1 and "no sleepwake home" in err
     assert not (missing / "ledger.duckdb").exists()
+
+
+def test_status_and_recall_read_a_missing_home_as_empty_and_create_nothing(tmp_path, capsys, caplog,
+                                                                            tiny_settings_overrides):
+    """A mistyped --home: readers say so on stderr and leave no ledger or lock behind (the perplexity they
+    measure is not cached there)."""
+    missing = tmp_path / "memries"
+    code, out, err = run(capsys, ["status", *options(missing, tiny_settings_overrides), "--json"])
+    assert code == 0 and json.loads(out)["facts"] == 0 and "perplexity" in json.loads(out)
+    code, out, err = run(capsys, ["recall", *options(missing, tiny_settings_overrides), "--json"])
+    assert code == 0 and json.loads(out)["summary"]["n"] == 0
+    assert [r.message for r in caplog.records].count(f"no sleepwake home at {missing} yet (no ledger.duckdb): read as an "
+                                                      "empty memory, and nothing is created there; check --home if "
+                                                      "you expected facts") == 2
+    assert not missing.exists()
 
 
 def test_a_reader_that_leaves_early_gets_no_traceback():

@@ -270,6 +270,8 @@ class Memory(Wake, Composition):
             if not self.ledger.read_only:
                 self.ledger.set_meta(key, value)
                 return
+            if not self.ledger.path.is_file():
+                return  # no memory here yet: a reader must not create one (a mistyped --home stays empty)
             # A reader writes only while holding the write lock, so it can never touch the file
             # while a writer copies it into a snapshot or restores one.
             with self.home.write_lock():
