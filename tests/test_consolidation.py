@@ -319,6 +319,14 @@ def test_memory_anchors_are_taught_by_the_weights_as_composed_and_anchor_the_ans
         base = anchor_models.teacher(memory.backend, [(anchor.ids, anchor.start)], memory.settings.lora.anchor_topk)[0]
     assert torch.allclose(anchor.top_logp, now.top_logp) and not torch.allclose(anchor.top_logp, base.top_logp)
 
+    memory.settings.lora.memory_anchor_raw = True  # and its raw prompt continued by the object, held the same way
+    both = anchor_set(memory, [], [fact])
+    raw, example = both[-1], curriculum.raw_example(memory.backend, fact)
+    assert len(both) == len(plain) + 2 and both[-2].ids == anchor.ids and raw.held
+    assert raw.ids == example.prompt + example.target and raw.start == len(example.prompt)
+    now = anchor_models.teacher(memory.backend, [(raw.ids, raw.start)], memory.settings.lora.anchor_topk)[0]
+    assert torch.allclose(raw.top_logp, now.top_logp)
+
 
 def test_anchored_facts_are_drawn_anew_each_sleep_and_capped(run):
     memory = run.memory

@@ -64,6 +64,10 @@ class LoraConfig(BaseModel):
         "the anchor term then also holds what earlier nights consolidated (lora.memory_anchor_batch draws them). "
         "Night 10 of the 500-fact run with 128 (in the pool's draw): raw 0.952, chat 0.808, drift +4.16 % "
         "against 0.944, 0.788, +4.49 % with 0 (docs/results.md).")
+    memory_anchor_raw: bool = Field(
+        False, description="Also anchor each memory anchor's fact in its raw form (the raw prompt continued by the "
+        "object, taught by the weights as composed): a consolidated fact whose edit is dissolved or pruned keeps "
+        "its raw answer only in the adapter, and the chat anchors alone do not hold it.")
     memory_anchor_batch: int = Field(
         4, ge=0, description="Memory anchors (lora.memory_anchors) drawn apart each step, beside lora.anchor_batch, "
         "as a KL term of their own weighted lora.anchor_weight per position like the pool's (0 = they share the "

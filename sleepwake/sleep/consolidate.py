@@ -50,14 +50,17 @@ def anchor_set(memory, facts: Sequence[Fact] = (), kept: Sequence[Fact] = ()) ->
     """The KL anchors of one training pass: the cached base-model anchors in every format, plus
     contrast anchors for ``facts`` (look-alike subjects asked the same things), with the teacher
     the base model (``lora.anchor_teacher=base``) or the weights as composed now (``current``); plus
-    each of ``kept`` asked in chat and answered with its statement, taught by the weights as composed
-    now whatever the setting (what is anchored there is what earlier nights consolidated)."""
+    each of ``kept`` asked in chat and answered with its statement (and with ``lora.memory_anchor_raw`` its raw
+    prompt continued by the object), taught by the weights as composed now whatever the setting (what is
+    anchored there is what earlier nights consolidated)."""
     cfg = memory.settings.lora
     if cfg.anchor_weight <= 0:
         return []
     backend = memory.backend
     extra = anchors.contrast_texts(backend, facts, cfg.contrast_anchors, probes.chat_question) if cfg.contrast_anchors else []
     rehearsed = [curriculum.rehearsal_example(backend, fact) for fact in kept]
+    if cfg.memory_anchor_raw:
+        rehearsed += [curriculum.raw_example(backend, fact) for fact in kept]
     taught = anchors.teacher(backend, [(ex.prompt + ex.target, len(ex.prompt)) for ex in rehearsed], cfg.anchor_topk)
     held = [replace(anchor, held=True) for anchor in taught]
     if cfg.anchor_teacher == "base":
