@@ -310,6 +310,7 @@ def test_memory_anchors_are_taught_by_the_weights_as_composed_and_anchor_the_ans
     from sleepwake.sleep.consolidate import anchor_set
 
     memory, fact = run.memory, FACTS[0]
+    memory.settings.lora.memory_anchor_raw = False  # the chat form alone first
     plain, held = anchor_set(memory, []), anchor_set(memory, [], [fact])
     assert len(held) == len(plain) + 1
     anchor, example = held[-1], curriculum.rehearsal_example(memory.backend, fact)

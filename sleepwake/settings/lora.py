@@ -60,20 +60,23 @@ class LoraConfig(BaseModel):
         "anchored to the base model's answers: the fact must not spill onto them (the leak).")
     memory_anchors: int = Field(
         128, ge=0, description="Consolidated facts (stage >= 1, none of the pass's own) whose chat question and "
-        "answer each SWS pass anchors to the weights as they are before it (drawn anew each sleep; 0 = off): "
+        "answer (and raw answer, lora.memory_anchor_raw) each SWS pass anchors to the weights as they are before it (drawn anew each sleep; 0 = off): "
         "the anchor term then also holds what earlier nights consolidated (lora.memory_anchor_batch draws them). "
         "Night 10 of the 500-fact run with 128 (in the pool's draw): raw 0.952, chat 0.808, drift +4.16 % "
         "against 0.944, 0.788, +4.49 % with 0 (docs/results.md).")
     memory_anchor_raw: bool = Field(
-        False, description="Also anchor each memory anchor's fact in its raw form (the raw prompt continued by the "
-        "object, taught by the weights as composed): a consolidated fact whose edit is dissolved or pruned keeps "
-        "its raw answer only in the adapter, and the chat anchors alone do not hold it.")
+        True, description="Also anchor each memory anchor's fact in its raw form (the raw prompt continued by the "
+        "object, taught by the weights as composed), drawn with its chat form by lora.memory_anchor_batch: a "
+        "consolidated fact is trained in both forms, and its edit is dissolved or pruned. Night 10 of the 500-fact "
+        "run from its night-9 folder, with lora.memory_anchor_batch 8: chat 0.924 against 0.894, raw 0.936 against "
+        "0.936, drift +2.17 % against +1.96 %, the sleep 1.11x as long (docs/results.md).")
     memory_anchor_batch: int = Field(
-        4, ge=0, description="Memory anchors (lora.memory_anchors) drawn apart each step, beside lora.anchor_batch, "
-        "as a KL term of their own weighted lora.anchor_weight per position like the pool's (0 = they share the "
-        "pool's draw, where they had about a tenth of the term). Night 10 of the 500-fact run with 4: old "
-        "facts' chat answers lost 27 against 49, chat 0.868 against 0.836, drift +2.92 % against +2.69 %, for one "
-        "more short pass a step (~20 % slower steps, docs/results.md).")
+        8, ge=0, description="Memory anchors (lora.memory_anchors, in both forms with lora.memory_anchor_raw) drawn "
+        "apart each step, beside lora.anchor_batch, as a KL term of their own weighted lora.anchor_weight per position "
+        "like the pool's (0 = they share the pool's draw, where they had about a tenth of the term). Night 10 of the "
+        "500-fact run with 4 (chat form only) against the pool's draw: old facts' chat answers lost 27 against 49, "
+        "chat 0.868 against 0.836; with 8 in both forms against 4 in the chat form: chat 0.924 against 0.894; 4 in "
+        "both forms (half as many chat anchors a step) lost chat, 0.870 (docs/results.md).")
     checkpointing: bool = Field(
         False, description="Gradient checkpointing while training: blocks recompute their activations in the backward "
         "pass instead of keeping them. Off: in micro-batches of 2 the kept activations are small (bundled model, 25 "
