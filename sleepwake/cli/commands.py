@@ -38,10 +38,12 @@ def open_memory(args, writable: bool, tolerate_corrupt: bool = False):
 
     settings = load_settings(args.config, args.overrides)
     home = Home.open(args.home, create=writable)
-    if not writable and not home.db_path.is_file():
+    missing = not writable and not home.db_path.is_file()
+    memory = Memory.open(home, settings, writable=writable, tolerate_corrupt=tolerate_corrupt)
+    if missing:  # said once the model has loaded: a failure to load stays a one-line error
         log.warning("no sleepwake home at %s yet (no ledger.duckdb): read as an empty memory, and nothing is "
                     "created there; check --home if you expected facts", home.root)
-    return home, Memory.open(home, settings, writable=writable, tolerate_corrupt=tolerate_corrupt)
+    return home, memory
 
 
 def cmd_inject(args) -> dict:
