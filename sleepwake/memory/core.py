@@ -269,13 +269,11 @@ class Memory(Wake, Composition):
         try:
             if not self.ledger.read_only:
                 self.ledger.set_meta(key, value)
-                return
-            if not self.ledger.path.is_file():
-                return  # no memory here yet: a reader must not create one (a mistyped --home stays empty)
-            # A reader writes only while holding the write lock, so it can never touch the file
-            # while a writer copies it into a snapshot or restores one.
-            with self.home.write_lock():
-                Ledger(self.ledger.path, busy_timeout_s=0.2).set_meta(key, value)
+            elif self.ledger.path.is_file():  # a reader never creates a home (a mistyped --home stays empty)
+                # A reader writes only while holding the write lock, so it can never touch the file
+                # while a writer copies it into a snapshot or restores one.
+                with self.home.write_lock():
+                    Ledger(self.ledger.path, busy_timeout_s=0.2).set_meta(key, value)
         except (SleepwakeError, OSError):
             pass
 
