@@ -345,22 +345,26 @@ def test_anchored_facts_are_drawn_anew_each_sleep_and_capped(run):
     assert len(set(picks)) > 1
 
 
-def test_settled_sample_puts_chat_lost_first_then_unaudited_then_the_oldest(run):
-    """The stage-3 facts SWS checks: the last audit's chat misses first, then the never audited, then by age."""
+def test_settled_sample_puts_lost_answers_first_then_unaudited_then_the_oldest(run):
+    """The stage-3 facts SWS checks: the last audit's misses first (chat; raw too, as the gate checks it), then
+    the never audited, then by age. A raw-only miss is audited every night, so by age alone it came last."""
     ledger = run.memory.ledger
     first, second, third = ledger.list_facts()
     for row in (first, second, third):
         ledger.set_stage(row.fact_id, 3)
     ledger.record_audits([
-        {"run_id": "r1", "fact_id": first.fact_id, "ts": datetime(2026, 1, 2), "raw_recall": 1.0, "chat_recall": 1.0,
-         "healthy": True},
+        {"run_id": "r1", "fact_id": first.fact_id, "ts": datetime(2026, 1, 4), "raw_recall": 0.0, "chat_recall": 1.0,
+         "healthy": False},
         {"run_id": "r1", "fact_id": third.fact_id, "ts": datetime(2026, 1, 3), "raw_recall": 1.0, "chat_recall": 0.0,
          "healthy": True}])
     rows = ledger.list_facts()
     run.settings.sws.settled_checked = 3
-    assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id, second.fact_id, first.fact_id]
+    assert run.settings.sws.gate_raw
+    assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id, first.fact_id, second.fact_id]
     run.settings.sws.settled_checked = 1
     assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id]
+    run.settings.sws.settled_checked, run.settings.sws.gate_raw = 3, False  # a raw miss is no miss to this gate
+    assert [r.fact_id for r in settled_stage.sample(run, rows)] == [third.fact_id, second.fact_id, first.fact_id]
     run.settings.sws.rounds = 1  # no further round could relearn them: none checked
     assert settled_stage.sample(run, rows) == []
 

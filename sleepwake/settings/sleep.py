@@ -167,7 +167,8 @@ class SwsConfig(BaseModel):
         "(rounds > 1) train again with tonight's failing facts, stage 2 (edit at 0.1) first: what later adapters "
         "overwrote is relearned the same night. 0 = off. 500-fact run, night 4: 32 (hit) chat 0.89; 64 (40) 0.91.")
     settled_checked: int = Field(64, ge=0, description="Stage-3 facts (edit pruned, only the adapters hold them) gated "
-        "after round 1 each night, those whose last audit lost the chat answer first, then the longest unaudited; each "
+        "after round 1 each night, those whose last audit lost an answer the gate checks first (chat; raw too with "
+        "gate_raw), then the longest unaudited; each "
         "one tonight's adapter left without its answer is trained again in the further rounds (rounds > 1) and stays "
         "at stage 3. 0 = off (stage-3 facts wait for the audit and maintain).")
     identity_weight: float = Field(5.0e-1, ge=0, description="Loss weight of the identity Q&A pairs (0 = leave them out).")

@@ -24,23 +24,27 @@ def gate_probes(session: SleepSession):
 
 
 def sample(session: SleepSession, rows) -> list:
-    """Up to ``sws.settled_checked`` stage-3 rows: those whose latest audit lost the chat answer first,
-    then those never audited, then those audited longest ago (a rotation over the nights). None with
-    ``sws.rounds`` 1: without a further round nothing could relearn them."""
+    """Up to ``sws.settled_checked`` stage-3 rows: those whose latest audit lost an answer the gate
+    checks first (chat; raw too with ``sws.gate_raw``), then those never audited, then those audited
+    longest ago (a rotation over the nights). None with ``sws.rounds`` 1: without a further round
+    nothing could relearn them. A fact that lost only its raw answer counts: the audit sees it every
+    night (it is degraded), so by age alone it would come last and never be checked (night 9 of the
+    500-fact run ended with 15 such stage-3 facts, against 17 that lost chat)."""
     cfg = session.settings.sws
     settled = [r for r in rows if r.stage >= 3]
     if not cfg.settled_checked or cfg.rounds < 2 or not settled:
         return []
     latest = session.ledger.latest_audits()
 
-    def lost_chat(row) -> bool:
-        chat = latest.get(row.fact_id, {}).get("chat_recall")
-        return chat is not None and chat < 0.5
+    def lost_answer(row) -> bool:
+        audit = latest.get(row.fact_id, {})
+        chat, raw = audit.get("chat_recall"), audit.get("raw_recall")
+        return (chat is not None and chat < 0.5) or (cfg.gate_raw and raw is not None and raw < 0.5)
 
     unaudited = [r for r in settled if r.fact_id not in latest]
     audited = sorted((r for r in settled if r.fact_id in latest),
-                     key=lambda r: (not lost_chat(r), latest[r.fact_id]["ts"], r.fact_id))
-    lost = [r for r in audited if lost_chat(r)]
+                     key=lambda r: (not lost_answer(r), latest[r.fact_id]["ts"], r.fact_id))
+    lost = [r for r in audited if lost_answer(r)]
     ordered = lost + unaudited + audited[len(lost):]
     return ordered[:cfg.settled_checked]
 
