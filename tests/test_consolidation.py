@@ -497,7 +497,7 @@ def test_sws_trains_at_most_max_trained_facts_the_longest_waiting_first(run, mon
     result = sws_stage.sws(run)
     assert result.trained == 2 and result.gated == len(rows) == 3
     assert trained[0] and newest.fact.key not in trained[0] and len(trained[0]) == 2
-    assert sws_stage.waiting_longest(rows, 0) == sorted(rows, key=lambda r: (r.updated_at, r.fact_id))
+    assert curriculum.waiting_longest(rows, 0) == sorted(rows, key=lambda r: (r.updated_at, r.fact_id))
 
 
 def test_sws_without_repair_undoes_a_pass_that_disturbed_a_fact(run, monkeypatch):

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from sleepwake.sleep.maintain import maintain
 from sleepwake.sleep.report import report
 from sleepwake.sleep.results import AuditResult, HealthResult, MaintainResult
 from sleepwake.sleep.select import nap_selection, select_facts
-from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.session import SleepSession, timed
 from sleepwake.sleep.validate import validate
 from sleepwake.storage.home import Home
 from sleepwake.storage.snapshots import SnapshotStore
@@ -529,6 +530,27 @@ def test_the_plain_pipeline_runs_a_whole_sleep_and_closes_its_journal(run):
         assert "peak memory" in result.note
     assert SnapshotStore(run.memory.home.root).open_snapshots() == []
     assert run.ledger.runs()[0]["outcome"] == result.outcome
+    # where SWS and validate spent their seconds: named parts, the rest as "other", summing to the stage
+    for stage, named in (("sws", {"raw", "train", "gate", "settle"}), ("validate", {"audit"})):
+        parts = result.stage_part_seconds[stage]
+        assert named | {"other"} <= set(parts) and abs(sum(parts.values()) - result.stage_seconds[stage]) < 0.05, parts
+        recorded = {k for k in run.ledger.run_metrics(run.run_id) if k.startswith(f"{stage}.")}
+        assert {f"{stage}.{name}_seconds" for name in parts} <= recorded
+    assert "| sws |" in result.note and "train " in result.note
+
+
+def test_a_part_inside_another_counts_once_in_the_outer_one(run):
+    inner = timed("inner")(lambda session: time.sleep(0.02))
+    outer = timed("outer")(lambda session: inner(session) or inner(session))
+    outer(run)
+    inner(run)
+    assert run.timing is None and set(run.parts) == {"outer", "inner"}
+    assert run.parts["outer"] >= 0.04 and 0.02 <= run.parts["inner"] < 0.04
+    run.timing = "outer"  # a stage finishing inside another's part (validate's audits) leaves them alone
+    assert run.take_parts(1.0) == {} and run.parts
+    run.timing = None
+    parts = run.take_parts(1.0)
+    assert abs(sum(parts.values()) - 1.0) < 0.02 and parts["other"] > 0.8 and run.parts == {}
 
 
 FREE_PATTERN = """

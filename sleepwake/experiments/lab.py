@@ -152,7 +152,7 @@ def sleep_row(report: dict) -> dict:
     keys = ("outcome", "raw_recall_before", "raw_recall_after", "degraded_before", "degraded_after",
             "refreshed", "pruned", "edits", "perplexity_before", "perplexity_after", "convergence",
             "sws_accepted", "sws_advanced", "rem_accepted", "audited", "locality", "leak", "stage_seconds",
-            "stage_peak_rss_gb", "failures", "sws_reason", "sws_scale", "rem_reason", "run_id")
+            "stage_peak_rss_gb", "stage_part_seconds", "failures", "sws_reason", "sws_scale", "rem_reason", "run_id")
     row = {key: report.get(key) for key in keys}
     row["seconds"] = (report.get("stage_seconds") or {}).get("total")
     return row

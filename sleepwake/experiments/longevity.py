@@ -63,7 +63,7 @@ def run_night(lab: Lab, home_dir: str, night: int, base: float) -> dict:
             "peak_rss_gb": peak, "home_bytes": home_bytes(home_dir), "adapters": len(memory.adapters),
             **stage_counts(memory), "outcome": report["outcome"], "refreshed": report["refreshed"],
             "pruned": report["pruned"], "audited": report.get("audited"), "stage_seconds": report["stage_seconds"],
-            "stage_peak_rss_gb": report.get("stage_peak_rss_gb") or {},
+            "stage_peak_rss_gb": report.get("stage_peak_rss_gb") or {}, "part_seconds": report.get("stage_part_seconds") or {},
             # why a night was rolled back or a pass undone (night 2 of the 500-fact run left only figures)
             "failures": report.get("failures") or [], "sws_reason": report.get("sws_reason"),
             "sws_scale": report.get("sws_scale"), "rem_reason": report.get("rem_reason"),

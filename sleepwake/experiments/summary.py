@@ -19,7 +19,7 @@ def cell(value) -> str:
 
 
 def table_markdown(rows: list[dict]) -> str:
-    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in ("stage_seconds", "stage_peak_rss_gb")]
+    columns = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in ("stage_seconds", "stage_peak_rss_gb", "part_seconds")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows[:MAX_ROWS]:
         lines.append("| " + " | ".join(cell(row.get(c)) for c in columns) + " |")

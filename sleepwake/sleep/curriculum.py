@@ -111,3 +111,10 @@ def _weighted_sample(items: list[tuple[float, T]], size: int, rng: random.Random
 
 def _user(text: str) -> dict:
     return {"role": "user", "content": text}
+
+
+def waiting_longest(rows, cap: int) -> list:
+    """At most ``cap`` (0: all) of ``rows``, those stored or refreshed longest ago first: every fact
+    is trained within a bounded number of nights, and a backlog never makes one pass larger."""
+    order = sorted(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0, r.fact_id))  # undated first
+    return order[:cap] if cap else order

@@ -69,6 +69,8 @@ class Report(StageResult):
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     stage_peak_rss_gb: dict[str, float] = Field(
         default_factory=dict, description="Peak resident memory per stage in GB (Linux); the night's is the largest.")
+    stage_part_seconds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Seconds of the named parts of the stages that time them (SWS, validate).")
 
 
 Picked = TypeVar("Picked", bound=StageResult)
@@ -148,6 +150,7 @@ def summarise(session: SleepSession, outcome: str, results: tuple[StageResult | 
         drowsiness=current_drowsiness(session.ledger, session.settings.health)["level"],
         stage_seconds={r.stage: round(r.seconds, 2) for r in results if r is not None},
         stage_peak_rss_gb={r.stage: r.peak_rss_gb for r in results if r is not None and r.peak_rss_gb is not None},
+        stage_part_seconds={r.stage: r.part_seconds for r in results if r is not None and r.part_seconds},
     )
 
 
@@ -182,7 +185,9 @@ def render_markdown(r: Report) -> str:
               f"adapters {'folded into one' if r.folded else 'not folded'}.", ""]
     lines += [f"{name} undone: {why}" for name, ok, why in (("SWS", r.sws_accepted, r.sws_reason), ("REM", r.rem_accepted, r.rem_reason))
               if ok is False and why]
-    lines += ["", "| stage | seconds | peak memory (GB) |", "|---|---|---|"]
-    peaks = r.stage_peak_rss_gb
-    lines += [f"| {name} | {secs:.2f} | {fmt(peaks.get(name))} |" for name, secs in r.stage_seconds.items()]
+    lines += ["", "| stage | seconds | peak memory (GB) | of which (seconds) |", "|---|---|---|---|"]
+    peaks, parts = r.stage_peak_rss_gb, r.stage_part_seconds
+    lines += [f"| {name} | {secs:.2f} | {fmt(peaks.get(name))} | "
+              f"{', '.join(f'{part} {s:.1f}' for part, s in parts.get(name, {}).items()) or '-'} |"
+              for name, secs in r.stage_seconds.items()]
     return "\n".join(lines)

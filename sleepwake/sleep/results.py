@@ -21,6 +21,9 @@ class StageResult(BaseModel):
     peak_rss_gb: float | None = Field(None, description="Peak resident memory of the process during the stage (Linux).")
     rows: list[dict] = Field(default_factory=list, description="The stage's artifact table.")
     note: str | None = Field(None, description="Markdown shown beside the table (warnings, explanations).")
+    part_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds of the stage's named parts "
+                                           "(SWS: train, gate, settle, judge; validate: audit, repair) and other: "
+                                           "the rest; recorded as <part>_seconds metrics.")
 
     def summary(self) -> dict:
         """Everything but the artifact: what ``--json`` and the artifact's description show."""

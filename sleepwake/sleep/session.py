@@ -14,6 +14,7 @@ snapshot (which rewinds the ledger file) can write it back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from contextvars import ContextVar
@@ -56,6 +57,10 @@ class SleepSession:
     # Locality figures by (weights digest, stored objects, sample size): a night measures the same
     # weights more than once (health, the start of SWS, the start of REM after a kept SWS).
     locality_seen: dict[tuple, dict] = field(default_factory=dict)
+    # Seconds of the running stage's named parts (``timed``), taken by its ``finish``: a night that
+    # grows says which part grew. ``timing`` is the part running now (a nested part counts in it).
+    parts: dict[str, float] = field(default_factory=dict)
+    timing: str | None = None
 
     def __post_init__(self) -> None:
         reset_peak_rss()  # the first stage's peak memory is its own, not the process's so far
@@ -107,6 +112,34 @@ class SleepSession:
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
+
+    def take_parts(self, seconds: float) -> dict[str, float]:
+        """The finished stage's parts (and ``other``: its ``seconds`` outside them), then none; {} when
+        a part is still running (the finish of a stage called inside another's part) or none ran."""
+        if self.timing is not None or not self.parts:
+            return {}
+        parts = {name: round(secs, 2) for name, secs in self.parts.items()}
+        parts["other"] = round(max(seconds - sum(self.parts.values()), 0.0), 2)
+        self.parts = {}
+        return parts
+
+
+def timed(part: str):
+    """Decorator for a stage's part ``fn(session, ...)``: its seconds add up under ``part`` in the
+    session's ``parts`` (a part called inside another counts in the outer one, never twice)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(session: SleepSession, *args, **kwargs):
+            if session.timing is not None:
+                return fn(session, *args, **kwargs)
+            session.timing, started = part, time.perf_counter()
+            try:
+                return fn(session, *args, **kwargs)
+            finally:
+                session.timing = None
+                session.parts[part] = session.parts.get(part, 0.0) + time.perf_counter() - started
+        return run
+    return wrap
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 
 from sleepwake.models import probes
-from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.session import SleepSession, timed
 
 
 def gate_probes(session: SleepSession):
@@ -67,6 +67,7 @@ def holding(session: SleepSession, rows) -> dict[int, bool]:
     return {entry["fact_id"]: entry["passed"] for entry in gate_facts(session, rows)[0]} if rows else {}
 
 
+@timed("gate")
 def gate_facts(session: SleepSession, rows) -> tuple[list[dict], dict[int, int]]:
     """Per-fact recall through the adapters alone (gated edits at 0) -> (table, proposed stages)."""
     cfg = session.settings.sws

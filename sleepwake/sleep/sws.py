@@ -35,7 +35,7 @@ from sleepwake.models import probes
 from sleepwake.sleep import adapter_scale, consolidate, curriculum, forgetting, journal, locality as locality_stage, replay, settled
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import SwsResult
-from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.session import SleepSession, timed
 from sleepwake.sleep.settled import gate_facts
 from sleepwake.storage import adapters as adapter_rows
 
@@ -48,7 +48,7 @@ def sws(session: SleepSession) -> SwsResult:
     with journal.stage(session, "sws") as snap:
         rows = memory.ledger.list_facts()
         gated = [r for r in rows if r.stage < 3]
-        trained = waiting_longest([r for r in gated if r.stage == 0], cfg.max_trained)
+        trained = curriculum.waiting_longest([r for r in gated if r.stage == 0], cfg.max_trained)
         forgets = forgetting.unsettled(session)
         why_not = consolidate.cannot_train(memory)
         if not cfg.enabled or why_not or not (gated or forgets):
@@ -130,6 +130,7 @@ def retry_scaled(session: SleepSession, plan: "Pass", forgets, start, result: Sw
     return verdict
 
 
+@timed("judge")
 def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[bool], list[bool]],
           start: tuple[float, float | None], result: SwsResult) -> tuple[dict[int, float], str | None]:
     """The pass's own gates, on the weights it would leave: raw recall lost (validate's tolerance: more
@@ -157,6 +158,7 @@ def judge(session: SleepSession, gated, stages: dict[int, int], raw: tuple[list[
     return scales, why
 
 
+@timed("train")
 def train_pass(session: SleepSession, examples: list, switched_off: set[int], facts, result: SwsResult,
                epochs: int | None = None) -> int:
     """Train one LoRA on ``examples`` with ``switched_off`` edits out of the weights and store it
@@ -206,7 +208,7 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
     for _ in range(cfg.rounds - 1):
         lost_old = [r for r in plan.gated if r.stage >= 1 and stages[r.fact_id] == r.stage and r.fact_id not in relearned]
         room = max(cfg.max_relearned - len(relearned), 0)  # 0: off (not "no cap", as max_trained's 0)
-        by_support = sorted(waiting_longest(lost_old, 0), key=lambda r: -r.stage)  # stage 2 (edit at 0.1) first
+        by_support = sorted(curriculum.waiting_longest(lost_old, 0), key=lambda r: -r.stage)  # stage 2 (edit at 0.1) first
         relearned.update((r.fact_id, r) for r in by_support[:room])
         again.update((r.fact_id, r) for r in plan.settled if not held[r.fact_id])
         holds = [(r, held[r.fact_id] if r.stage >= 3 else stages[r.fact_id] > r.stage)
@@ -227,13 +229,6 @@ def extra_rounds(session: SleepSession, plan: Pass, gate: tuple[list[dict], dict
     return table, stages
 
 
-def waiting_longest(rows, cap: int) -> list:
-    """At most ``cap`` (0: all) of ``rows``, those stored or refreshed longest ago first: every fact
-    is trained within a bounded number of nights, and a backlog never makes one pass larger."""
-    order = sorted(rows, key=lambda r: (r.updated_at is not None, r.updated_at or 0, r.fact_id))  # undated first
-    return order[:cap] if cap else order
-
-
 def reject(session: SleepSession, snap, result: SwsResult, reason: str, started: float) -> SwsResult:
     session.memory.compose()
     journal.undo(session, snap)
@@ -241,6 +236,7 @@ def reject(session: SleepSession, snap, result: SwsResult, reason: str, started:
     return finish(session, result, started)
 
 
+@timed("raw")
 def raw_hits(session: SleepSession, rows) -> list[bool]:
     return [ok for ok, _ in probes.raw_recall(session.memory.backend, [r.fact for r in rows], session.settings.probes)]
 
@@ -256,6 +252,7 @@ def edit_scales(session: SleepSession, rows, stages: dict[int, int]) -> dict[int
     return {edit_id: session.settings.sws.schedule[stage] for edit_id, stage in lowest.items() if edit_id in gated}
 
 
+@timed("repair")
 def repair(session: SleepSession, rows, stages: dict[int, int], raw_before: list[bool], raw_after: list[bool]):
     """Facts the new adapter disturbed (raw recall lost, edit scale kept): edits re-solved on the weights with
     the adapter as maintain's refresh does (other edits held by a null-space constraint), then settled again;
@@ -279,6 +276,7 @@ def lost(rows, raw_before: list[bool], raw_after: list[bool]) -> list:
     return [r for r, before, after in zip(rows, raw_before, raw_after) if before and not after]
 
 
+@timed("settle")
 def settle(session: SleepSession, rows, stages: dict[int, int]) -> tuple[dict[int, int], list[bool]]:
     """Compose with the proposed scales (adapters + partly dissolved MEMIT) and re-check every gated fact's raw
     recall; one that advanced but fails goes back a stage (its edit regains scale). -> (stages, final raw hits)"""

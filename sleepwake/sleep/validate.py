@@ -23,7 +23,7 @@ from sleepwake.settings.sleep import ValidateConfig
 from sleepwake.sleep import audit as audit_stage, forgetting, journal, locality as locality_stage, select as select_stage
 from sleepwake.sleep.health import finish
 from sleepwake.sleep.results import AuditResult, HealthResult, MaintainResult, ValidateResult
-from sleepwake.sleep.session import SleepSession
+from sleepwake.sleep.session import SleepSession, timed
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,10 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     started = time.perf_counter()
     cfg = session.settings.validate_
     audited = [v["fact_id"] for v in before.verdicts]
-    after = audit_stage.audit(session, audited, label="validate-audit")
+    after = reaudit(session, audited)
     repaired = repair_lost(session, before, after) if cfg.enabled and cfg.repair_lost else []
     if repaired:
-        after = audit_stage.audit(session, reaudited(session, repaired, audited), label="validate-audit", standing=after)
+        after = reaudit(session, reaudited(session, repaired, audited), standing=after)
     ppl = session.memory.perplexity()
     local = locality_stage.measure_sample(session)
     resurfaced = forgetting.resurfaced(session)
@@ -79,6 +79,12 @@ def validate(session: SleepSession, before: AuditResult, health: HealthResult,
     return finish(session, result, started)
 
 
+@timed("audit")
+def reaudit(session: SleepSession, fact_ids: list[int], standing: AuditResult | None = None) -> AuditResult:
+    """Validate's audit, a part of its seconds (the audit stage's own call is that whole stage)."""
+    return audit_stage.audit(session, fact_ids, label="validate-audit", standing=standing)
+
+
 def floor_start(health: HealthResult, maintained: MaintainResult | None) -> float | None:
     """Where the locality floor starts: before the sleep, or after maintain's refreshes when they
     left it lower. A refresh re-stores facts the day stored (MEMIT, as wake does), and the floor
@@ -107,6 +113,7 @@ def leak_start(health: HealthResult, maintained: MaintainResult | None) -> float
     return max(values) if values else None
 
 
+@timed("repair")
 def repair_lost(session: SleepSession, before: AuditResult, after: AuditResult) -> list[int]:
     """Facts healthy before the sleep and degraded now, and up to ``validate.repair_degraded`` of those
     degraded before and still now: their edits re-solved on the weights as they are now (the other
