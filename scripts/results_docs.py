@@ -27,13 +27,17 @@ COLUMNS = {
     "longevity": ("nights", ["night", "facts", "raw", "chat", "chat_held_out", "drift", "locality", "leak", "outcome",
                              "audited", "stage_0", "stage_1", "stage_2", "stage_3", "adapters", "home_bytes",
                              "sleep_seconds", "peak_rss_gb", "sws_trained", "sws_relearned", "settled_relearned", "settled_held",
-                             "sws_repaired", "lora_chat"]),
+                             "sws_repaired", "lora_chat", "sws_train_steps", "sws_seconds", "sws_train_seconds",
+                             "sws_gate_seconds"]),
     "forgetting": ("steps", ["step", "raw", "chat", "forgotten_probes", "forgotten_raw_hits", "forgotten_paraphrase_hits",
                              "forgotten_chat_hits", "forget_drift", "updated", "updated_consolidated", "new_raw", "new_chat",
                              "old_raw", "old_chat", "drift", "outcome"]),
     "locality": ("variants", ["variant", "cycle", "raw", "chat", "drift", "locality", "greedy_unchanged", "leak",
                               "stage_1", "outcome"]),
 }
+# Columns read from a row's nested figures: column -> (row field, stage, part or None for the stage's whole).
+NESTED = {"sws_seconds": ("stage_seconds", "sws", None), "sws_train_seconds": ("part_seconds", "sws", "train"),
+          "sws_gate_seconds": ("part_seconds", "sws", "gate")}
 # An earlier run of the same experiment, kept beside the current one for comparison.
 COLUMNS |= {f"{name}-previous": spec for name, spec in list(COLUMNS.items())}
 
@@ -46,6 +50,14 @@ def cell(value) -> str:
     return str(value)
 
 
+def value(row: dict, column: str):
+    if column not in NESTED:
+        return row.get(column)
+    field, stage, part = NESTED[column]
+    figure = (row.get(field) or {}).get(stage)
+    return figure if part is None or figure is None else figure.get(part)
+
+
 def spec(name: str) -> tuple[str, list[str]]:
     """The columns of ``name``; a partial run (``partial/longevity500-…``) takes its experiment's."""
     stem = name.removeprefix("partial/")
@@ -55,9 +67,9 @@ def spec(name: str) -> tuple[str, list[str]]:
 def table(name: str, result: dict) -> str:
     key, columns = spec(name)
     rows = result["tables"][key]
-    present = [c for c in columns if any(c in row for row in rows)]
+    present = [c for c in columns if any(c in row or value(row, c) is not None for row in rows)]
     lines = ["| " + " | ".join(present) + " |", "|" + "---|" * len(present)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in present) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(value(row, c)) for c in present) + " |" for row in rows]
     seconds = f"{result['seconds']:.0f} s" if result.get("seconds") else ""
     if name.startswith("partial/") or not seconds:  # a partial run's seconds (a resume adds them up): so far
         seconds = f"{len(rows)} finished so far: a partial run" + (f", {seconds}" if seconds else "")

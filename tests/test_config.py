@@ -226,3 +226,15 @@ def test_partial_longevity_plots_are_drawn_for_runs_of_two_nights_or_more(tmp_pa
     assert written == [plots / "longevity-two-nights.png"]
     assert written[0].read_bytes().startswith(b"\x89PNG")
     assert not (plots / "longevity-one-nights.png").exists()
+
+
+def test_a_longevity_table_reads_each_nights_sws_seconds_and_its_parts_from_the_nested_figures():
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).resolve().parent.parent / "scripts" / "results_docs.py"))
+    rows = [{"night": 1, "stage_seconds": {"sws": 10.0, "rem": 3.0}},  # a night from before the parts were timed
+            {"night": 2, "stage_seconds": {"sws": 12.0}, "part_seconds": {"sws": {"train": 9.5, "gate": 1.5}}}]
+    text = script["table"]("longevity", {"tables": {"nights": rows}})
+    assert text.startswith("| night | sws_seconds | sws_train_seconds | sws_gate_seconds |")
+    assert "| 1 | 10 | - | - |" in text and "| 2 | 12 | 9.5 | 1.5 |" in text

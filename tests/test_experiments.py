@@ -375,6 +375,33 @@ def test_the_plain_runner_runs_an_experiment_without_prefect(tmp_path, tiny_sett
     assert all(n["outcome"] in ("kept", "rolled_back") and "sws" in n["stage_seconds"] for n in nights)
 
 
+def test_the_token_count_of_an_sws_step_adds_memory_anchors_once_a_fact_is_consolidated(
+        tmp_path_factory, tiny_settings_overrides, cache_env, one_thread):
+    """benchmarks/sws_tokens.py on a tiny home: a step's tokens are its parts' sum, the chat template's
+    opening counted where a sequence starts with it, and memory anchors only once a fact is consolidated."""
+    import importlib.util
+    from pathlib import Path
+
+    from conftest import mixed_facts, seed_home
+    from sleepwake.storage.home import Home
+    from sleepwake.storage.ledger import Ledger
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "sws_tokens.py"
+    spec = importlib.util.spec_from_file_location("sws_tokens", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    home = seed_home(tmp_path_factory, tiny_settings_overrides, mixed_facts(), "tokens")
+    fresh = module.count(str(home), 64, tiny_settings_overrides)
+    assert fresh["facts"] == 3 and fresh["memory anchors"] == 0 and fresh["opening_tokens"] > 0
+    assert fresh["step_tokens"] == pytest.approx(fresh["examples"] + fresh["pool anchors"], abs=0.2)
+    assert 0 < fresh["template_tokens"] < fresh["step_tokens"]
+    ledger = Ledger(Home.open(home).db_path)
+    ledger.set_stage(ledger.list_facts()[0].fact_id, 1)
+    later = module.count(str(home), 64, tiny_settings_overrides)
+    assert later["memory anchors"] > 0 and later["pool anchors"] == fresh["pool anchors"]  # (the replay grew too)
+    assert later["without_memory_anchors"] == pytest.approx(later["step_tokens"] - later["memory anchors"], abs=0.2)
+
+
 def test_a_sleep_row_keeps_the_scale_sws_kept_its_adapters_at():
     """Night 3 of the seed=1 500-fact run kept its SWS pass at scale 0.7 (its log says so) and its
     longevity row said null: the experiments' copy of the report had left the field out."""
