@@ -115,7 +115,8 @@ class SleepSession:
 
     def take_parts(self, seconds: float) -> dict[str, float]:
         """The finished stage's parts (and ``other``: its ``seconds`` outside them), then none; {} when
-        a part is still running (the finish of a stage called inside another's part) or none ran."""
+        a part is still running (the finish of a stage called inside another's part) or none ran. A stage
+        that raised leaves its parts to the next finish (its retry's, where the seconds were spent too)."""
         if self.timing is not None or not self.parts:
             return {}
         parts = {name: round(secs, 2) for name, secs in self.parts.items()}
