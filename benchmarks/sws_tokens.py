@@ -57,10 +57,10 @@ def count(home: str, facts: int, overrides: list[str]) -> dict:
                  "memory anchors": (cfg.memory_anchor_batch if held else 0,
                                     mean_lengths([x.prompt + x.target for x in held], head) if held else (0.0, 0.0))}
     step = {name: round(n * length, 1) for name, (n, (length, _)) in parts.items()}
-    template = sum(n * start for n, (_, start) in parts.values())
-    return {"facts": len(rows), "step_tokens": round(sum(step.values()), 1), **step,
-            "template_tokens": round(template, 1), "template_share": round(template / sum(step.values()), 3),
-            "without_memory_anchors": round(sum(step.values()) - step["memory anchors"], 1), "opening_tokens": len(head)}
+    total, template = sum(step.values()), sum(n * start for n, (_, start) in parts.values())
+    return {"facts": len(rows), "step_tokens": round(total, 1), **step,
+            "template_tokens": round(template, 1), "template_share": round(template / total, 3),
+            "without_memory_anchors": round(total - step["memory anchors"], 1), "opening_tokens": len(head)}
 
 
 def main() -> None:

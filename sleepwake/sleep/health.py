@@ -66,7 +66,7 @@ def finish(session: SleepSession, result, started: float):
     result.seconds = round(time.perf_counter() - started, 3)
     result.peak_rss_gb = peak_rss_gb()
     reset_peak_rss()
-    result.part_seconds = session.take_parts(result.seconds) or result.part_seconds
+    result.part_seconds = session.take_parts(result.seconds)
     parts = {f"{name}_seconds": secs for name, secs in result.part_seconds.items()}
     session.record(result.stage, {**result.figures(), **parts, "seconds": result.seconds})
     return result
