@@ -17,7 +17,9 @@ import torch
 from sleepwake.facts import Fact
 from sleepwake.memory import Memory
 from sleepwake.models import probes
+from sleepwake.models.anchors import Anchor
 from sleepwake.models.lora import collate, example_loss, train_lora
+from sleepwake.models.prefix_cache import best_opening
 from sleepwake.models.recipes import LoraRecipe, TrainExample, plan_steps
 from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, settled as settled_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
@@ -732,3 +734,41 @@ def test_anchors_of_the_base_model_leave_the_training_composition_in_place(run):
     assert anchored and kinds and all(a.top_ids.shape == a.top_logp.shape for a in anchored)
     contrast = [a for a in anchored if a.start > 1]  # look-alike prompts, anchored on their answers
     assert len(contrast) == 2 * 2 * len(FACTS)  # 2 look-alikes x (raw prompt, chat question) per fact
+
+
+def _anchor(ids: list[int], start: int, held: bool = False, vocab: int = 64) -> Anchor:
+    n = len(ids) - start
+    generator = torch.Generator().manual_seed(len(ids) * 31 + start)
+    top_ids = torch.randint(0, vocab, (n, 2), generator=generator)
+    return Anchor(ids, start, top_ids, torch.log(torch.full((n, 2), 0.3)), held)
+
+
+def test_shared_opening_trains_the_adapter_every_row_recomputing_it_trains(run):
+    """``lora.shared_opening``: the rows' common first tokens computed once a step, each pass continuing
+    from their cache, give the same gradient as every row recomputing them (same adapter up to
+    rounding); a row scored inside the opening or not starting with it runs whole."""
+    backend = run.memory.backend
+    opening = backend.encode("<sys> You are helpful. <user>", special=False)[:6] or [3, 4, 5, 6, 7, 8]
+    examples = [TrainExample(opening + backend.encode(f" question {i} about", special=False), backend.encode(f" answer {i}", special=False))
+                for i in range(6)]
+    anchors = [_anchor(opening + [11, 12, 13, 14], len(opening) + 1, held=True),
+               _anchor(opening + [15, 16], len(opening) + 1, held=True),
+               _anchor(opening + [17, 18, 19], 2),  # scored inside the opening: runs whole
+               _anchor([20, 21, 22, 23, 24], 2)]  # another opening altogether
+    base = dict(batch_size=4, max_steps=3, micro_batch=2, anchor_weight=1.0, anchor_batch=2, memory_anchor_batch=2)
+    shared = train_lora(backend, examples, recipe(**base, shared_opening=True), anchors)
+    whole = train_lora(backend, examples, recipe(**base, shared_opening=False), anchors)
+    assert shared.first_loss == pytest.approx(whole.first_loss, rel=1e-5)
+    assert shared.last_loss == pytest.approx(whole.last_loss, rel=1e-5)
+    for name, (u, v) in whole.factors.items():
+        assert torch.allclose(u @ v.T, shared.factors[name][0] @ shared.factors[name][1].T, atol=1e-5), name
+
+
+def test_best_opening_saves_the_most_tokens_and_stops_before_scored_positions():
+    chat = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9, 9], [1, 2, 3, 4, 8]]
+    raw = [[7, 5, 5], [6, 5, 5, 5]]
+    assert best_opening(chat + raw, [5, 5, 4, 1, 1]) == [1, 2, 3, 4]  # raw rows do not stop it
+    assert best_opening(chat, [5, 5, 3]) == [1, 2, 3]  # 3 rows share 3 tokens: 6 saved, 2 rows x 4: 4
+    assert best_opening(chat, [5, 5, 1]) == [1, 2, 3, 4]  # the third row is scored from position 1 on
+    assert best_opening([[1, 2], [7, 2]], [1, 1]) == []
+    assert best_opening([], []) == []

@@ -14,7 +14,7 @@ from sleepwake.models.editor import vstar_rows, vstar_settings
 from sleepwake.models.torch_backend import TorchBackend
 from sleepwake.models import torch_vstar
 from sleepwake.models.torch_internals import decoder_layers
-from sleepwake.models.torch_vstar import fresh_cache
+from sleepwake.models.prefix_cache import fresh_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,6 +20,7 @@ import torch
 
 from sleepwake.models import torch_internals
 from sleepwake.models.anchors import Anchor, kl_to_teacher
+from sleepwake.models.prefix_cache import Opening, final_hidden, fitting_first, opening_for
 from sleepwake.models.protection import Projection
 from sleepwake.models.recipes import (LoraRecipe, TrainExample, TrainOutcome, anchor_runs, batches, fit, micro_batches,
                                       plan_steps)
@@ -38,18 +39,20 @@ def collate(batch: Sequence[TrainExample], pad_id: int, device) -> tuple[torch.T
     return input_ids, attention, labels
 
 
-def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device) -> torch.Tensor:
+def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device, opening: Opening | None = None) -> torch.Tensor:
     """Mean per-example target NLL, weighted by each example's ``weight``.
 
     Logits are computed at target positions only: the vocabulary projection over every
-    position would cost more than the whole LoRA backward on a small model.
+    position would cost more than the whole LoRA backward on a small model. With an ``opening``
+    (``models.prefix_cache``) the rows' shared first tokens are read from its cache.
     """
-    input_ids, attention, labels = collate(batch, pad_id, device)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (b, t, d)
+    hidden, offset = final_hidden(model.get_decoder(), [ex.prompt + ex.target for ex in batch],
+                                  [len(ex.prompt) - 1 for ex in batch], pad_id, device, opening)
+    _, _, labels = collate(batch, pad_id, device)
     # Under a device_map the decoder's output sits on the last layer's device, not the inputs'.
     targets = labels[:, 1:].to(hidden.device)  # position i predicts token i + 1
     rows, cols = (targets != -100).nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[rows, cols]).float()  # (n_target_tokens, vocab)
+    logits = model.get_output_embeddings()(hidden[rows, cols - offset]).float()  # (n_target_tokens, vocab)
     nll = torch.nn.functional.cross_entropy(logits, targets[rows, cols].to(logits.device), reduction="none")
     rows = rows.to(nll.device)
     per_example = torch.zeros(len(batch), device=nll.device).index_add(0, rows, nll)
@@ -59,22 +62,34 @@ def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device) -> t
     return (per_example * weights).sum() / weights.sum()
 
 
-def anchor_loss(model, batch: Sequence[Anchor], pad_id: int, device) -> torch.Tensor:
+def anchor_loss(model, batch: Sequence[Anchor], pad_id: int, device, opening: Opening | None = None) -> torch.Tensor:
     """Mean KL(teacher || adapted) over the anchored positions of ``batch`` (``models.anchors``).
 
     The teacher distributions were computed before training (the base model's, for the default
     ``lora.anchor_teacher``), so one forward of the adapted model is all a step adds; logits are
     computed at anchored positions only.
     """
-    input_ids, attention = torch_internals.right_pad([a.ids for a in batch], pad_id, device)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (b, t, d)
+    hidden, offset = final_hidden(model.get_decoder(), [a.ids for a in batch], [a.start - 1 for a in batch], pad_id,
+                                  device, opening)
     rows = torch.cat([torch.full((len(a.ids) - a.start,), i, dtype=torch.long) for i, a in enumerate(batch)])
-    cols = torch.cat([torch.arange(a.start - 1, len(a.ids) - 1) for a in batch])
+    cols = torch.cat([torch.arange(a.start - 1, len(a.ids) - 1) for a in batch]) - offset
     logits = model.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
     student = logits.log_softmax(-1)  # (n, vocab)
     top_ids = torch.cat([a.top_ids for a in batch]).to(student.device)
     top_logp = torch.cat([a.top_logp for a in batch]).to(student.device)
     return kl_to_teacher(student, top_ids, top_logp).mean()
+
+
+def step_opening(peft_model, batch: list[TrainExample], picks: list[Anchor], recipe: LoraRecipe,
+                 device) -> tuple[Opening | None, list[TrainExample], list[Anchor]]:
+    """The opening the step's rows share most, computed once for the step (``lora.shared_opening``; not
+    under gradient checkpointing, whose blocks drop a cache), and the rows it fits put first."""
+    if not recipe.shared_opening or recipe.checkpointing:
+        return None, batch, picks
+    opening = opening_for(peft_model.get_decoder(), [ex.prompt + ex.target for ex in batch] + [a.ids for a in picks],
+                          [len(ex.prompt) - 1 for ex in batch] + [a.start - 1 for a in picks], device)
+    return (opening, fitting_first(opening, batch, lambda ex: ex.prompt + ex.target, lambda ex: len(ex.prompt) - 1),
+            fitting_first(opening, picks, lambda a: a.ids, lambda a: a.start - 1))
 
 
 @contextmanager
@@ -157,14 +172,17 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
         try:
             for step, (batch, picks) in enumerate(batches(examples, recipe, anchors, steps)):
                 optimizer.zero_grad(set_to_none=True)
+                opening, batch, picks = step_opening(peft_model, batch, picks, recipe, device)
                 # Several backward passes into the same gradients (the sum's gradient): only one
                 # part's graph is alive at a time, so the activations and target logits held at the
                 # peak are a micro-batch's, not the batch's (``lora.micro_batch``).
                 loss = 0.0
                 for part, share in micro_batches(batch, recipe.micro_batch):
-                    loss += backward(share * example_loss(peft_model, part, pad_id, device), step)
+                    loss += backward(share * example_loss(peft_model, part, pad_id, device, opening), step)
                 for run, weight in anchor_runs(picks, recipe):
-                    loss += backward(weight * anchor_loss(peft_model, run, pad_id, device), step)
+                    loss += backward(weight * anchor_loss(peft_model, run, pad_id, device, opening), step)
+                if opening:
+                    opening.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
                 projection.apply()

@@ -45,6 +45,7 @@ class LoraRecipe:
     checkpointing: bool = False  # gradient checkpointing: less memory, about a quarter more compute
     max_tokens: int = 0  # 0 = no limit; else the prompt is cut from the left to fit with its target
     micro_batch: int = 0  # examples per forward/backward (gradients accumulate to the step); 0 = the whole batch
+    shared_opening: bool = False  # the rows' common opening computed once a step (torch, not with checkpointing)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 
 from sleepwake.models.torch_internals import left_pad
-from sleepwake.models.torch_vstar import cache_argument
+from sleepwake.models.prefix_cache import cache_argument
 
 Done = Callable[[int, list[int]], bool]  # (row of the batch, its new tokens so far) -> stop it now
 

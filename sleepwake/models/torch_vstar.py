@@ -10,16 +10,15 @@ part recomputed at each optimisation step. On the bundled model that cuts the to
 from __future__ import annotations
 
 import contextlib
-import inspect
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from transformers import DynamicCache
 
 from sleepwake.models.backend import VStarRow, VStarSettings
 from sleepwake.models.memit import clamp_delta
+from sleepwake.models.prefix_cache import cache_argument, fresh_cache
 from sleepwake.models.torch_internals import capture_output, decoder_layers, right_pad, stop_after
 
 
@@ -52,31 +51,6 @@ def _nonempty(mask: torch.Tensor) -> torch.Tensor:
     fixed = mask.clone()
     fixed[fixed.sum(dim=1) == 0, 0] = 1
     return fixed
-
-
-def cache_argument(model) -> str:
-    """The keyword a decoder takes its KV cache by: ``cache`` from transformers 5.2x on (where
-    ``past_key_values`` is deprecated), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class PrefixCache(DynamicCache):
-    """The prefixes' K/V, read and never written: ``update`` returns prefix + new states without
-    storing them. A block recomputed by gradient checkpointing then sees the same cache as its
-    first run (a growing cache would hand the replay the suffix twice)."""
-
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        layer = self.layers[layer_idx]
-        return torch.cat([layer.keys, key_states], dim=-2), torch.cat([layer.values, value_states], dim=-2)
-
-
-def fresh_cache(keys: list[torch.Tensor], values: list[torch.Tensor]) -> DynamicCache | None:
-    if not keys:
-        return None
-    cache = PrefixCache()
-    for layer_idx, (k, v) in enumerate(zip(keys, values)):
-        DynamicCache.update(cache, k, v, layer_idx)  # the one write: the prefix itself
-    return cache
 
 
 def target_index(rows: Sequence[VStarRow], device) -> dict[str, torch.Tensor]:

@@ -43,7 +43,7 @@ def recipe(settings, learning_rate: float | None = None, epochs: int | None = No
                       seed=settings.seed, anchor_weight=cfg.anchor_weight, anchor_batch=cfg.anchor_batch,
                       anchor_tokens=cfg.anchor_tokens, memory_anchor_batch=cfg.memory_anchor_batch,
                       checkpointing=cfg.checkpointing if checkpointing is None else checkpointing, max_tokens=cfg.max_tokens,
-                      micro_batch=cfg.micro_batch)
+                      micro_batch=cfg.micro_batch, shared_opening=cfg.shared_opening)
 
 
 def anchor_set(memory, facts: Sequence[Fact] = (), kept: Sequence[Fact] = ()) -> list[Anchor]:
