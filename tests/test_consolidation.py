@@ -19,7 +19,6 @@ from sleepwake.memory import Memory
 from sleepwake.models import probes
 from sleepwake.models.anchors import Anchor
 from sleepwake.models.lora import collate, example_loss, train_lora
-from sleepwake.models.prefix_cache import best_opening
 from sleepwake.models.recipes import LoraRecipe, TrainExample, plan_steps
 from sleepwake.sleep import curriculum, rem as rem_stage, replay as replay_stage, settled as settled_stage, sws as sws_stage
 from sleepwake.sleep.reinforce import reinforce
@@ -763,12 +762,3 @@ def test_shared_opening_trains_the_adapter_every_row_recomputing_it_trains(run):
     for name, (u, v) in whole.factors.items():
         assert torch.allclose(u @ v.T, shared.factors[name][0] @ shared.factors[name][1].T, atol=1e-5), name
 
-
-def test_best_opening_saves_the_most_tokens_and_stops_before_scored_positions():
-    chat = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9, 9], [1, 2, 3, 4, 8]]
-    raw = [[7, 5, 5], [6, 5, 5, 5]]
-    assert best_opening(chat + raw, [5, 5, 4, 1, 1]) == [1, 2, 3, 4]  # raw rows do not stop it
-    assert best_opening(chat, [5, 5, 3]) == [1, 2, 3]  # 3 rows share 3 tokens: 6 saved, 2 rows x 4: 4
-    assert best_opening(chat, [5, 5, 1]) == [1, 2, 3, 4]  # the third row is scored from position 1 on
-    assert best_opening([[1, 2], [7, 2]], [1, 1]) == []
-    assert best_opening([], []) == []
