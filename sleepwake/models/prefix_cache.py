@@ -80,12 +80,22 @@ class Opening:
     recomputing the opening would give (the same sum, in another order).
     """
 
-    def __init__(self, decoder, ids: list[int], device):
+    def __init__(self, ids: list[int], sources: list[torch.Tensor]):
         self.ids = ids
+        self.sources = sources  # per layer its keys then its values, (1, kv_heads, P, head_dim) each
+        self.leaves = [t.detach().requires_grad_(t.requires_grad) for t in sources]
+
+    @classmethod
+    def computed(cls, decoder, ids: list[int], device) -> "Opening | None":
+        """The opening's K/V from one forward of ``ids``; None where a layer's cache holds no keys and values
+        (a recurrent or linear-attention layer keeps a state a suffix cannot be continued from this way)."""
         out = decoder(input_ids=torch.tensor([ids], device=device), use_cache=True)
         cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]
-        self.sources = [t for layer in cache.layers for t in (layer.keys, layer.values)]  # (1, heads, P, hd) each
-        self.leaves = [t.detach().requires_grad_(t.requires_grad) for t in self.sources]
+        layers = list(getattr(cache, "layers", []))
+        if not layers or any(getattr(layer, "keys", None) is None or getattr(layer, "values", None) is None
+                             for layer in layers):
+            return None
+        return cls(ids, [t for layer in layers for t in (layer.keys, layer.values)])
 
     def fits(self, rows: Sequence[Sequence[int]], first_scored: Sequence[int]) -> bool:
         """Whether every row begins with the opening and is scored only after it."""
@@ -106,7 +116,7 @@ def opening_for(decoder, rows: Sequence[Sequence[int]], first_scored: Sequence[i
                 least: int = 2) -> Opening | None:
     """The opening saving the most of ``rows``' tokens (:func:`best_opening`; ``least`` tokens at least), or None."""
     ids = best_opening(rows, first_scored)
-    return Opening(decoder, ids, device) if len(ids) >= least else None
+    return Opening.computed(decoder, ids, device) if len(ids) >= least else None
 
 
 def fitting_first(opening: Opening | None, items: list, row_of: Callable, first_of: Callable) -> list:
