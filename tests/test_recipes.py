@@ -67,18 +67,24 @@ def test_a_held_group_weighs_as_much_as_the_pool_per_position():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(2, 150), st.booleans()), min_size=1, max_size=12),
-       st.integers(0, 3), st.integers(16, 200))
-def test_anchor_runs_cover_every_pick_once_in_one_group_each(specs, apart, tokens):
-    picks = [anchor(length, held) for length, held in specs]
+@given(st.lists(st.tuples(st.integers(2, 150), st.booleans(), st.booleans()), min_size=1, max_size=12),
+       st.integers(0, 3), st.integers(16, 200), st.integers(1, 30))
+def test_anchor_runs_cover_every_pick_once_in_one_group_each(specs, apart, tokens, opening):
+    """Runs hold at most ``tokens`` padded tokens past what the pass reads from a cache (``cached``: the
+    step's shared opening, for the anchors it fits), and read it for all their rows or none."""
+    picks = [anchor(length, held) for length, held, _ in specs]
+    fits = {id(a): flag for a, (_, _, flag) in zip(picks, specs)}
+    cached = lambda a: min(opening, len(a.ids) - 1) if fits[id(a)] else 0  # noqa: E731
     rcp = recipe(memory_anchor_batch=apart)
     shares = anchor_shares(picks, rcp)
-    runs = list(anchor_runs(picks, rcp, tokens))
+    runs = list(anchor_runs(picks, rcp, tokens, cached))
     assert sorted(id(a) for run, _ in runs for a in run) == sorted(id(a) for a in picks)
     share_of = {id(a): s for a, s in zip(picks, shares)}
     for run, weight in runs:
         assert len({a.held and apart > 0 for a in run}) == 1
-        assert len(run) == 1 or len(run) * max(len(a.ids) for a in run) <= tokens  # padded tokens: the activations
+        assert len({cached(a) > 0 for a in run}) == 1
+        # padded tokens past the cache: the activations
+        assert len(run) == 1 or len(run) * max(len(a.ids) - cached(a) for a in run) <= tokens
         assert weight == pytest.approx(sum(share_of[id(a)] for a in run))
         per_position = {round(share_of[id(a)] / (len(a.ids) - a.start), 9) for a in run}
         assert len(per_position) == 1  # so a run's mean KL times its weight is its anchors' weighted sum

@@ -179,7 +179,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                 loss = 0.0
                 for part, share in micro_batches(batch, recipe.micro_batch):
                     loss += backward(share * example_loss(peft_model, part, pad_id, device, opening), step)
-                for run, weight in anchor_runs(picks, recipe):
+                for run, weight in anchor_runs(picks, recipe, cached=opening.cached if opening else lambda a: 0):
                     loss += backward(weight * anchor_loss(peft_model, run, pad_id, device, opening), step)
                 if opening:
                     opening.backward()

@@ -102,6 +102,10 @@ class Opening:
         n = len(self.ids)
         return all(first >= n and list(row[:n]) == self.ids for row, first in zip(rows, first_scored))
 
+    def cached(self, anchor) -> int:
+        """How many of an anchor's leading tokens a pass reads from the opening's cache (0: none)."""
+        return len(self.ids) if self.fits([anchor.ids], [anchor.start - 1]) else 0
+
     def cache(self, batch: int) -> DynamicCache | None:
         expanded = [leaf.expand(batch, -1, -1, -1) for leaf in self.leaves]
         return fresh_cache(expanded[0::2], expanded[1::2])

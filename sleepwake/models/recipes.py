@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -124,14 +124,15 @@ def anchor_shares(picks: Sequence[Anchor], recipe: LoraRecipe) -> list[float]:
     return [recipe.anchor_weight * (len(a.ids) - a.start) / totals[anchor_group(a, recipe)] for a in picks]
 
 
-def anchor_runs(picks: Sequence[Anchor], recipe: LoraRecipe,
-                tokens: int = 128) -> Iterator[tuple[list[Anchor], float]]:
+def anchor_runs(picks: Sequence[Anchor], recipe: LoraRecipe, tokens: int = 128,
+                cached: Callable[[Anchor], int] = lambda anchor: 0) -> Iterator[tuple[list[Anchor], float]]:
     """The picks in runs of one group, each with its weight: one forward and backward pass a run. A run holds
     at most ``tokens`` padded tokens (rows times its longest row; one longer anchor runs alone), since the
     pass's activations grow with them: the pool's 64-token anchors run one by one as they always did, and the
     few-token held answers together (runs of 128 anchored positions instead: 1.75 GB peak against 1.34 in
-    ``benchmarks/lora_speed.py``, a night's SWS 2.34 GB). In a group the weight per position is one, so a
-    run's mean KL times its weight is its anchors' weighted sum."""
+    ``benchmarks/lora_speed.py``, a night's SWS 2.34 GB). ``cached(anchor)``: its leading tokens a pass reads
+    from a cache (the step's shared opening), which cost it no activations. In a group the weight per
+    position is one, so a run's mean KL times its weight is its anchors' weighted sum."""
     shares = anchor_shares(picks, recipe)
     for held in (False, True):
         run: list[Anchor] = []
@@ -139,10 +140,12 @@ def anchor_runs(picks: Sequence[Anchor], recipe: LoraRecipe,
         for anchor, share in zip(picks, shares):
             if anchor_group(anchor, recipe) != held:
                 continue
-            if run and (len(run) + 1) * max(longest, len(anchor.ids)) > tokens:
+            length = len(anchor.ids) - cached(anchor)
+            # a run reads the cache for all its rows or none (a pass computes its rows alike)
+            if run and ((len(run) + 1) * max(longest, length) > tokens or cached(anchor) != cached(run[-1])):
                 yield run, weight
                 run, weight, longest = [], 0.0, 0
             run.append(anchor)
-            weight, longest = weight + share, max(longest, len(anchor.ids))
+            weight, longest = weight + share, max(longest, length)
         if run:
             yield run, weight
