@@ -6,7 +6,7 @@ default recipe carries: ``lora.batch_size`` examples (the newest ``--facts`` fac
 examples mixed with the night's replay as a pass draws them), ``lora.anchor_batch`` pool anchors and
 ``lora.memory_anchor_batch`` memory anchors (consolidated facts in chat and, with ``lora.memory_anchor_raw``,
 raw form), and how many of those tokens are the chat template's opening (its system prompt and user tag,
-repeated at the head of every chat sequence).
+repeated at the head of every chat sequence), which ``lora.shared_opening`` computes once a step.
 
     .venv/bin/python benchmarks/sws_tokens.py --home /path/to/home --facts 64
 """
@@ -60,7 +60,9 @@ def count(home: str, facts: int, overrides: list[str]) -> dict:
     total, template = sum(step.values()), sum(n * start for n, (_, start) in parts.values())
     return {"facts": len(rows), "step_tokens": round(total, 1), **step,
             "template_tokens": round(template, 1), "template_share": round(template / total, 3),
-            "without_memory_anchors": round(total - step["memory anchors"], 1), "opening_tokens": len(head)}
+            "without_memory_anchors": round(total - step["memory anchors"], 1), "opening_tokens": len(head),
+            # what a step computes with lora.shared_opening: the opening once, not at the head of every chat row
+            "computed_with_shared_opening": round(total - template + len(head), 1)}
 
 
 def main() -> None:

@@ -400,6 +400,8 @@ def test_the_token_count_of_an_sws_step_adds_memory_anchors_once_a_fact_is_conso
     later = module.count(str(home), 64, tiny_settings_overrides)
     assert later["memory anchors"] > 0 and later["pool anchors"] == fresh["pool anchors"]  # (the replay grew too)
     assert later["without_memory_anchors"] == pytest.approx(later["step_tokens"] - later["memory anchors"], abs=0.2)
+    assert later["computed_with_shared_opening"] == pytest.approx(
+        later["step_tokens"] - later["template_tokens"] + later["opening_tokens"], abs=0.2)
 
 
 def test_a_sleep_row_keeps_the_scale_sws_kept_its_adapters_at():
