@@ -39,6 +39,16 @@ def collate(batch: Sequence[TrainExample], pad_id: int, device) -> tuple[torch.T
     return input_ids, attention, labels
 
 
+def example_rows(batch: Sequence[TrainExample]) -> tuple[list[list[int]], list[int]]:
+    """Each example's tokens and the first position its loss reads (the prompt's last, predicting the target)."""
+    return [ex.prompt + ex.target for ex in batch], [len(ex.prompt) - 1 for ex in batch]
+
+
+def anchor_rows(batch: Sequence[Anchor]) -> tuple[list[list[int]], list[int]]:
+    """Each anchor's tokens and the first position its loss reads."""
+    return [a.ids for a in batch], [a.start - 1 for a in batch]
+
+
 def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device, opening: Opening | None = None) -> torch.Tensor:
     """Mean per-example target NLL, weighted by each example's ``weight``.
 
@@ -46,8 +56,7 @@ def example_loss(model, batch: Sequence[TrainExample], pad_id: int, device, open
     position would cost more than the whole LoRA backward on a small model. With an ``opening``
     (``models.prefix_cache``) the rows' shared first tokens are read from its cache.
     """
-    hidden, offset = final_hidden(model.get_decoder(), [ex.prompt + ex.target for ex in batch],
-                                  [len(ex.prompt) - 1 for ex in batch], pad_id, device, opening)
+    hidden, offset = final_hidden(model.get_decoder(), *example_rows(batch), pad_id, device, opening)
     _, _, labels = collate(batch, pad_id, device)
     # Under a device_map the decoder's output sits on the last layer's device, not the inputs'.
     targets = labels[:, 1:].to(hidden.device)  # position i predicts token i + 1
@@ -69,8 +78,7 @@ def anchor_loss(model, batch: Sequence[Anchor], pad_id: int, device, opening: Op
     ``lora.anchor_teacher``), so one forward of the adapted model is all a step adds; logits are
     computed at anchored positions only.
     """
-    hidden, offset = final_hidden(model.get_decoder(), [a.ids for a in batch], [a.start - 1 for a in batch], pad_id,
-                                  device, opening)
+    hidden, offset = final_hidden(model.get_decoder(), *anchor_rows(batch), pad_id, device, opening)
     rows = torch.cat([torch.full((len(a.ids) - a.start,), i, dtype=torch.long) for i, a in enumerate(batch)])
     cols = torch.cat([torch.arange(a.start - 1, len(a.ids) - 1) for a in batch]) - offset
     logits = model.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).float()
@@ -86,10 +94,10 @@ def step_opening(peft_model, batch: list[TrainExample], picks: list[Anchor], rec
     under gradient checkpointing, whose blocks drop a cache), and the rows it fits put first."""
     if not recipe.shared_opening or recipe.checkpointing:
         return None, batch, picks
-    opening = opening_for(peft_model.get_decoder(), [ex.prompt + ex.target for ex in batch] + [a.ids for a in picks],
-                          [len(ex.prompt) - 1 for ex in batch] + [a.start - 1 for a in picks], device)
-    return (opening, fitting_first(opening, batch, lambda ex: ex.prompt + ex.target, lambda ex: len(ex.prompt) - 1),
-            fitting_first(opening, picks, lambda a: a.ids, lambda a: a.start - 1))
+    (example_ids, example_first), (anchor_ids, anchor_first) = example_rows(batch), anchor_rows(picks)
+    opening = opening_for(peft_model.get_decoder(), example_ids + anchor_ids, example_first + anchor_first, device)
+    return (opening, fitting_first(opening, batch, lambda ex: example_rows([ex])),
+            fitting_first(opening, picks, lambda a: anchor_rows([a])))
 
 
 @contextmanager
@@ -179,7 +187,7 @@ def train_lora(backend, examples: Sequence[TrainExample], recipe: LoraRecipe,
                 loss = 0.0
                 for part, share in micro_batches(batch, recipe.micro_batch):
                     loss += backward(share * example_loss(peft_model, part, pad_id, device, opening), step)
-                for run, weight in anchor_runs(picks, recipe, cached=opening.cached if opening else lambda a: 0):
+                for run, weight in anchor_runs(picks, recipe, cached=lambda a: opening.cached(*anchor_rows([a])) if opening else 0):
                     loss += backward(weight * anchor_loss(peft_model, run, pad_id, device, opening), step)
                 if opening:
                     opening.backward()

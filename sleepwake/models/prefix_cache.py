@@ -102,9 +102,9 @@ class Opening:
         n = len(self.ids)
         return all(first >= n and list(row[:n]) == self.ids for row, first in zip(rows, first_scored))
 
-    def cached(self, anchor) -> int:
-        """How many of an anchor's leading tokens a pass reads from the opening's cache (0: none)."""
-        return len(self.ids) if self.fits([anchor.ids], [anchor.start - 1]) else 0
+    def cached(self, rows: Sequence[Sequence[int]], first_scored: Sequence[int]) -> int:
+        """How many of the rows' leading tokens a pass reads from the opening's cache (0: none)."""
+        return len(self.ids) if self.fits(rows, first_scored) else 0
 
     def cache(self, batch: int) -> DynamicCache | None:
         expanded = [leaf.expand(batch, -1, -1, -1) for leaf in self.leaves]
@@ -123,12 +123,12 @@ def opening_for(decoder, rows: Sequence[Sequence[int]], first_scored: Sequence[i
     return Opening.computed(decoder, ids, device) if len(ids) >= least else None
 
 
-def fitting_first(opening: Opening | None, items: list, row_of: Callable, first_of: Callable) -> list:
-    """``items`` with those the opening fits first (stably): passes cut from the list then mix the
-    two kinds at most once. The step's loss is a sum over rows, so their order does not change it."""
+def fitting_first(opening: Opening | None, items: list, rows_of: Callable) -> list:
+    """``items`` with those the opening fits first (stably; ``rows_of(item)``: its rows and their first scored
+    positions): passes cut from the list then mix the two kinds at most once. The step's loss is a sum over rows, so their order does not change it."""
     if opening is None:
         return items
-    return sorted(items, key=lambda item: not opening.fits([row_of(item)], [first_of(item)]))
+    return sorted(items, key=lambda item: not opening.fits(*rows_of(item)))
 
 
 def final_hidden(decoder, rows: Sequence[list[int]], first_scored: Sequence[int], pad_id: int, device,
