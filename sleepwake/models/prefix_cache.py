@@ -125,7 +125,8 @@ def opening_for(decoder, rows: Sequence[Sequence[int]], first_scored: Sequence[i
 
 def fitting_first(opening: Opening | None, items: list, rows_of: Callable) -> list:
     """``items`` with those the opening fits first (stably; ``rows_of(item)``: its rows and their first scored
-    positions): passes cut from the list then mix the two kinds at most once. The step's loss is a sum over rows, so their order does not change it."""
+    positions): passes cut from the list then mix the two kinds at most once. The step's loss is a sum over
+    rows, so their order does not change it."""
     if opening is None:
         return items
     return sorted(items, key=lambda item: not opening.fits(*rows_of(item)))
