@@ -281,15 +281,19 @@ def test_longevity_resumes_after_its_last_finished_night(tmp_path, tiny_settings
     # Other settings would draw other facts for the nights to come: refused, and nothing is lost.
     with pytest.raises(InvalidInputError, match="experiment.days"):
         run_experiment("longevity", tmp_path, None, [*overrides, "experiment.days=3"], sleeper, "run-x", resume=True)
+    # The run's seconds are the interrupted part's, as saved when it stopped, plus the resumed part's. The saved
+    # figure is set far above any segment's here, so a run that counted only the resumed part cannot pass.
+    assert partial["seconds"] > 0
+    saved = json.loads((tmp_path / "results.partial.json").read_text())
+    (tmp_path / "results.partial.json").write_text(json.dumps({**saved, "seconds": 1000.0}))
     before = time.perf_counter()
     result = run_experiment("longevity", tmp_path, None, overrides, sleeper, "run-2", resume=True)
     segment = time.perf_counter() - before
     nights = result.tables["nights"]
     assert [(n["night"], n["facts"]) for n in nights] == [(1, 2), (2, 4)]
     assert nights[0] == partial["tables"]["nights"][0]  # night 1 was not run again
-    # The run's seconds are the interrupted part's (as saved when it stopped) plus the resumed part's.
-    assert partial["seconds"] > 0
-    assert partial["seconds"] + 0.9 * segment <= result.seconds <= partial["seconds"] + segment + 0.1
+    # The resumed part's figure is taken before its plots are drawn and saved, and rounded to 0.1 s.
+    assert 1000.0 + 0.5 * segment - 0.1 <= result.seconds <= 1000.0 + segment + 0.1
     assert len(calls) == 3  # night 1, the killed night 2, night 2 again
 
 
