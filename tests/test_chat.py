@@ -237,7 +237,7 @@ def test_terminal_input_uses_input_and_ends_on_eof(tmp_path, monkeypatch, tiny_s
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

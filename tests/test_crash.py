@@ -87,14 +87,16 @@ def run_killed(args: list[str], env: dict, crash_at: str | None = None, after_s:
     proc = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", *args, "-q"], env=child_env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc.wait(timeout=after_s if after_s is not None else 300)
+        proc.wait(timeout=after_s if after_s is not None else 600)
+        timed_out = False
     except subprocess.TimeoutExpired:
-        pass
+        timed_out = after_s is None  # a crash point never reached in time: not a kill at that point
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the crash itself (timer), and anything it started
     except ProcessLookupError:
         pass
     proc.wait()
+    assert not timed_out, f"{args[0]} still ran after 600 s without reaching {crash_at}"
     return proc.returncode
 
 

@@ -136,7 +136,7 @@ def test_lent_backend_resets_modules_another_home_changed(tmp_path, tiny_setting
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

@@ -28,7 +28,7 @@ OPEN_GATES = ValidateConfig(max_ppl_increase=100.0, max_drift=100.0, max_recall_
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=300):
         yield
 
 

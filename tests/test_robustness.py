@@ -157,7 +157,6 @@ def test_prefect_server_binds_to_loopback_by_default():
 def test_status_works_while_a_sleep_runs(tmp_path_factory, tiny_settings_overrides, capsys, cache_env):
     """A reader never sees a raw DuckDB lock error while the sleep writes; a second writer is told 'busy'."""
     from sleepwake.facts import Fact
-    from sleepwake.memory import Memory
     from sleepwake.storage.home import Home
 
     tmp_path, cache = tmp_path_factory.mktemp("concurrent"), cache_env
@@ -180,15 +179,15 @@ def test_status_works_while_a_sleep_runs(tmp_path_factory, tiny_settings_overrid
             assert cli.main(["status", "--home", str(home.root), "--json", "--no-perplexity", "-q", *sets]) == 0
             assert json.loads(capsys.readouterr().out)["facts"] == 2
             reads += 1
-            code = cli.main(["forget", "Aria Nakamura", "The hometown of {}", "--home", str(home.root), "-q", *sets])
+            # A writer that changes nothing when it gets the lock (a fact stored as it is: "unchanged"), so there
+            # is nothing to put back: putting a forgotten fact back outside the lock raced the sleep for it.
+            code = cli.main(["inject", "Bruno Silva", "lives in", "Lisbon", "--home", str(home.root), "-q", *sets])
             err = capsys.readouterr().err
             if code == 3:
                 busy += 1
                 assert "busy" in err and "Traceback" not in err
-            else:  # the sleep had not taken the lock yet or was done: put the fact back for the next round
-                assert code == 0
-                Memory.open(home, load_settings(None, tiny_settings_overrides)).inject(
-                    [Fact(subject="Aria Nakamura", relation="The hometown of {}", object="Thessaloniki")])
+            else:  # the sleep had not taken the lock yet or was done
+                assert code == 0, err
             time.sleep(0.2)
     finally:
         sleeper.wait(timeout=300)

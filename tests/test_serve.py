@@ -100,9 +100,9 @@ def test_plain_and_streamed_completions_and_models(served):
     assert pieces[-1].choices[0].finish_reason == plain.choices[0].finish_reason
     assert text.strip() == plain.choices[0].message.content  # greedy: the stream is the same reply
     raw = httpx.post(f"{served.url}/v1/chat/completions", json={"model": "sleepwake", "stream": True, "max_tokens": 3,
-                                                                "messages": [{"role": "user", "content": "Hi"}]})
+                                                                "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
     assert raw.text.rstrip().endswith("data: [DONE]") and raw.headers["content-type"].startswith("text/event-stream")
-    assert httpx.get(f"{served.url}/health").json()["status"] == "ok"
+    assert httpx.get(f"{served.url}/health", timeout=60).json()["status"] == "ok"
 
 
 def test_stated_facts_are_stored_after_the_reply_and_reported(served, tmp_path):
@@ -120,7 +120,7 @@ def test_stated_facts_are_stored_after_the_reply_and_reported(served, tmp_path):
     turns = conversations.session_turns(ledger, "serve:owner")
     assert [t["role"] for t in turns] == ["user", "assistant"]
     assert ledger.get_meta("chat:user_name") == "Ilse Varga"
-    status = httpx.get(f"{served.url}/v1/sleepwake/status").json()
+    status = httpx.get(f"{served.url}/v1/sleepwake/status", timeout=60).json()
     assert status["pending_facts"] == 0 and status["sleeping"] is False
     assert status["weights_digest"] == served.engine.memory.weights_digest()
 
@@ -192,7 +192,7 @@ def test_concurrent_clients_lose_no_fact_and_store_none_twice(served, tmp_path):
 
 def test_bad_requests_get_openai_shaped_errors(served):
     def post(body, **kwargs):
-        return httpx.post(f"{served.url}/v1/chat/completions", content=body, **kwargs)
+        return httpx.post(f"{served.url}/v1/chat/completions", content=body, **{"timeout": 60, **kwargs})
 
     ok = {"model": "sleepwake", "messages": [{"role": "user", "content": "Hi"}]}
     cases = [
@@ -207,7 +207,7 @@ def test_bad_requests_get_openai_shaped_errors(served):
         (post(json.dumps({**ok, "messages": [{"role": "user", "content": "x" * 70000}]})), 413, "request_too_large"),
         (post(json.dumps({**ok, "messages": [{"role": "user", "content": "word " * 3000}]})), 400,
          "context_length_exceeded"),
-        (httpx.get(f"{served.url}/v1/nothing-here"), 404, "not_found"),
+        (httpx.get(f"{served.url}/v1/nothing-here", timeout=60), 404, "not_found"),
     ]
     for response, status, code in cases:
         error = response.json()["error"]
@@ -240,7 +240,7 @@ def test_a_full_queue_is_429_and_the_api_key_is_required(tmp_path, tiny_settings
         wrong = openai.OpenAI(base_url=f"{running.url}/v1", api_key="guess", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
-        assert httpx.get(f"{running.url}/health").status_code == 200  # liveness needs no key
+        assert httpx.get(f"{running.url}/health", timeout=60).status_code == 200  # liveness needs no key
     finally:
         running.close()
 
@@ -264,7 +264,7 @@ def test_answers_go_on_through_a_sleep_in_another_process(served, tmp_path, tiny
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     def status() -> dict:
-        return httpx.get(f"{served.url}/v1/sleepwake/status").json()
+        return httpx.get(f"{served.url}/v1/sleepwake/status", timeout=60).json()  # it queues behind the replies
 
     try:
         deadline = time.monotonic() + 300
