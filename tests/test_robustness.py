@@ -166,7 +166,7 @@ def test_status_works_while_a_sleep_runs(tmp_path_factory, tiny_settings_overrid
     sets = [x for o in tiny_settings_overrides for x in ("--set", o)]
     env = {**os.environ, "SLEEPWAKE_CACHE": str(cache), "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"}
-    # The sleep may start while this test's forget holds the lock: it waits its turn (lock_wait_s).
+    # The sleep may start while this test's inject holds the lock: it waits its turn (lock_wait_s).
     sleeper = subprocess.Popen([sys.executable, "-m", "sleepwake.cli", "sleep", "--home", str(home.root), "-q", *sets,
                                 "--set", "sleep.lock_wait_s=120"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
