@@ -288,6 +288,7 @@ def test_longevity_resumes_after_its_last_finished_night(tmp_path, tiny_settings
     # figure is set far above anything measured here, so a run that counted only the resumed part cannot pass.
     assert partial["seconds"] > 0
     saved = json.loads((tmp_path / "results.partial.json").read_text())
+    assert saved == partial  # the refused resume wrote nothing
     (tmp_path / "results.partial.json").write_text(json.dumps({**saved, "seconds": 1000.0}))
     before = time.perf_counter()
     result = run_experiment("longevity", tmp_path, None, overrides, sleeper, "run-2", resume=True)

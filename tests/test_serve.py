@@ -191,8 +191,8 @@ def test_concurrent_clients_lose_no_fact_and_store_none_twice(served, tmp_path):
 
 
 def test_bad_requests_get_openai_shaped_errors(served):
-    def post(body, **kwargs):
-        return httpx.post(f"{served.url}/v1/chat/completions", content=body, **{"timeout": 60, **kwargs})
+    def post(body):
+        return httpx.post(f"{served.url}/v1/chat/completions", content=body, timeout=60)
 
     ok = {"model": "sleepwake", "messages": [{"role": "user", "content": "Hi"}]}
     cases = [
