@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from night_wear import chat_hits, open_copy  # noqa: E402  (a sibling script, not a package)
+from night_wear import chat_hits, open_copy, stage_label  # noqa: E402  (a sibling script, not a package)
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     asked: dict[str, Counter] = {"by_stage": Counter(), "by_night": Counter()}
     missed: dict[str, Counter] = {"by_stage": Counter(), "by_night": Counter()}
     for index, (row, hit) in enumerate(zip(rows, hits)):
-        groups = {"by_stage": f"stage {row.stage}{' +edit' if row.edit_id is not None else ''}",
+        groups = {"by_stage": stage_label(row),
                   "by_night": f"night {index // args.per_night + 1}"}
         for table, group in groups.items():
             asked[table][group] += 1

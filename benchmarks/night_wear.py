@@ -34,6 +34,11 @@ def open_copy(home: str, scratch: str, name: str, overrides):
     return Memory.open(Home.open(work), load_settings(None, overrides))
 
 
+def stage_label(row) -> str:
+    """A ledger row's stage, and "+edit" where a MEMIT edit still holds the fact."""
+    return f"stage {row.stage}{' +edit' if row.edit_id is not None else ''}"
+
+
 def chat_hits(memory, facts) -> list[bool]:
     from sleepwake.models import probes
 
@@ -78,8 +83,7 @@ def main() -> None:
         if not was:
             continue
         later = now.get(row.fact.key)
-        group = (f"stage {row.stage}{' +edit' if row.edit_id is not None else ''} -> "
-                 f"{'gone' if later is None else f'stage {later.stage}' + (' +edit' if later.edit_id is not None else '')}")
+        group = f"{stage_label(row)} -> {'gone' if later is None else stage_label(later)}"
         groups[group] += 1
         lost[group] += not is_
         band = "under 0.2" if sim < 0.2 else "0.2-0.5" if sim < 0.5 else "0.5 and over"
