@@ -76,6 +76,7 @@ def chat_question(fact: Fact) -> str:
 # poor stand-in for "Where does Lena Brandt live?".
 ATTRIBUTE_QUESTIONS = {
     "home": "Where does {} live?", "hometown": "Where is {} from?", "birthplace": "Where was {} born?",
+    "birth year": "In which year was {} born?",
     "childhood home": "Where did {} grow up?", "job": "What does {} do for a living?",
     "employer": "Who does {} work for?", "field of study": "What does {} study?", "degree": "What did {} study?",
     "allergies": "What is {} allergic to?", "languages": "Which languages does {} speak?",

@@ -145,6 +145,28 @@ def test_stored_form_gives_each_attribute_its_own_subject():
     assert stored_form(other) == other and question(other) is None
 
 
+def test_a_birth_year_is_stored_apart_from_a_birthplace():
+    from sleepwake.chat.stored import question, stored_form
+
+    (year,) = [stored_form(f) for f in extract("I was born in 1987.", "Tomasz Nowak").facts]
+    (place,) = [stored_form(f) for f in extract("I was born in Lisbon.", "Tomasz Nowak").facts]
+    assert (year.prompt(), year.object, question(year)) == (
+        "Tomasz Nowak's birth year is", "1987", "In which year was Tomasz Nowak born?")
+    assert (place.prompt(), place.object, question(place)) == (
+        "Tomasz Nowak's birthplace is", "Lisbon", "Where was Tomasz Nowak born?")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I'm a chef at Nordic Foods.", [("{} works as", "a chef"), ("{} works for", "Nordic Foods")]),
+    ("I'm a regular at Joe's Bar.", []),  # no job named, so no employer
+    ("I'm a pupil at Hillside.", []),  # a school is not an employer (and "a pupil" is no job here)
+    ("I work at a place called home.", []),  # the name after "called" must be a proper noun
+    ("I play football.", []),  # "play" without "the" takes instruments only
+])
+def test_employers_named_after_a_job_or_a_description(text, expected):
+    assert [(f.relation, f.object) for f in extract(text, "Tomasz Nowak").facts] == expected
+
+
 FUZZ_WORDS = ("I I'm i'm my My we our am is a an the of in to from as and but , . ? ! not live work nurse "
               "Lena Brandt Graz called named sister dog favorite food allergic speak German 34 years old born "
               "moved Mr. Dr. that remember know if would very big Canadian by profession have got been flat "

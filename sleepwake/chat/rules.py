@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from sleepwake.chat import lexicon
 from sleepwake.chat.spans import (
-    PLACE_STOPS, STOPS, capitalised_span, cut, job_span, list_items, person_name, pronoun_like, proper, tokens,
+    PLACE_STOPS, STOPS, capitalised_span, cut, job_span, list_items, named_after, person_name, pronoun_like, proper,
+    tokens,
 )
 
 NAME = "name"  # pseudo-relation: the user's own name is the subject of their facts, not a fact
@@ -75,11 +76,13 @@ PATTERNS = [
     (JOB, rf"{MY}(?:job|profession|occupation)\s+is\s+(?:being\s+)?{OBJ}", "job"),
     (EMPLOYER, rf"{I}{ADV}work\s+(?:at|for)\s+{OBJ}", "org"),
     (EMPLOYER, rf"{ME_AM}{ADV}employed\s+(?:by|at)\s+{OBJ}", "org"),
+    # "I'm a nurse at St Mary's", "I work as a chef for Nordic Foods": the employer, when the job is one.
+    (EMPLOYER, rf"(?:{ME_AM}{ADV}|{I}{ADV}work\s+as\s+)(?P<job>an?\s+[^,;]*?)\s+(?:at|for)\s+{OBJ}", "org_of_job"),
     ("role", rf"{MY}(?P<role>{ROLE})\s*'s\s+name\s+is\s+{OBJ}", "name"),
     ("role", rf"{MY}(?P<role>{ROLE})(?:\s+is|\s*'s)\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{I_HAVE}an?\s+(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{MY}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
-    (MARRIED, rf"{ME_AM}{ADV}married\s+to\s+{OBJ}", "person"),
+    (MARRIED, rf"(?:{ME_AM}|{I}got\s+){ADV}married\s+to\s+{OBJ}", "person"),
     ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?favou?rite\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?:is|are)\s+{OBJ}", "thing"),
     (ALLERGY, rf"{ME_AM}{ADV}(?:very\s+|severely\s+|highly\s+|deathly\s+|quite\s+|mildly\s+)?allergic\s+to\s+{OBJ}", "list"),
     (ALLERGY, rf"{I}{ADV}have\s+(?:an?\s+)?(?:\w+\s+)?allerg(?:y|ies)\s+to\s+{OBJ}", "list"),
@@ -93,7 +96,7 @@ PATTERNS = [
     (STUDIED, rf"{I}{ADV}(?:studied|majored\s+in)\s+{OBJ}", "thing"),
     (STUDIED, rf"{I}{ADV}have\s+an?\s+(?:\w+(?:'s)?\s+)?degree\s+in\s+{OBJ}", "thing"),
     (DRIVES, rf"{I}{ADV}drive\s+{OBJ}", "article"),
-    (PLAYS, rf"{I}{ADV}play\s+the\s+{OBJ}", "instrument"),
+    (PLAYS, rf"{I}{ADV}play\s+(?:the\s+)?{OBJ}", "instrument"),  # "I play guitar": an instrument, never a sport
     (LIKES, rf"{WE_I}{ADV}(?:like|love|enjoy|adore)\s+{OBJ}", "list"),
 ]
 COMPILED = [(rel, re.compile(pattern, re.IGNORECASE), kind) for rel, pattern, kind in PATTERNS]
@@ -190,6 +193,11 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
     rest = match.group("obj")
     if kind == "i_am":
         return classify_i_am(rest, lowercase)
+    if kind == "org_of_job":
+        head = job_span(tokens(match.group("job")))[1]
+        if head not in lexicon.OCCUPATIONS or head in ("student", "pupil"):
+            return []  # "I'm a regular at Joe's Bar": no job; "a student at Oxford": no employer
+        kind = "org"
     if relation == "role":
         relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
     elif relation == "favorite":
@@ -205,13 +213,15 @@ def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
     words = tokens(rest)
     if kind == "place" and len(words) > 3 and words[0].lower() in ("a", "an", "the") and words[1].lower() in DWELLINGS:
         words = words[words.index(next(w for w in words[2:] if w.lower() == "in")) + 1:] if "in" in words[2:4] else words
+    if kind == "place":
+        words = named_after(words)  # "a village called Hallstatt" -> Hallstatt
     if kind in ("place", "thing"):
         span = cut(words, PLACE_STOPS if kind == "place" else STOPS, 6)
         if kind == "place" and not (lowercase or proper(span)):
             return []  # "I live in hope", "I moved to the next question"
         return [span] if span and not pronoun_like(span) else []
     if kind == "place_cap" or kind == "org":
-        return [span] if (span := capitalised_span(words, allow_the=kind == "org")) else []
+        return [span] if (span := capitalised_span(named_after(words), allow_the=kind == "org")) else []
     if kind in ("name", "person"):
         explicit = kind == "name"
         return [span] if (span := person_name(words, explicit, lowercase)) else []

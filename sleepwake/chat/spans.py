@@ -54,6 +54,17 @@ def is_capitalised(word: str) -> bool:
     return word[:1].isupper()
 
 
+def named_after(words: list[str]) -> list[str]:
+    """ "a bakery called Sunrise Breads" -> ["Sunrise", "Breads"]: the name a described place goes by
+    (an article, at most three words, then "called"/"named"); other words come back as they are."""
+    lowered = [w.lower() for w in words[:5]]
+    if lowered and lowered[0] in ("a", "an", "the"):
+        for index, word in enumerate(lowered[1:], start=1):
+            if word in ("called", "named"):
+                return words[index + 1:]
+    return words
+
+
 def capitalised_span(words: list[str], allow_the: bool) -> str:
     """A proper-noun run at the start: capitalised words, with a title ("Mr.") or name particles
     ("van", "de") inside; at most four words."""
