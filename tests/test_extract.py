@@ -167,6 +167,19 @@ def test_employers_named_after_a_job_or_a_description(text, expected):
     assert [(f.relation, f.object) for f in extract(text, "Tomasz Nowak").facts] == expected
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I am thirty-four years old.", [("{}'s age is", "34")]),  # stored as digits, grounded by the words
+    ("I'm twenty nine.", [("{}'s age is", "29")]),
+    ("I'm 7.", [("{}'s age is", "7")]),
+    ("I'm one of them.", []),  # no age under five in words
+    ("I turned forty.", [("{}'s age is", "40")]),
+    ("Im from Spain.", [("{} is from", "Spain")]),  # the apostrophe left out
+    ("Im not sure about that.", []),
+])
+def test_ages_in_words_and_im_without_apostrophe(text, expected):
+    assert [(f.relation, f.object) for f in extract(text, "Ingrid Holm").facts] == expected
+
+
 FUZZ_WORDS = ("I I'm i'm my My we our am is a an the of in to from as and but , . ? ! not live work nurse "
               "Lena Brandt Graz called named sister dog favorite food allergic speak German 34 years old born "
               "moved Mr. Dr. that remember know if would very big Canadian by profession have got been flat "

@@ -7,9 +7,10 @@ user"). The session re-stores placeholder facts under the name when the name arr
 Names: "my name is X" / "call me X" always set the name (a user may correct it); a bare "I'm X"
 sets it only while no name is known, so "I'm Batman" in jest never renames a known user.
 
-Firewall: every object must occur in the user's own words (normalised, word-bounded). Rule
-objects pass by construction; the model extractor's objects often do not (a small model
-completes "I live in Graz" with "Austria"), and those are dropped, never stored.
+Firewall: every object must occur in the user's own words (normalised, word-bounded; a number also
+when said in words: "thirty-four" grounds 34). Rule objects pass by construction; the model
+extractor's objects often do not (a small model completes "I live in Graz" with "Austria"), and
+those are dropped, never stored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sleepwake.chat.rules import ACCUMULATING, NAME, Found, extract_rules
+from sleepwake.chat.spans import said_numbers
 from sleepwake.errors import InvalidInputError
 from sleepwake.facts import Fact, normalize_answer, normalize_key, parse_fact
 
@@ -36,6 +38,8 @@ class Extraction:
 def grounded(value: str, turn: str) -> bool:
     """True when ``value`` occurs in ``turn`` as whole words (case, accents, punctuation folded)."""
     needle = normalize_answer(value)
+    if needle.isdigit() and int(needle) in said_numbers(turn):
+        return True  # "thirty-four" said, 34 stored
     return bool(needle) and f" {needle} " in f" {normalize_answer(turn)} "
 
 

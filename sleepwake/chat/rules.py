@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from sleepwake.chat import lexicon
 from sleepwake.chat.spans import (
     PLACE_STOPS, STOPS, capitalised_span, cut, job_span, list_items, named_after, person_name, pronoun_like, proper,
-    tokens,
+    spoken_number, tokens,
 )
 
 NAME = "name"  # pseudo-relation: the user's own name is the subject of their facts, not a fact
@@ -44,8 +44,8 @@ class Found:
 ADV = r"(?:(?:actually|now|currently|also|still|really|just|recently|finally|mostly|already|" \
       r"officially|happily|proudly|do|totally|originally|definitely|even|both)\s+)*"
 I, WE_I = r"\bi\s+", r"\b(?:i|we)\s+"
-ME_AM = r"\b(?:i\s*'m|i\s+am)\s+"
-WE_AM = r"\b(?:i\s*'m|i\s+am|we\s*'re|we\s+are)\s+"
+ME_AM = r"\b(?:i\s*'m|im|i\s+am)\s+"  # "im": the apostrophe left out, as people type
+WE_AM = r"\b(?:i\s*'m|im|i\s+am|we\s*'re|we\s+are)\s+"
 MY = r"\b(?:my|our)\s+"
 I_HAVE = r"\b(?:i|we)(?:\s*'ve\s+got|\s+have\s+got|\s+have|\s+got)\s+"
 OBJ = r"(?P<obj>.*)$"
@@ -61,11 +61,12 @@ PATTERNS = [
     ("i_am", rf"{ME_AM}{ADV}{OBJ}", "i_am"),
     (LIVES, rf"{WE_I}{ADV}(?:live|reside)\s+in\s+{OBJ}", "place"),
     (LIVES, rf"{WE_I}(?:'ve\s+|have\s+)?{ADV}(?:moved|relocated)\s+(?:back\s+)?to\s+{OBJ}", "place"),
-    (LIVES, rf"{WE_AM}{ADV}(?:living|based|settled|residing)\s+in\s+{OBJ}", "place"),
+    (LIVES, rf"(?:{WE_AM}|\b(?:i|we)(?:\s*'ve|\s+have)\s+been\s+){ADV}(?:living|based|settled|residing)\s+in\s+{OBJ}", "place"),
     (LIVES, rf"{MY}(?:home|house|flat|apartment)\s+is\s+in\s+{OBJ}", "place"),
     (LIVES, rf"^(?:my\s+)?home\s+(?:for\s+(?:me|us)\s+)?is\s+{OBJ}", "place_cap"),
     (FROM, rf"{ME_AM}{ADV}from\s+{OBJ}", "place"),
     (FROM, rf"{I}{ADV}(?:come|hail)\s+from\s+{OBJ}", "place"),
+    (FROM, rf"{MY}home\s*town\s+is\s+{OBJ}", "place"),
     (FROM, rf"{ME_AM}(?:(?-i:[A-Z])\S*(?:\s+(?-i:[A-Z])\S*)*|an?\s+[^,;]*?)\s+from\s+{OBJ}", "place_cap"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "place"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "year"),
@@ -74,7 +75,7 @@ PATTERNS = [
     (JOB, rf"(?:{I}{ADV}work|{ME_AM}{ADV}(?:working|employed))\b[^,;]*?\bas\s+{OBJ}", "job"),
     (JOB, rf"\b(?:i\s*'ve|i\s+have)\s+been\s+{ADV}{OBJ}", "job_lexicon"),
     (JOB, rf"{MY}(?:job|profession|occupation)\s+is\s+(?:being\s+)?{OBJ}", "job"),
-    (EMPLOYER, rf"{I}{ADV}work\s+(?:at|for)\s+{OBJ}", "org"),
+    (EMPLOYER, rf"{I}{ADV}work\s+(?:remotely\s+|full[- ]time\s+|part[- ]time\s+)?(?:at|for)\s+{OBJ}", "org"),
     (EMPLOYER, rf"{ME_AM}{ADV}employed\s+(?:by|at)\s+{OBJ}", "org"),
     # "I'm a nurse at St Mary's", "I work as a chef for Nordic Foods": the employer, when the job is one.
     (EMPLOYER, rf"(?:{ME_AM}{ADV}|{I}{ADV}work\s+as\s+)(?P<job>an?\s+[^,;]*?)\s+(?:at|for)\s+{OBJ}", "org_of_job"),
@@ -83,7 +84,7 @@ PATTERNS = [
     ("role", rf"{I_HAVE}an?\s+(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{MY}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
     (MARRIED, rf"(?:{ME_AM}|{I}got\s+){ADV}married\s+to\s+{OBJ}", "person"),
-    ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?favou?rite\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?:is|are)\s+{OBJ}", "thing"),
+    ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?fav(?:ou?rite)?\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?:is|are)\s+{OBJ}", "thing"),
     (ALLERGY, rf"{ME_AM}{ADV}(?:very\s+|severely\s+|highly\s+|deathly\s+|quite\s+|mildly\s+)?allergic\s+to\s+{OBJ}", "list"),
     (ALLERGY, rf"{I}{ADV}have\s+(?:an?\s+)?(?:\w+\s+)?allerg(?:y|ies)\s+to\s+{OBJ}", "list"),
     (SPEAKS, rf"{WE_I}{ADV}(?:can\s+)?speak\s+(?!to\b|with\b|about\b|up\b|out\b){OBJ}", "languages"),
@@ -239,7 +240,7 @@ def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
     if kind == "year":
         return [words[0]] if words and re.fullmatch(r"(?:1[89]|20)\d\d", words[0]) else []
     if kind == "number":
-        return [words[0]] if words and re.fullmatch(r"\d{1,3}", words[0]) else []
+        return [str(age)] if (age := spoken_number(words)[0]) is not None else []
     if kind == "date":
         return [span] if (span := cut(words, {"and", "but", "so", "because", "which", "when"}, 6)) else []
     if kind == "article":
@@ -257,8 +258,9 @@ def classify_i_am(rest: str, lowercase: bool) -> list[Found]:
     if not words:
         return []
     first = words[0]
-    if re.fullmatch(r"\d{1,3}", first) and (len(words) == 1 or words[1].lower() in ("years", "yrs", "yo", "y/o", "and", "now", "today")):
-        return [Found(AGE, first)]
+    age, used = spoken_number(words)  # "34", "thirty-four", "thirty four"
+    if age is not None and (len(words) == used or words[used].lower() in ("years", "yrs", "yo", "y/o", "and", "now", "today")):
+        return [Found(AGE, str(age))]
     lowered = [w.lower() for w in words]
     diet = next((w for w in lowered[:2] if w in lexicon.DIETS), None)
     if diet and lowered[0] in ("a", "an", diet):

@@ -8,6 +8,8 @@ by construction; the firewall still checks them (model output goes through the s
 
 from __future__ import annotations
 
+import re
+
 from sleepwake.chat import lexicon
 
 STOPS = frozenset("""
@@ -52,6 +54,35 @@ def cut(words: list[str], stops, limit: int) -> str:
 
 def is_capitalised(word: str) -> bool:
     return word[:1].isupper()
+
+
+# Number words an age is said in; none under five ("I'm one of them" is no age).
+_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                     "fourteen fifteen sixteen seventeen eighteen nineteen".split()) if i >= 5}
+_DIGITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine".split()) if i}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+
+
+def spoken_number(words: list[str]) -> tuple[int | None, int]:
+    """(value, words used) of a number at the start: "34", "thirty-four" or "thirty four"; (None, 0) if none."""
+    first = words[0].lower() if words else ""
+    if re.fullmatch(r"\d{1,3}", first):
+        return int(first), 1
+    tens, _, unit = first.partition("-")
+    if tens in _TENS and unit in _DIGITS:
+        return _TENS[tens] + _DIGITS[unit], 1
+    if first in _TENS and len(words) > 1 and words[1].lower() in _DIGITS:
+        return _TENS[first] + _DIGITS[words[1].lower()], 2
+    value = _TENS.get(first) if not unit else None
+    value = _UNITS.get(first, value)
+    return (value, 1) if value is not None else (None, 0)
+
+
+def said_numbers(text: str) -> set[int]:
+    """Every number ``text`` says in words or digits ("I'm thirty-four" -> {34}): the firewall's view of
+    an age the rules wrote as digits."""
+    words = [w.strip(_EDGE) for w in text.split()]
+    return {value for i in range(len(words)) if (value := spoken_number(words[i:])[0]) is not None}
 
 
 def named_after(words: list[str]) -> list[str]:
