@@ -175,6 +175,7 @@ def test_employers_named_after_a_job_or_a_description(text, expected):
     ("I turned forty.", [("{}'s age is", "40")]),
     ("Im from Spain.", [("{} is from", "Spain")]),  # the apostrophe left out
     ("Im not sure about that.", []),
+    ("IM Sarah tonight.", []),  # an instant message, not "I'm"
 ])
 def test_ages_in_words_and_im_without_apostrophe(text, expected):
     assert [(f.relation, f.object) for f in extract(text, "Ingrid Holm").facts] == expected

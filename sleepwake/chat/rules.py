@@ -44,8 +44,9 @@ class Found:
 ADV = r"(?:(?:actually|now|currently|also|still|really|just|recently|finally|mostly|already|" \
       r"officially|happily|proudly|do|totally|originally|definitely|even|both)\s+)*"
 I, WE_I = r"\bi\s+", r"\b(?:i|we)\s+"
-ME_AM = r"\b(?:i\s*'m|im|i\s+am)\s+"  # "im": the apostrophe left out, as people type
-WE_AM = r"\b(?:i\s*'m|im|i\s+am|we\s*'re|we\s+are)\s+"
+IM = r"(?-i:[Ii]m)"  # "Im"/"im": the apostrophe left out, as people type ("IM Sarah" is a message, not a name)
+ME_AM = rf"\b(?:i\s*'m|{IM}|i\s+am)\s+"
+WE_AM = rf"\b(?:i\s*'m|{IM}|i\s+am|we\s*'re|we\s+are)\s+"
 MY = r"\b(?:my|our)\s+"
 I_HAVE = r"\b(?:i|we)(?:\s*'ve\s+got|\s+have\s+got|\s+have|\s+got)\s+"
 OBJ = r"(?P<obj>.*)$"
