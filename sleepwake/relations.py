@@ -21,7 +21,7 @@ from sleepwake.facts import Fact
 NAMED_ROLES = frozenset({
     "wife", "husband", "partner", "spouse", "girlfriend", "boyfriend", "fiancé", "fiancée", "sister",
     "brother", "son", "daughter", "mother", "father", "grandmother", "grandfather", "aunt", "uncle", "cousin",
-    "niece", "nephew", "best friend", "boss", "manager", "roommate", "flatmate",
+    "niece", "nephew", "child", "best friend", "boss", "manager", "roommate", "flatmate",
     "dog", "puppy", "cat", "kitten", "rabbit", "hamster", "bird", "parrot", "horse", "turtle",
 })
 GENERIC_LEADS = ("Here is a fact: {}", "As most people know, {}")

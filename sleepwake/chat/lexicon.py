@@ -65,6 +65,7 @@ ROLES = {
     "boss": "boss", "manager": "manager", "roommate": "roommate", "flatmate": "flatmate",
     "dog": "dog", "cat": "cat", "horse": "horse", "parrot": "parrot", "rabbit": "rabbit",
     "hamster": "hamster", "puppy": "puppy", "kitten": "kitten", "bird": "bird", "turtle": "turtle",
+    "child": "child", "kid": "child",
 }
 
 INSTRUMENTS = frozenset("""
