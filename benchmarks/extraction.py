@@ -5,7 +5,7 @@
 
 Two labelled sets: ``tests/data/extraction_turns.jsonl`` (the development set, incl. probes of
 ordinary chat lines) and ``tests/data/extraction_heldout.jsonl`` (written after the rules; its
-first-pass score is in README.md). Labels and matching: ``sleepwake/chat/scoring.py``.
+first-pass score is in docs/chat.md). Labels and matching: ``sleepwake/chat/scoring.py``.
 """
 
 from __future__ import annotations

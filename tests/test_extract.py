@@ -2,7 +2,7 @@
 
 Two labelled sets (format: sleepwake/chat/scoring.py). ``extraction_turns.jsonl`` is the
 development set (plus probes of ordinary chat lines); ``extraction_heldout.jsonl`` was written
-after the rules, and its first-pass score (before the general fixes it prompted) is in README.md.
+after the rules, and its first-pass score (before the general fixes it prompted) is in docs/chat.md.
 The thresholds sit a little under the measured values so a regression fails, not a new turn.
 """
 
