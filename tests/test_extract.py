@@ -181,6 +181,15 @@ def test_ages_in_words_and_im_without_apostrophe(text, expected):
     assert [(f.relation, f.object) for f in extract(text, "Ingrid Holm").facts] == expected
 
 
+def test_clauses_after_two_elided_subjects_keep_their_words():
+    # Each "and <verb>" once shifted the next clause by the two characters of its "I ": "a nurse" became "a nur".
+    assert rules.split_clauses("I live in Graz and work as a nurse and speak German") == [
+        "I live in Graz", "I work as a nurse", "I speak German"]
+    assert rules.split_clauses("I have a cat named Luna and a dog named Max") == [
+        "I have a cat named Luna", "I have a dog named Max"]
+    assert rules.split_clauses("My sister has a cat named Luna and a dog named Max")[1] == "a dog named Max"
+
+
 FUZZ_WORDS = ("I I'm i'm my My we our am is a an the of in to from as and but , . ? ! not live work nurse "
               "Lena Brandt Graz called named sister dog favorite food allergic speak German 34 years old born "
               "moved Mr. Dr. that remember know if would very big Canadian by profession have got been flat "

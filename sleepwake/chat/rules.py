@@ -125,7 +125,9 @@ DISCOURSE = re.compile(
 CONJUNCTION = re.compile(
     r"\s+(?:and|but|so|or|because|while|whereas|although|though|then)\s+(?=(?P<subject>i|i'm|i've|i'd|"
     r"my|we|we're|our|she|he|they|it|his|her|their|you)\b|(?P<verb>live|work|speak|grew|moved|study|"
-    r"studied|have|love|like|enjoy|play|drive|am|was|come)\b)", re.I)
+    r"studied|have|love|like|enjoy|play|drive|am|was|come)\b|(?P<more>an?\s+(?:" + ROLE + r")\s+(?:called|named)\b))", re.I)
+# "I have a cat named Luna [and a dog named Max]": the second pet is the same speaker's when the first was.
+HAVE_NAMED = re.compile(rf"(?P<have>{I_HAVE})an?\s+(?:{ROLE})\s+(?:called|named)\s", re.I)
 APPOSITIVE = re.compile(rf"\b((?:my|our)\s+(?:{ROLE}))\s*,\s*((?-i:[A-Z])[\w.\u2024]*(?:\s+(?-i:[A-Z])[\w.\u2024]*)*)\s*,", re.I)
 TITLE_DOT = re.compile(r"\b(Mr|Mrs|Ms|Dr|Prof|St)\.", re.I)
 
@@ -157,13 +159,14 @@ def split_clauses(sentence: str) -> list[str]:
     sentence = APPOSITIVE.sub(r"\1 \2", sentence.rstrip(" .!?;"))  # "my boss, Mr Keller," -> one clause
     clauses = []
     for part in re.split(r"\s*[,:;]\s*|\s+[-\u2013\u2014]\s+", sentence):
-        start = 0
+        start, subject = 0, ""
         for match in CONJUNCTION.finditer(part):
-            clauses.append(part[start:match.start()])
+            clauses.append(subject + part[start:match.start()])
             start = match.end()
-            if match.group("verb"):
-                part = part[:start] + "I " + part[start:]  # elided subject: "... and work as"
-        clauses.append(part[start:])
+            owner = HAVE_NAMED.search(clauses[-1]) if match.group("more") else None
+            # An elided subject: "... and work as" is the speaker's; "... and a dog named Max" the owner's.
+            subject = "I " if match.group("verb") else (owner.group("have") if owner else "")
+        clauses.append(subject + part[start:])
     return [c.strip() for c in clauses if c.strip()]
 
 
