@@ -24,6 +24,7 @@ from sleepwake.chat.spans import (
     spoken_number, tokens,
 )
 
+YEAR = re.compile(r"(?:1[89]|20)\d\d")  # a year someone was born in (1800-2099)
 NAME = "name"  # pseudo-relation: the user's own name is the subject of their facts, not a fact
 LIVES, FROM, BORN, GREW = "{} lives in", "{} is from", "{} was born in", "{} grew up in"
 JOB, EMPLOYER, STUDIES, STUDIED = "{} works as", "{} works for", "{} studies", "{} studied"
@@ -243,7 +244,7 @@ def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
     if kind == "language":
         return [words[0].capitalize()] if words and words[0].capitalize() in lexicon.LANGUAGES else []
     if kind == "year":
-        return [words[0]] if words and re.fullmatch(r"(?:1[89]|20)\d\d", words[0]) else []
+        return [words[0]] if words and YEAR.fullmatch(words[0]) else []
     if kind == "number":
         return [str(age)] if (age := spoken_number(words)[0]) is not None else []
     if kind == "date":

@@ -73,8 +73,7 @@ def spoken_number(words: list[str]) -> tuple[int | None, int]:
         return _TENS[tens] + _DIGITS[unit], 1
     if first in _TENS and len(words) > 1 and words[1].lower() in _DIGITS:
         return _TENS[first] + _DIGITS[words[1].lower()], 2
-    value = _TENS.get(first) if not unit else None
-    value = _UNITS.get(first, value)
+    value = _UNITS.get(first, _TENS.get(first))
     return (value, 1) if value is not None else (None, 0)
 
 

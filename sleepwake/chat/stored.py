@@ -33,13 +33,12 @@ FORMS = {
 }
 NAMED = NAMED_ROLES  # "{}'s sister is" -> "Lena Brandt's sister" | "{} is named"
 _POSSESSIVE = re.compile(r"^\{\}'s (?P<attribute>.+) is$")
-_YEAR = re.compile(r"(?:1[89]|20)\d\d")
 
 
 def stored_form(fact: Fact) -> Fact:
     """The fact as the ledger keeps it; a relation without a known form is kept as it is."""
     attribute, relation = FORMS.get(fact.relation, (None, None))
-    if fact.relation == rules.BORN and _YEAR.fullmatch(fact.object.strip()):
+    if fact.relation == rules.BORN and rules.YEAR.fullmatch(fact.object.strip()):
         attribute = "birth year"  # "I was born in 1987": a year is not a birthplace
     match = _POSSESSIVE.match(fact.relation)
     if attribute is None and match:
