@@ -102,7 +102,44 @@ def test_plain_and_streamed_completions_and_models(served):
     raw = httpx.post(f"{served.url}/v1/chat/completions", json={"model": "sleepwake", "stream": True, "max_tokens": 3,
                                                                 "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
     assert raw.text.rstrip().endswith("data: [DONE]") and raw.headers["content-type"].startswith("text/event-stream")
+    nulls = {"model": "sleepwake", "stream": None, "n": None, "stop": None, "temperature": None, "max_tokens": 2,
+             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+                          {"role": "assistant", "content": None, "tool_calls": []},
+                          {"role": "function", "name": "clock", "content": "noon"}, {"role": "user", "content": "Ok"}]}
+    assert httpx.post(f"{served.url}/v1/chat/completions", json=nulls, timeout=60).json()["object"] == "chat.completion"
     assert httpx.get(f"{served.url}/health", timeout=60).json()["status"] == "ok"
+
+
+def test_stop_sequences_usage_chunk_and_a_base_url_without_v1(served):
+    # The tiny random model writes one newline after another (its replies strip to ""): without a stop it
+    # runs to the token limit; with "\n" as the stop sequence generation ends at the first one.
+    full = served.ask("Tell me a story about the sea.", max_tokens=12)
+    assert (full.choices[0].finish_reason, full.usage.completion_tokens) == ("length", 12)
+    stopped = served.ask("Tell me a story about the sea.", max_tokens=12, stop=["\n", "\u2603never"])
+    assert stopped.choices[0].finish_reason == "stop" and stopped.usage.completion_tokens < 12
+    pieces = list(served.ask("Tell me a story about the sea.", max_tokens=12, stop="\n", stream=True,
+                             stream_options={"include_usage": True}))
+    assert "".join(p.choices[0].delta.content or "" for p in pieces if p.choices) == ""  # no newline got out
+    assert pieces[-2].choices[0].finish_reason == "stop"
+    assert pieces[-1].choices == [] and pieces[-1].usage.completion_tokens == stopped.usage.completion_tokens
+    assert all(p.usage is None for p in pieces[:-1])
+    bare = openai.OpenAI(base_url=served.url, api_key="unused", max_retries=0)  # no /v1: routes answer there too
+    assert bare.models.retrieve("sleepwake").id == served.client.models.retrieve("sleepwake").id == "sleepwake"
+    assert bare.chat.completions.create(model="sleepwake", messages=[{"role": "user", "content": "Hi"}],
+                                        max_tokens=2).object == "chat.completion"
+
+
+def test_browser_origins_are_allowed_only_when_configured(served, tmp_path, tiny_settings_overrides):
+    preflight = {"origin": "http://localhost:3000", "access-control-request-method": "POST",
+                 "access-control-request-headers": "content-type"}
+    closed = httpx.options(f"{served.url}/v1/chat/completions", headers=preflight, timeout=60)
+    assert "access-control-allow-origin" not in closed.headers
+    opened = Served(tmp_path / "other", [*tiny_settings_overrides, "serve.cors_origins=[\"http://localhost:3000\"]"])
+    try:
+        answer = httpx.options(f"{opened.url}/v1/chat/completions", headers=preflight, timeout=60)
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "http://localhost:3000"
+    finally:
+        opened.close()
 
 
 def test_stated_facts_are_stored_after_the_reply_and_reported(served, tmp_path):
@@ -192,7 +229,8 @@ def test_concurrent_clients_lose_no_fact_and_store_none_twice(served, tmp_path):
 
 def test_bad_requests_get_openai_shaped_errors(served):
     def post(body):
-        return httpx.post(f"{served.url}/v1/chat/completions", content=body, timeout=60)
+        return httpx.post(f"{served.url}/v1/chat/completions", content=body, timeout=60,
+                          headers={"content-type": "application/json"})
 
     ok = {"model": "sleepwake", "messages": [{"role": "user", "content": "Hi"}]}
     cases = [
@@ -207,7 +245,17 @@ def test_bad_requests_get_openai_shaped_errors(served):
         (post(json.dumps({**ok, "messages": [{"role": "user", "content": "x" * 70000}]})), 413, "request_too_large"),
         (post(json.dumps({**ok, "messages": [{"role": "user", "content": "word " * 3000}]})), 400,
          "context_length_exceeded"),
+        (post(json.dumps({**ok, "stop": ["x"] * 17})), 400, "invalid_value"),
         (httpx.get(f"{served.url}/v1/nothing-here", timeout=60), 404, "not_found"),
+        (httpx.get(f"{served.url}/v1/models/gpt-4o", timeout=60), 404, "model_not_found"),
+        # a form or text/plain post (what a web page may send with no CORS preflight) stores nothing
+        (httpx.post(f"{served.url}/v1/chat/completions", content=json.dumps(ok), timeout=60,
+                    headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+        (httpx.post(f"{served.url}/v1/chat/completions", data={"model": "sleepwake"}, timeout=60), 415,
+         "unsupported_media_type"),
+        # a name a web page pointed at 127.0.0.1 (DNS rebinding) is not this server's
+        (httpx.get(f"{served.url}/v1/models", headers={"host": f"evil.example:{served.port}"}, timeout=60), 403,
+         "forbidden_host"),
     ]
     for response, status, code in cases:
         error = response.json()["error"]
@@ -241,6 +289,8 @@ def test_a_full_queue_is_429_and_the_api_key_is_required(tmp_path, tiny_settings
         with pytest.raises(openai.AuthenticationError):
             wrong.models.list()
         assert httpx.get(f"{running.url}/health", timeout=60).status_code == 200  # liveness needs no key
+        keyed = {"authorization": "Bearer s3cret", "host": f"memory.example.lan:{running.port}"}
+        assert httpx.get(f"{running.url}/v1/models", headers=keyed, timeout=60).status_code == 200  # a key: any name
     finally:
         running.close()
 

@@ -8,12 +8,24 @@ completion of the rendered conversation.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
+from sleepwake.chat.stops import StopStream, cut
 from sleepwake.models.backend import chat_text, plain_chat
 from sleepwake.settings.chat import ChatConfig
 
 Messages = Sequence[dict]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An assistant message, whether a stop sequence ended it, and the tokens generated for it
+    (the stop sequence's included: what the model did, for usage and the "length" finish)."""
+
+    text: str
+    stopped: bool
+    tokens: int
 
 
 class Replier:
@@ -21,8 +33,9 @@ class Replier:
 
     def __init__(self, backend, cfg: ChatConfig):
         self.backend, self.cfg = backend, cfg
-        self.tokenizer = getattr(backend, "tokenizer", None)
-        self.model = getattr(backend, "model", None)
+        # Any: a torch backend's transformers objects, or None for a backend without them
+        self.tokenizer: Any = getattr(backend, "tokenizer", None)
+        self.model: Any = getattr(backend, "model", None)
 
     @property
     def budget(self) -> int:
@@ -38,29 +51,48 @@ class Replier:
 
     def reply(self, messages: Messages, on_text: Callable[[str], None] | None = None) -> str:
         """The next assistant message; ``on_text`` receives it piece by piece as it is generated."""
+        return self.respond(messages, (), on_text).text
+
+    def respond(self, messages: Messages, stop: Sequence[str] = (),
+                on_text: Callable[[str], None] | None = None) -> Reply:
+        """The next assistant message, ended before the first of ``stop``; ``on_text`` receives it
+        piece by piece and never any part of a stop sequence."""
+        stop = [s for s in stop if s]
+        stream = StopStream(on_text, stop) if on_text else None
         prompt = self.render(messages)
         if self.model is None or self.tokenizer is None:
-            [text] = self.backend.generate([prompt], self.cfg.max_new_tokens)
-            if on_text:
-                on_text(text)
-            return text.strip()
-        return self._generate(prompt, on_text).strip()
+            [raw] = self.backend.generate([prompt], self.cfg.max_new_tokens)
+            if stream:
+                stream(raw)
+            tokens = len(self.backend.encode(raw, special=False))
+        else:
+            raw, tokens = self._generate(prompt, stop, stream)
+        if stream:
+            stream.close()
+        text, stopped = cut(raw, stop)
+        return Reply(text.strip(), stopped, tokens)
 
-    def _generate(self, prompt: str, on_text: Callable[[str], None] | None) -> str:
+    def _generate(self, prompt: str, stop: Sequence[str], on_text: Callable[[str], None] | None) -> tuple[str, int]:
         import torch
 
         ids = self.backend.encode(prompt, special=False)
         device = self.model.get_input_embeddings().weight.device
         input_ids = torch.tensor([ids], device=device)
         sampling = self.cfg.temperature > 0
-        kwargs = {"do_sample": sampling, "temperature": self.cfg.temperature if sampling else None,
+        kwargs: dict[str, Any] = {"do_sample": sampling, "temperature": self.cfg.temperature if sampling else None,
                   "top_p": self.cfg.top_p if sampling else None, "top_k": None}
+        if stop:  # generation ends at a stop sequence (transformers matches it across token boundaries)
+            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=self.cfg.max_new_tokens, repetition_penalty=self.cfg.repetition_penalty,
                 pad_token_id=self.tokenizer.pad_token_id, streamer=_streamer(self.tokenizer, on_text), **kwargs)
-        return self.backend.decode(out[0, input_ids.shape[1]:].tolist())
+        new = out[0, input_ids.shape[1]:].tolist()
+        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        while new and new[-1] in ends:  # the end-of-turn token (and padding) is not the message
+            new.pop()
+        return self.backend.decode(new), len(new)
 
 
 def _streamer(tokenizer, on_text: Callable[[str], None] | None):
@@ -68,11 +100,13 @@ def _streamer(tokenizer, on_text: Callable[[str], None] | None):
         return None
     from transformers import TextStreamer
 
+    send = on_text  # bound here: mypy does not carry the None check into the class body
+
     class Forward(TextStreamer):
         """transformers' word-boundary streaming, written to our callback instead of print()."""
 
         def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
             if text:
-                on_text(text)
+                send(text)
 
     return Forward(tokenizer, skip_prompt=True, skip_special_tokens=True)

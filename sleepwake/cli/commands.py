@@ -183,12 +183,10 @@ def cmd_chat(args) -> dict:
 
 def cmd_serve(args) -> dict:
     """Run the OpenAI-compatible server until interrupted (the home must exist)."""
-    import ipaddress
-
     import uvicorn
 
     from sleepwake.config import load_settings
-    from sleepwake.serve.app import LOOPBACK, create_app
+    from sleepwake.serve.app import create_app, is_loopback
     from sleepwake.serve.engine import Engine
     from sleepwake.storage.home import Home
 
@@ -196,8 +194,7 @@ def cmd_serve(args) -> dict:
     cfg = settings.serve
     host, port = args.host or cfg.host, args.port or cfg.port
     key = cfg.api_key or os.environ.get("SLEEPWAKE_API_KEY") or None
-    loopback = host in LOOPBACK or _is_loopback(host, ipaddress)
-    if not loopback and not key:
+    if not is_loopback(host) and not key:
         raise InvalidInputError(f"serving on {host} needs an API key: set $SLEEPWAKE_API_KEY or --set serve.api_key=...")
     engine = Engine(Home.existing(args.home, create=args.create), settings)
     log.info("serving %s on http://%s:%d/v1 (model %r%s)", engine.home.root, host, port, cfg.model_name,
@@ -207,13 +204,6 @@ def cmd_serve(args) -> dict:
     finally:
         engine.close()
     return {"served": str(engine.home.root), "stored": engine.stored_total}
-
-
-def _is_loopback(host: str, ipaddress) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def cmd_config(args) -> dict:

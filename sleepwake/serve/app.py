@@ -1,9 +1,12 @@
 """``sleepwake serve``: the memory behind an OpenAI-compatible HTTP API (FastAPI).
 
-    GET  /v1/models                  the one model (``serve.model_name``)
+    GET  /v1/models                  the one model (``serve.model_name``); /v1/models/{id} retrieves it
     POST /v1/chat/completions        plain or streamed (server-sent events, ``data: [DONE]``)
     GET  /health                     liveness
     GET  /v1/sleepwake/status        the ``sleepwake status --json`` document (+ pending facts, sleeping)
+
+The models and chat routes answer without the ``/v1`` prefix too: a client given the bare server
+address as its base URL calls ``/chat/completions``.
 
 Safe by default: loopback only unless an API key is set (compared in constant time); request size
 and ``max_tokens`` limits; one model, requests in order through the engine's bounded queue (429
@@ -15,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import time
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -36,45 +41,68 @@ from sleepwake.serve.protocol import (
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def is_loopback(host: str | None) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
 def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     cfg = engine.cfg
     app = FastAPI(title="sleepwake", description="A memory in the weights, over the OpenAI chat API.")
 
     add_error_handlers(app)
     add_guard(app, cfg.max_request_bytes, api_key)
+    if cfg.cors_origins:  # added last, so outermost: a browser's preflight is answered before the key check
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"], expose_headers=["x-sleepwake-remembered"])
+    model_card = {"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "sleepwake"}
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": cfg.model_name}
 
     @app.get("/v1/models")
+    @app.get("/models", include_in_schema=False)
     async def models():
-        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "created": int(time.time()),
-                                            "owned_by": "sleepwake"}]}
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model:path}")
+    @app.get("/models/{model:path}", include_in_schema=False)
+    async def model(model: str):
+        if model != cfg.model_name:
+            raise ApiError(404, f"the model '{model}' does not exist; this server has '{cfg.model_name}'",
+                           code="model_not_found", param="model")
+        return model_card
 
     @app.get("/v1/sleepwake/status")
     async def status():
         return await run(engine, engine.status)
 
     @app.post("/v1/chat/completions")
+    @app.post("/chat/completions", include_in_schema=False)
     async def chat_completions(request: Request):
         body = await request.body()
         if len(body) > cfg.max_request_bytes:
             raise ApiError(413, f"the request is larger than {cfg.max_request_bytes} bytes", code="request_too_large")
         chat = check(parse_request(body), cfg)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in chat.messages if m.role != "tool"]
+                    for m in chat.messages if m.role not in ("tool", "function")]
         said = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         name, facts = await run(engine, engine.prepare, chat.user, said)
         extra = {"remembered": [f"{f.subject} | {f.relation} -> {f.object}" for f in facts], "name": name}
         headers = {"X-Sleepwake-Remembered": json.dumps(extra["remembered"])}
-        budget = chat.budget(min(engine.settings.chat.max_new_tokens, cfg.max_tokens))
+        decoding = chat.decoding(min(engine.settings.chat.max_new_tokens, cfg.max_tokens))
         if not chat.stream:
-            answer = await run(engine, engine.answer, chat.user, messages, budget, chat.temperature)
+            answer = await run(engine, engine.answer, chat.user, messages, decoding, chat.stops())
             engine.remember_later(Turn(chat.user, said, answer["text"], name, facts))  # after the reply
             body_out = completion(new_id(), cfg.model_name, answer["text"], answer["finish"], answer["usage"], extra)
             return JSONResponse(body_out, headers=headers)
-        return StreamingResponse(stream(engine, chat, messages, budget, said, name, facts, extra),
+        return StreamingResponse(stream(engine, chat, messages, decoding, said, name, facts, extra),
                                  media_type="text/event-stream", headers=headers)
 
     return app
@@ -99,19 +127,33 @@ def add_error_handlers(app: FastAPI) -> None:
 
 
 def add_guard(app: FastAPI, max_request_bytes: int, api_key: str | None) -> None:
-    """The API key (when one is set) and the request-size limit, checked before any route runs."""
+    """The API key (when one is set), the request-size limit and the browser guards, checked before any route.
+
+    Without a key the server answers only to loopback names, and a POST must say it is JSON: a web page the
+    user opens cannot then reach the memory through a name it points at 127.0.0.1 (DNS rebinding), nor store
+    facts with a form or text/plain post (those need no CORS preflight; JSON does, and none is allowed)."""
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and api_key is not None:
+        if api_key is None and not is_loopback(request.url.hostname):
+            return refuse(403, f"without an API key this server answers only to {', '.join(LOOPBACK)}, not "
+                          f"'{request.url.hostname}'", "permission_error", "forbidden_host")
+        if request.url.path != "/health" and api_key is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return JSONResponse(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
-                                             "authentication_error", "invalid_api_key").body(), status_code=401)
+                return refuse(401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error",
+                              "invalid_api_key")
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_request_bytes:
-            return JSONResponse(ApiError(413, f"the request is larger than {max_request_bytes} bytes",
-                                         code="request_too_large").body(), status_code=413)
+            return refuse(413, f"the request is larger than {max_request_bytes} bytes", code="request_too_large")
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and kind != "application/json":
+            return refuse(415, f"send the body as JSON (Content-Type: application/json), not '{kind or 'none'}'",
+                          code="unsupported_media_type")
         return await call_next(request)
+
+
+def refuse(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
+    return JSONResponse(ApiError(status, message, kind, code).body(), status_code=status)
 
 
 def check(chat: ChatRequest, cfg) -> ChatRequest:
@@ -136,13 +178,15 @@ async def run(engine: Engine, fn, *args):
     return await asyncio.wrap_future(future)
 
 
-async def stream(engine: Engine, chat: ChatRequest, messages: list[dict], budget: int, said: str, name, facts, extra):
-    """Server-sent events: a role chunk, the reply as it is generated, the finish chunk, [DONE]."""
+async def stream(engine: Engine, chat: ChatRequest, messages: list[dict], decoding: dict, said: str, name, facts,
+                 extra):
+    """Server-sent events: a role chunk, the reply as it is generated, the finish chunk, with
+    ``stream_options.include_usage`` a usage chunk, then [DONE]."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     request_id, model = new_id(), engine.cfg.model_name
     try:
-        future = engine.submit(engine.answer, chat.user, messages, budget, chat.temperature,
+        future = engine.submit(engine.answer, chat.user, messages, decoding, chat.stops(),
                                lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text))
     except QueueFull as exc:
         yield f"data: {json.dumps(ApiError(429, str(exc), 'rate_limit_error', 'queue_full').body())}\n\n"
@@ -157,6 +201,8 @@ async def stream(engine: Engine, chat: ChatRequest, messages: list[dict], budget
         yield f"data: {json.dumps(exc.body())}\n\n"
         return
     yield chunk(request_id, model, {}, answer["finish"], extra)
+    if chat.wants_usage():
+        yield chunk(request_id, model, None, usage=answer["usage"])
     yield "data: [DONE]\n\n"
     engine.remember_later(  # after the reply went out: never blocks it
         Turn(chat.user, said, answer["text"], name, facts))

@@ -136,15 +136,17 @@ class Engine:
         found = extract(said, known or user)
         return found.name, found.facts
 
-    def answer(self, user: str | None, messages: list[dict], max_tokens: int, temperature: float | None,
+    def answer(self, user: str | None, messages: list[dict], decoding: dict, stop: list[str],
                on_text: Callable[[str], None] | None = None) -> dict:
+        """The reply, its usage and finish reason; ``decoding`` overrides chat settings (``max_new_tokens``,
+        ``temperature``, ``top_p``) for this request, ``stop`` ends it before the first of these."""
+        max_tokens = decoding["max_new_tokens"]
         chat, used = self._fit(user, messages, max_tokens)
-        cfg = self.settings.chat.model_copy(update={"max_new_tokens": max_tokens,
-                                                    **({"temperature": temperature} if temperature is not None else {})})
-        text = Replier(self.memory.backend, cfg).reply(chat, on_text=on_text)
-        produced = len(self.memory.backend.encode(text, special=False))
-        return {"text": text, "usage": {"prompt_tokens": used, "completion_tokens": produced, "total_tokens": used + produced},
-                "finish": "length" if produced >= max_tokens else "stop"}
+        cfg = self.settings.chat.model_copy(update=decoding)
+        reply = Replier(self.memory.backend, cfg).respond(chat, stop, on_text)
+        usage = {"prompt_tokens": used, "completion_tokens": reply.tokens, "total_tokens": used + reply.tokens}
+        return {"text": reply.text, "usage": usage, "finish": "length" if reply.tokens >= max_tokens and not reply.stopped
+                else "stop"}
 
     def _fit(self, user: str | None, messages: list[dict], max_tokens: int) -> tuple[list[dict], int]:
         """The conversation with sleepwake's system prompt when the client sent none (its identity

@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ApiError(Exception):
@@ -26,7 +26,7 @@ class ApiError(Exception):
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant", "developer", "tool"]
+    role: Literal["system", "user", "assistant", "developer", "tool", "function"]
     content: str | list | None = None
 
     def text(self) -> str:
@@ -36,8 +36,14 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
 class ChatRequest(BaseModel):
-    """The fields sleepwake honours; others a client sends (tools, logprobs, ...) are ignored."""
+    """The fields sleepwake honours; others a client sends (tools, logprobs, seed, ...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -50,9 +56,37 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1)
     user: str | None = Field(None, max_length=64)
+    stop: str | list[str] | None = None
+    stream_options: StreamOptions | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data):
+        """``"stream": null``, ``"n": null``: OpenAI reads a null as the default, and clients send them."""
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        listed = [stop] if isinstance(stop, str) else stop or []
+        if len(listed) > 16 or any(len(s) > 256 for s in listed):  # OpenAI takes 4; agent frameworks send more
+            raise ValueError("stop takes up to 16 sequences of at most 256 characters")
+        return stop
 
     def budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
+
+    def decoding(self, default_budget: int) -> dict:
+        """The chat settings this request overrides (``ChatConfig`` fields)."""
+        asked = {"temperature": self.temperature, "top_p": self.top_p}
+        return {"max_new_tokens": self.budget(default_budget), **{k: v for k, v in asked.items() if v is not None}}
+
+    def stops(self) -> list[str]:
+        listed = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        return [s for s in listed if s]  # an empty sequence would stop every reply before it began
+
+    def wants_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
 def parse_request(raw: bytes) -> ChatRequest:
@@ -80,9 +114,14 @@ def completion(request_id: str, model: str, text: str, finish: str, usage: dict,
             "usage": usage, "sleepwake": extra}
 
 
-def chunk(request_id: str, model: str, delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+def chunk(request_id: str, model: str, delta: dict | None, finish: str | None = None, extra: dict | None = None,
+          usage: dict | None = None) -> str:
+    """One server-sent event; ``delta`` None is the usage chunk (no choices) of ``include_usage``."""
+    choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
     body = {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            "choices": choices}
+    if usage is not None:
+        body["usage"] = usage
     if extra is not None:
         body["sleepwake"] = extra
     return f"data: {json.dumps(body)}\n\n"

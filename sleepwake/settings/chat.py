@@ -53,6 +53,10 @@ class ServeConfig(BaseModel):
     model_name: str = Field("sleepwake", min_length=1, description="The model id clients ask for (GET /v1/models lists it).")
     max_request_bytes: int = Field(65536, gt=0, description="Largest request body accepted (413 beyond).")
     max_tokens: int = Field(512, gt=0, description="Largest max_tokens a request may ask for (400 beyond).")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed to call the API (CORS), e.g. "
+        "['http://localhost:3000'] for a web chat app served there; ['*'] any site. None by default: any web page "
+        "the user opens could otherwise read the memory through a loopback server.")
     queue: int = Field(16, gt=0, description="Requests waiting for the model at most; one more is answered 429.")
     poll_s: float = Field(2.0, gt=0, description="How often an idle server looks for a finished sleep (to load "
                           "its weights) and retries facts waiting for a busy home.")
