@@ -84,6 +84,7 @@ ATTRIBUTE_QUESTIONS = {
     "age": "How old is {}?", "birthday": "When is {}'s birthday?", "diet": "What diet does {} follow?",
     "nationality": "What is {}'s nationality?", "spouse": "Who is {} married to?",
     "car": "What car does {} drive?", "instrument": "Which instrument does {} play?",
+    "university": "Where does {} study?", "alma mater": "Where did {} study?",
 }
 
 
@@ -97,5 +98,5 @@ def attribute_question(fact: Fact) -> str | None:
     if attribute in NAMED_ROLES:
         return f"What is the name of {owner}'s {attribute}?"
     if attribute.startswith("favorite "):
-        return f"What is {owner}'s {attribute}?"
+        return f"What {'are' if fact.relation == '{} are' else 'is'} {owner}'s {attribute}?"
     return None

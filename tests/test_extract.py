@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sleepwake.chat import rules
+from sleepwake.chat import patterns, rules
 from sleepwake.chat.extract import PLACEHOLDER, extract, grounded, merge_object
 from sleepwake.chat.model_extract import canonical_relation, parse
 from sleepwake.chat.rules import Found
@@ -75,19 +75,19 @@ def test_bare_im_name_never_renames_a_known_user_but_my_name_is_does():
 
 def test_firewall_drops_objects_the_user_did_not_say():
     def hallucinating(turn, subject):
-        return [Found(rules.LIVES, "Austria"), Found(rules.JOB, "a nurse")]
+        return [Found(patterns.LIVES, "Austria"), Found(patterns.JOB, "a nurse")]
 
     result = extract("I work as a nurse, and I love it here.", "Lena Brandt", model=hallucinating)
-    assert [(f.relation, f.object) for f in result.facts] == [(rules.JOB, "a nurse")]
+    assert [(f.relation, f.object) for f in result.facts] == [(patterns.JOB, "a nurse")]
     assert [r["object"] for r in result.rejected] == ["Austria"]
 
 
 def test_model_adds_only_relations_the_rules_missed_and_never_a_name():
     def model(turn, subject):
-        return [Found(rules.JOB, "a nurse"), Found(rules.LIVES, "Leeds"), Found(rules.NAME, "Leeds", explicit=True)]
+        return [Found(patterns.JOB, "a nurse"), Found(patterns.LIVES, "Leeds"), Found(patterns.NAME, "Leeds", explicit=True)]
 
     result = extract("I work as a nurse practitioner in Leeds.", None, model=model)
-    assert [(f.relation, f.object) for f in result.facts] == [(rules.JOB, "a nurse practitioner"), (rules.LIVES, "Leeds")]
+    assert [(f.relation, f.object) for f in result.facts] == [(patterns.JOB, "a nurse practitioner"), (patterns.LIVES, "Leeds")]
     assert result.name is None and result.facts[0].subject == PLACEHOLDER
 
 
@@ -99,7 +99,7 @@ def test_grounded_is_word_bounded_and_folds_case_and_accents():
 
 def test_later_statement_in_a_turn_wins_and_lists_split():
     result = extract("I live in Paris. Actually, I live in Lyon.", "Ana")
-    assert [(f.relation, f.object) for f in result.facts] == [(rules.LIVES, "Lyon")]
+    assert [(f.relation, f.object) for f in result.facts] == [(patterns.LIVES, "Lyon")]
     result = extract("I'm allergic to cats and dust.", "Ana")
     assert [f.object for f in result.facts] == ["cats", "dust"]
 
@@ -114,8 +114,8 @@ def test_model_output_parsing_maps_relations_and_keeps_only_the_user():
     completion = ("I | lives in | Graz\nAnna | lives in | Rome\nI | favourite colour | teal\n"
                   "I | owns a boat called | Seagull\nbroken line\n\nText: next example")
     found = parse(completion, "Lena Brandt")
-    assert found == [Found(rules.LIVES, "Graz"), Found("{}'s favorite color is", "teal")]
-    assert canonical_relation("mother tongue") == rules.NATIVE
+    assert found == [Found(patterns.LIVES, "Graz"), Found("{}'s favorite color is", "teal")]
+    assert canonical_relation("mother tongue") == patterns.NATIVE
     assert canonical_relation("sister") == "{}'s sister is"
     assert canonical_relation("owns a boat") is None
 
@@ -156,6 +156,24 @@ def test_a_birth_year_is_stored_apart_from_a_birthplace():
         "Tomasz Nowak's birthplace is", "Lisbon", "Where was Tomasz Nowak born?")
 
 
+def test_every_stored_attribute_has_a_question():
+    from sleepwake.chat.stored import FORMS, question
+    from sleepwake.facts import Fact
+
+    for attribute, relation in FORMS.values():  # the chat probe of each fact the rules can store
+        assert question(Fact(subject=f"Ravi Menon's {attribute}", relation=relation, object="x")), attribute
+    school = [stored_form_of(t) for t in ("I study at Oxford.", "I graduated from the University of Toronto.")]
+    assert school == [("Ravi Menon's university is", "Oxford", "Where does Ravi Menon study?"),
+                      ("Ravi Menon's alma mater is", "the University of Toronto", "Where did Ravi Menon study?")]
+
+
+def stored_form_of(text: str) -> tuple[str, str, str | None]:
+    from sleepwake.chat.stored import question, stored_form
+
+    (fact,) = [stored_form(f) for f in extract(text, "Ravi Menon").facts]
+    return fact.prompt(), fact.object, question(fact)
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("I'm a chef at Nordic Foods.", [("{} works as", "a chef"), ("{} works for", "Nordic Foods")]),
     ("I'm a regular at Joe's Bar.", []),  # no job named, so no employer
@@ -188,6 +206,26 @@ def test_clauses_after_two_elided_subjects_keep_their_words():
     assert rules.split_clauses("I have a cat named Luna and a dog named Max") == [
         "I have a cat named Luna", "I have a dog named Max"]
     assert rules.split_clauses("My sister has a cat named Luna and a dog named Max")[1] == "a dog named Max"
+
+
+def test_a_list_after_commas_stays_one_clause_and_other_commas_still_split():
+    assert rules.split_clauses("I'm allergic to cats, dust, and pollen") == ["I'm allergic to cats, dust, and pollen"]
+    assert rules.split_clauses("I like it, really") == ["I like it", "really"]  # no "and": no list
+    assert rules.split_clauses("I like hiking, my sister is called Mia") == ["I like hiking", "my sister is called Mia"]
+    assert rules.split_clauses("I live in Graz, Austria and Vienna") == ["I live in Graz", "Austria and Vienna"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("My favourite colours are green and blue.", [("{}'s favorite colors are", "green and blue")]),
+    ("My favourite colour is green.", [("{}'s favorite color is", "green")]),
+    ("Pizza is great but sushi is my favorite food.", [("{}'s favorite food is", "sushi")]),
+    ("I work for the Bank of England.", [("{} works for", "the Bank of England")]),  # not "the Bank"
+    ("I live with my parents in Leeds.", [("{} lives in", "Leeds")]),
+    ("I live with my partner.", []),
+    ("I study abroad.", []), ("I studied hard at night.", []),
+])
+def test_lists_plural_favourites_and_named_organisations(text, expected):
+    assert [(f.relation, f.object) for f in extract(text, "Ravi Menon").facts] == expected
 
 
 FUZZ_WORDS = ("I I'm i'm my My we our am is a an the of in to from as and but , . ? ! not live work nurse "

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sleepwake.chat.rules import ACCUMULATING, NAME, Found, extract_rules
+from sleepwake.chat.patterns import ACCUMULATING, NAME
+from sleepwake.chat.rules import Found, extract_rules
 from sleepwake.chat.spans import said_numbers
 from sleepwake.errors import InvalidInputError
 from sleepwake.facts import Fact, normalize_answer, normalize_key, parse_fact

@@ -87,3 +87,6 @@ So Very The A An In At From On Going Trying Looking Thinking Feeling Doing
 # Particles inside names ("Ludwig van Beethoven", "Rio de Janeiro").
 NAME_PARTICLES = frozenset("van von de da di del della der den du dos das le la bin ibn al el ter".split())
 TITLES = frozenset("mr mr. mrs mrs. ms ms. dr dr. prof prof.".split())
+# "I study hard", "I studied abroad in Spain": how, where or when someone studies, not the field.
+NOT_FIELDS = frozenset("hard abroad online together alone late early daily nightly overseas remotely part-time "
+                       "full-time lots much everything everyday".split())

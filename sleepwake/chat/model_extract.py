@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Sequence
 
-from sleepwake.chat import lexicon, rules
+from sleepwake.chat import lexicon, patterns
 from sleepwake.chat.rules import Found
 
 PROMPT = """Extract the facts a speaker states about themselves. One fact per line as: subject | relation | object. Write "none" when there are none.
@@ -43,14 +43,15 @@ Facts:
 USER_WORDS = {"i", "me", "my", "myself", "user", "the user", "speaker", "the speaker", "you"}
 # First match wins; checked against the lowercased relation text.
 CANONICAL = [
-    (r"\bname\b", rules.NAME), (r"born", rules.BORN), (r"grew up", rules.GREW), (r"\bfrom\b|origin", rules.FROM),
-    (r"\blives?\b|resid|home", rules.LIVES), (r"allerg", rules.ALLERGY),
-    (r"native|mother tongue|first language", rules.NATIVE), (r"speak|language", rules.SPEAKS),
-    (r"works? (?:for|at)|employ", rules.EMPLOYER), (r"works? as|\bjob\b|profession|occupation", rules.JOB),
-    (r"\bage\b|years old", rules.AGE), (r"birthday", rules.BIRTHDAY), (r"studies|study", rules.STUDIES),
-    (r"studied|degree", rules.STUDIED), (r"\bdiet\b", rules.DIET), (r"nationality", rules.NATIONALITY),
-    (r"married", rules.MARRIED), (r"\bdrives?\b", rules.DRIVES), (r"\bplays? the\b|instrument", rules.PLAYS),
-    (r"\blikes?\b|\bloves?\b|enjoys?", rules.LIKES),
+    (r"\bname\b", patterns.NAME), (r"born", patterns.BORN), (r"grew up", patterns.GREW), (r"\bfrom\b|origin", patterns.FROM),
+    (r"\blives?\b|resid|home", patterns.LIVES), (r"allerg", patterns.ALLERGY),
+    (r"native|mother tongue|first language", patterns.NATIVE), (r"speak|language", patterns.SPEAKS),
+    (r"works? (?:for|at)|employ", patterns.EMPLOYER), (r"works? as|\bjob\b|profession|occupation", patterns.JOB),
+    (r"\bage\b|years old", patterns.AGE), (r"birthday", patterns.BIRTHDAY), (r"graduat", patterns.GRADUATED),
+    (r"stud(?:ies|y) at", patterns.STUDIES_AT), (r"studied at", patterns.STUDIED_AT), (r"studies|study", patterns.STUDIES),
+    (r"studied|degree", patterns.STUDIED), (r"\bdiet\b", patterns.DIET), (r"nationality", patterns.NATIONALITY),
+    (r"married", patterns.MARRIED), (r"\bdrives?\b", patterns.DRIVES), (r"\bplays? the\b|instrument", patterns.PLAYS),
+    (r"\blikes?\b|\bloves?\b|enjoys?", patterns.LIKES),
 ]
 
 
@@ -84,8 +85,8 @@ def parse(completion: str, subject: str) -> list[Found]:
             continue
         who, relation, obj = parts
         canonical = canonical_relation(relation)
-        if canonical == rules.NAME:
-            found.append(Found(rules.NAME, obj, explicit=False))
+        if canonical == patterns.NAME:
+            found.append(Found(patterns.NAME, obj, explicit=False))
         elif canonical and who.lower() in USER_WORDS | {subject.lower()}:
             found.append(Found(canonical, obj))
     return found

@@ -22,7 +22,7 @@ from sleepwake.chat.commands import dispatch
 from sleepwake.chat.context import Conversation
 from sleepwake.chat.extract import PLACEHOLDER, Extraction, extract, merge_object
 from sleepwake.chat.reply import Replier
-from sleepwake.chat.rules import ACCUMULATING
+from sleepwake.chat.patterns import ACCUMULATING
 from sleepwake.chat.stored import FORMS, owned_by, rekey, stored_form, to_store
 from sleepwake.chat.terminal import ChatIO, read_turn
 from sleepwake.errors import SleepwakeError

@@ -95,21 +95,23 @@ def named_after(words: list[str]) -> list[str]:
     return words
 
 
-def capitalised_span(words: list[str], allow_the: bool) -> str:
+def capitalised_span(words: list[str], allow_the: bool, entity: bool = False) -> str:
     """A proper-noun run at the start: capitalised words, with a title ("Mr.") or name particles
-    ("van", "de") inside; at most four words."""
+    ("van", "de") inside; at most four words. An ``entity`` (a place or an organisation, not a person)
+    may also hold "of"/"for" between capitalised words, up to six: "the Bank of England"."""
+    links = lexicon.NAME_PARTICLES | ({"of", "for"} if entity else set())
     span: list[str] = []
     for index, word in enumerate(words):
         lowered = word.lower().replace("\u2024", ".")
         if is_capitalised(word) or (index == 0 and allow_the and lowered == "the"):
             span.append(word)
-        elif span and lowered in lexicon.NAME_PARTICLES and index + 1 < len(words) and is_capitalised(words[index + 1]):
+        elif span and lowered in links and index + 1 < len(words) and is_capitalised(words[index + 1]):
             span.append(word)
         else:
             break
     while span and not is_capitalised(span[-1]):
         span.pop()
-    if not span or len(span) > 4 or (span[0].lower() == "the" and len(span) == 1):
+    if not span or len(span) > (6 if entity else 4) or (span[0].lower() == "the" and len(span) == 1):
         return ""
     return " ".join(span)
 

@@ -16,34 +16,36 @@ from __future__ import annotations
 
 import re
 
-from sleepwake.chat import rules
+from sleepwake.chat import patterns
 from sleepwake.facts import Fact, normalize_key
 from sleepwake.relations import ATTRIBUTE_QUESTIONS as QUESTIONS, NAMED_ROLES, attribute_question as question  # noqa: F401
 
 # extraction relation -> (attribute, relation of the stored fact)
 FORMS = {
-    rules.LIVES: ("home", "{} is in"), rules.FROM: ("hometown", "{} is"), rules.BORN: ("birthplace", "{} is"),
-    rules.GREW: ("childhood home", "{} was in"), rules.JOB: ("job", "{} is"), rules.EMPLOYER: ("employer", "{} is"),
-    rules.STUDIES: ("field of study", "{} is"), rules.STUDIED: ("degree", "{} is in"),
-    rules.ALLERGY: ("allergies", "{} include"), rules.SPEAKS: ("languages", "{} include"),
-    rules.NATIVE: ("native language", "{} is"), rules.LIKES: ("interests", "{} include"),
-    rules.AGE: ("age", "{} is"), rules.BIRTHDAY: ("birthday", "{} is"), rules.DIET: ("diet", "{} is"),
-    rules.NATIONALITY: ("nationality", "{} is"), rules.MARRIED: ("spouse", "{} is named"),
-    rules.DRIVES: ("car", "{} is"), rules.PLAYS: ("instrument", "{} is the"),
+    patterns.LIVES: ("home", "{} is in"), patterns.FROM: ("hometown", "{} is"), patterns.BORN: ("birthplace", "{} is"),
+    patterns.GREW: ("childhood home", "{} was in"), patterns.JOB: ("job", "{} is"), patterns.EMPLOYER: ("employer", "{} is"),
+    patterns.STUDIES: ("field of study", "{} is"), patterns.STUDIED: ("degree", "{} is in"),
+    patterns.ALLERGY: ("allergies", "{} include"), patterns.SPEAKS: ("languages", "{} include"),
+    patterns.NATIVE: ("native language", "{} is"), patterns.LIKES: ("interests", "{} include"),
+    patterns.AGE: ("age", "{} is"), patterns.BIRTHDAY: ("birthday", "{} is"), patterns.DIET: ("diet", "{} is"),
+    patterns.NATIONALITY: ("nationality", "{} is"), patterns.MARRIED: ("spouse", "{} is named"),
+    patterns.DRIVES: ("car", "{} is"), patterns.PLAYS: ("instrument", "{} is the"),
+    patterns.STUDIES_AT: ("university", "{} is"), patterns.STUDIED_AT: ("alma mater", "{} is"),
+    patterns.GRADUATED: ("alma mater", "{} is"),
 }
 NAMED = NAMED_ROLES  # "{}'s sister is" -> "Lena Brandt's sister" | "{} is named"
-_POSSESSIVE = re.compile(r"^\{\}'s (?P<attribute>.+) is$")
+_POSSESSIVE = re.compile(r"^\{\}'s (?P<attribute>.+) (?P<verb>is|are)$")
 
 
 def stored_form(fact: Fact) -> Fact:
     """The fact as the ledger keeps it; a relation without a known form is kept as it is."""
     attribute, relation = FORMS.get(fact.relation, (None, None))
-    if fact.relation == rules.BORN and rules.YEAR.fullmatch(fact.object.strip()):
+    if fact.relation == patterns.BORN and patterns.YEAR.fullmatch(fact.object.strip()):
         attribute = "birth year"  # "I was born in 1987": a year is not a birthplace
     match = _POSSESSIVE.match(fact.relation)
     if attribute is None and match:
         attribute = match.group("attribute")
-        relation = "{} is named" if attribute in NAMED else "{} is"
+        relation = "{} is named" if attribute in NAMED else "{} " + match.group("verb")  # "favorite colors": are
     if attribute is None:
         return fact
     return Fact(subject=f"{fact.subject}'s {attribute}", relation=relation, object=fact.object)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sleepwake.chat.extract import extract
 from sleepwake.chat.reply import Replier
-from sleepwake.chat.rules import ACCUMULATING
+from sleepwake.chat.patterns import ACCUMULATING
 from sleepwake.chat.stored import to_store
 from sleepwake.config import Settings
 from sleepwake.errors import HomeBusyError
