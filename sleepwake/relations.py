@@ -97,6 +97,8 @@ def attribute_question(fact: Fact) -> str | None:
         return ATTRIBUTE_QUESTIONS[attribute].format(owner)
     if attribute in NAMED_ROLES:
         return f"What is the name of {owner}'s {attribute}?"
+    if fact.relation == "{} are named":
+        return f"What are the names of {owner}'s {attribute}?"
     if attribute.startswith("favorite "):
         return f"What {'are' if fact.relation == '{} are' else 'is'} {owner}'s {attribute}?"
     return None

@@ -167,6 +167,13 @@ def test_every_stored_attribute_has_a_question():
                       ("Ravi Menon's alma mater is", "the University of Toronto", "Where did Ravi Menon study?")]
 
 
+def test_several_named_at_once_are_asked_for_by_their_names():
+    assert stored_form_of("My cats are called Pixel and Mochi.") == (
+        "Ravi Menon's cats are named", "Pixel and Mochi", "What are the names of Ravi Menon's cats?")
+    assert stored_form_of("My favourite colours are green and blue.") == (
+        "Ravi Menon's favorite colors are", "green and blue", "What are Ravi Menon's favorite colors?")
+
+
 def stored_form_of(text: str) -> tuple[str, str, str | None]:
     from sleepwake.chat.stored import question, stored_form
 
@@ -223,6 +230,12 @@ def test_a_list_after_commas_stays_one_clause_and_other_commas_still_split():
     ("I live with my parents in Leeds.", [("{} lives in", "Leeds")]),
     ("I live with my partner.", []),
     ("I study abroad.", []), ("I studied hard at night.", []),
+    ("I've got three kids, Tom, Ann and Joe.", [("{}'s children are", "Tom, Ann and Joe")]),
+    ("I have two cats.", []), ("I love my job.", []),
+    ("I was born and raised in Chicago.", [("{} was born in", "Chicago"), ("{} grew up in", "Chicago")]),
+    ("I've lived in Tokyo for ten years.", [("{} lives in", "Tokyo")]),
+    ("I've lived in Tokyo and Paris.", []),  # ever, not now
+    ("I'd say I'm from Texas originally.", [("{} is from", "Texas")]),
 ])
 def test_lists_plural_favourites_and_named_organisations(text, expected):
     assert [(f.relation, f.object) for f in extract(text, "Ravi Menon").facts] == expected

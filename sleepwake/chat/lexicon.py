@@ -67,6 +67,12 @@ ROLES = {
     "hamster": "hamster", "puppy": "puppy", "kitten": "kitten", "bird": "bird", "turtle": "turtle",
     "child": "child", "kid": "child",
 }
+# "my cats are called Pixel and Mochi": roles a person has several of, as said -> as stored.
+PLURAL_ROLES = {
+    **{r: r for r in ("sisters brothers sons daughters children cousins nieces nephews roommates flatmates dogs cats "
+                      "horses parrots rabbits hamsters puppies kittens birds turtles").split()},
+    "kids": "children",
+}
 
 INSTRUMENTS = frozenset("""
 piano violin viola cello guitar bass drums flute clarinet oboe bassoon saxophone sax trumpet trombone

@@ -34,6 +34,8 @@ MY = r"\b(?:my|our)\s+"
 I_HAVE = r"\b(?:i|we)(?:\s*'ve\s+got|\s+have\s+got|\s+have|\s+got)\s+"
 OBJ = r"(?P<obj>.*)$"
 ROLE = "|".join(sorted((re.escape(r) for r in lexicon.ROLES), key=len, reverse=True))
+ROLES = "|".join(sorted((re.escape(r) for r in lexicon.PLURAL_ROLES), key=len, reverse=True))
+COUNT = r"(?:two|three|four|five|[2-9])"
 # "a flat in Copenhagen": the dwelling is not the place.
 DWELLINGS = frozenset("flat house apartment studio room dorm cottage condo bungalow houseboat".split())
 NATIVE_WORDS = r"(?:native\s+language|mother\s+tongue|first\s+language)"
@@ -47,6 +49,8 @@ PATTERNS = [
     (LIVES, rf"{WE_I}(?:'ve\s+|have\s+)?{ADV}(?:moved|relocated)\s+(?:back\s+)?to\s+{OBJ}", "place"),
     (LIVES, rf"(?:{WE_AM}|\b(?:i|we)(?:\s*'ve|\s+have)\s+been\s+){ADV}(?:living|based|settled|residing)\s+in\s+{OBJ}", "place"),
     (LIVES, rf"{MY}(?:home|house|flat|apartment)\s+is\s+in\s+{OBJ}", "place"),
+    # "I've lived in Tokyo for ten years" (still there); "I've lived in Tokyo" alone may be long ago.
+    (LIVES, rf"\b(?:i|we)(?:\s*'ve|\s+have)\s+{ADV}lived\s+in\s+(?=\S+(?:\s+\S+){{0,3}}?\s+(?:for|since)\s){OBJ}", "place"),
     (LIVES, rf"^(?:my\s+)?home\s+(?:for\s+(?:me|us)\s+)?is\s+{OBJ}", "place_cap"),
     (FROM, rf"{ME_AM}{ADV}from\s+{OBJ}", "place"),
     (FROM, rf"{I}{ADV}(?:come|hail)\s+from\s+{OBJ}", "place"),
@@ -54,6 +58,8 @@ PATTERNS = [
     (FROM, rf"{WE_I}{ADV}moved\s+(?:here\s+)?from\s+{OBJ}", "place"),
     (FROM, rf"{ME_AM}(?:(?-i:[A-Z])\S*(?:\s+(?-i:[A-Z])\S*)*|an?\s+[^,;]*?)\s+from\s+{OBJ}", "place_cap"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "place"),
+    (BORN, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
+    (GREW, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "year"),
     (BIRTHDAY, rf"{I}was\s+{ADV}born\s+on\s+{OBJ}", "date"),
     (GREW, rf"(?:{WE_I}{ADV}grew\s+up|\b(?:i|we)\s+(?:was|were)\s+{ADV}(?:raised|brought\s+up))\s+in\s+{OBJ}", "place"),
@@ -68,6 +74,9 @@ PATTERNS = [
     ("role", rf"{MY}(?P<role>{ROLE})(?:\s+is|\s*'s)\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{I_HAVE}an?\s+(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{MY}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
+    # Two or more at once: "I have two cats, Pixel and Mochi", "my sisters are called Anna and Eva".
+    ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s*(?:,\s*|\s+(?:called|named)\s+){OBJ}", "names"),
+    ("roles", rf"{MY}(?P<role>{ROLES})\s+are\s+(?:called|named)\s+{OBJ}", "names"),
     (MARRIED, rf"(?:{ME_AM}|{I}got\s+){ADV}married\s+to\s+{OBJ}", "person"),
     ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?fav(?:ou?rite)?\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?P<verb>is|are)\s+{OBJ}", "thing"),
     (ALLERGY, rf"{ME_AM}{ADV}(?:very\s+|severely\s+|highly\s+|deathly\s+|quite\s+|mildly\s+)?allergic\s+to\s+{OBJ}", "list"),
@@ -104,6 +113,7 @@ HYPOTHETICAL_SENTENCE = re.compile(r"^\W*(?:if|suppose|supposing|imagine|what\s+
 QUESTION_START = re.compile(
     r"^(?:do|does|did|is|are|am|was|were|can|could|would|will|should|shall|may|might|have|has|had|"
     r"where|what|what's|who|who's|whom|whose|which|when|why|how|tell\s+me|remind\s+me|guess|isn't|aren't)\b", re.I)
+HEDGE = re.compile(r"^\W*(?:i\s*'d|i\s+would)\s+say\s+(?:that\s+)?", re.I)
 # "Remember that ...", "Do you know that ...", "don't forget that ...": the complement is asserted.
 EMBEDDED = re.compile(r"\b(?:know|remember|forget|note|realise|realize|mention|mentioned|told\s+you|tell\s+you)\s+that\s+", re.I)
 DISCOURSE = re.compile(
@@ -117,7 +127,7 @@ CONJUNCTION = re.compile(
 # one to three words an item, at most two items, no subject of its own.
 LIST_OPENER = re.compile(
     r"\b(?:allergic\s+to|allerg(?:y|ies)\s+to|like|love|enjoy|adore|speak|(?:fluent|bilingual)\s+in|"
-    r"fav(?:ou?rite)?\s+[a-z]+s\s+are)\s", re.I)
+    r"fav(?:ou?rite)?\s+[a-z]+s\s+are|(?:'ve|have)\s+(?:got\s+)?(?:two|three|four|five|[2-9])\s+\w+)\b", re.I)
 _ITEM = r"(?!(?:i|i'm|my|we|our|he|she|they|it)\b)[\w'-]+(?:\s+[\w'-]+){0,2}"
 LIST_ITEMS = re.compile(rf"^(?:(?:and|or)\s+)?{_ITEM}(?:\s+(?:and|or)\s+{_ITEM})?$", re.I)
 # "I have a cat named Luna [and a dog named Max]": the second pet is the same speaker's when the first was.

@@ -26,7 +26,7 @@ from sleepwake.chat.spans import (
 )
 from sleepwake.chat.patterns import (
     AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HYPOTHETICAL_SENTENCE,
-    INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME, NATIONALITY, NATIVE, NEGATION, QUESTION_START, STUDIED,
+    HEDGE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME, NATIONALITY, NATIVE, NEGATION, QUESTION_START, STUDIED,
     STUDIES, TITLE_DOT, YEAR,
 )
 
@@ -97,7 +97,9 @@ def list_parts(pieces: list[str | None]) -> list[str]:
 
 
 def assertion(clause: str) -> tuple[str, bool]:
-    """The asserted part of a clause: the complement of "remember that ..." if there is one."""
+    """The asserted part of a clause: the complement of "remember that ..." if there is one; after
+    "I'd say (that)" what follows ("I'd say I'm from Texas" asserts, its "'d" is no irrealis)."""
+    clause = HEDGE.sub("", clause)
     match = EMBEDDED.search(clause)
     return (clause[match.end():], True) if match else (clause, False)
 
@@ -132,6 +134,9 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
         kind = "org"
     if relation == "role":
         relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
+    if relation == "roles":
+        names = [n for n in (person_name(tokens(item), True, lowercase) for item in objects_of("list", rest, lowercase)) if n]
+        return [Found("{}'s " + lexicon.PLURAL_ROLES[match.group("role").lower()] + " are", as_said(names))] if names else []
     elif relation == "favorite":
         thing = match.group("thing").lower().replace("colour", "color").replace("favourite", "favorite")
         plural = match.group("verb").lower() == "are" and thing.endswith("s")

@@ -24,7 +24,7 @@ PRONOUNS = frozenset("""
 it that this these those you him her them me us there here nothing none nobody someone something
 everything anything everyone anybody somebody one
 """.split())
-POSSESSIVE_STARTS = frozenset("your his her their its".split())
+POSSESSIVE_STARTS = frozenset("your his her their its my our".split())  # "I love my job": not a stored object
 _EDGE = ".,!?;:\"'()[]{}"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from sleepwake.chat import patterns
+from sleepwake.chat import lexicon, patterns
 from sleepwake.facts import Fact, normalize_key
 from sleepwake.relations import ATTRIBUTE_QUESTIONS as QUESTIONS, NAMED_ROLES, attribute_question as question  # noqa: F401
 
@@ -34,6 +34,7 @@ FORMS = {
     patterns.GRADUATED: ("alma mater", "{} is"),
 }
 NAMED = NAMED_ROLES  # "{}'s sister is" -> "Lena Brandt's sister" | "{} is named"
+PLURAL_NAMED = frozenset(lexicon.PLURAL_ROLES.values())  # "{}'s cats are" -> "Lena Brandt's cats" | "{} are named"
 _POSSESSIVE = re.compile(r"^\{\}'s (?P<attribute>.+) (?P<verb>is|are)$")
 
 
@@ -45,7 +46,10 @@ def stored_form(fact: Fact) -> Fact:
     match = _POSSESSIVE.match(fact.relation)
     if attribute is None and match:
         attribute = match.group("attribute")
-        relation = "{} is named" if attribute in NAMED else "{} " + match.group("verb")  # "favorite colors": are
+        if attribute in NAMED or attribute in PLURAL_NAMED:
+            relation = "{} is named" if attribute in NAMED else "{} are named"
+        else:
+            relation = "{} " + match.group("verb")  # "favorite colors": are
     if attribute is None:
         return fact
     return Fact(subject=f"{fact.subject}'s {attribute}", relation=relation, object=fact.object)
