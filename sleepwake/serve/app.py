@@ -75,8 +75,7 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     @app.get("/models/{model:path}", include_in_schema=False)
     async def model(model: str):
         if model != cfg.model_name:
-            raise ApiError(404, f"the model '{model}' does not exist; this server has '{cfg.model_name}'",
-                           code="model_not_found", param="model")
+            raise unknown_model(model, cfg.model_name)
         return model_card
 
     @app.get("/v1/sleepwake/status")
@@ -156,10 +155,14 @@ def refuse(status: int, message: str, kind: str = "invalid_request_error", code:
     return JSONResponse(ApiError(status, message, kind, code).body(), status_code=status)
 
 
+def unknown_model(asked: str, served: str) -> ApiError:
+    return ApiError(404, f"the model '{asked}' does not exist; this server has '{served}'", code="model_not_found",
+                    param="model")
+
+
 def check(chat: ChatRequest, cfg) -> ChatRequest:
     if chat.model != cfg.model_name:
-        raise ApiError(404, f"the model '{chat.model}' does not exist; this server has '{cfg.model_name}'",
-                       code="model_not_found", param="model")
+        raise unknown_model(chat.model, cfg.model_name)
     asked = chat.max_completion_tokens or chat.max_tokens
     if asked is not None and asked > cfg.max_tokens:
         raise ApiError(400, f"max_tokens {asked} is over this server's limit of {cfg.max_tokens}",
