@@ -96,3 +96,6 @@ TITLES = frozenset("mr mr. mrs mrs. ms ms. dr dr. prof prof.".split())
 # "I study hard", "I studied abroad in Spain": how, where or when someone studies, not the field.
 NOT_FIELDS = frozenset("hard abroad online together alone late early daily nightly overseas remotely part-time "
                        "full-time lots much everything everyday".split())
+# "I'm a good cook", "I'm a former nurse", "an aspiring writer": a skill, a past or a hope, not a job.
+NOT_JOB_QUALIFIERS = frozenset("good great bad terrible decent excellent amazing awful fantastic lousy poor brilliant "
+                               "keen passionate amateur aspiring wannabe hobby former ex would-be budding".split())

@@ -25,9 +25,9 @@ from sleepwake.chat.spans import (
     spoken_number, tokens,
 )
 from sleepwake.chat.patterns import (
-    AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HYPOTHETICAL_SENTENCE,
-    HEDGE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME, NATIONALITY, NATIVE, NEGATION, QUESTION_START, STUDIED,
-    STUDIES, TITLE_DOT, YEAR,
+    AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HEDGE,
+    HYPOTHETICAL_SENTENCE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
+    NATIONALITY, NATIVE, NEGATION, QUESTION_START, STUDIED, STUDIES, TITLE_DOT, YEAR,
 )
 
 
@@ -128,15 +128,18 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
     if kind == "i_am":
         return classify_i_am(rest, lowercase)
     if kind == "org_of_job":
-        head = job_span(tokens(match.group("job")))[1]
-        if head not in lexicon.OCCUPATIONS or head in ("student", "pupil"):
+        job = tokens(match.group("job"))
+        head, qualified = job_span(job)[1], {w.lower() for w in job} & lexicon.NOT_JOB_QUALIFIERS
+        if head not in lexicon.OCCUPATIONS or head in ("student", "pupil") or qualified:
             return []  # "I'm a regular at Joe's Bar": no job; "a student at Oxford": no employer
         kind = "org"
     if relation == "role":
         relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
-    if relation == "roles":
-        names = [n for n in (person_name(tokens(item), True, lowercase) for item in objects_of("list", rest, lowercase)) if n]
-        return [Found("{}'s " + lexicon.PLURAL_ROLES[match.group("role").lower()] + " are", as_said(names))] if names else []
+    if relation == "roles":  # "my cats are called Pixel and Mochi": one fact, the names as said
+        items = objects_of("list", rest, lowercase)
+        names = [n for n in (person_name(tokens(item), True, lowercase) for item in items) if n]
+        plural = lexicon.PLURAL_ROLES[match.group("role").lower()]
+        return [Found("{}'s " + plural + " are", as_said(names))] if names else []
     elif relation == "favorite":
         thing = match.group("thing").lower().replace("colour", "color").replace("favourite", "favorite")
         plural = match.group("verb").lower() == "are" and thing.endswith("s")
@@ -212,6 +215,8 @@ def classify_i_am(rest: str, lowercase: bool) -> list[Found]:
     if first in lexicon.DEMONYMS or first.capitalize() in lexicon.DEMONYMS and lowercase:
         return [Found(NATIONALITY, first.capitalize())]
     if lowered[0] in ("a", "an"):
+        if len(lowered) > 1 and lowered[1] in lexicon.NOT_JOB_QUALIFIERS:
+            return []
         span, head = job_span(words)
         if span and head in lexicon.OCCUPATIONS or re.search(r"\bby\s+(?:profession|trade)\b|\bfor\s+a\s+living\b", rest, re.I):
             return [Found(JOB, span)]
