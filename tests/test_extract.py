@@ -167,6 +167,17 @@ def test_every_stored_attribute_has_a_question():
                       ("Ravi Menon's alma mater is", "the University of Toronto", "Where did Ravi Menon study?")]
 
 
+def test_a_line_break_ends_a_sentence_and_a_quoted_conversation_states_nothing():
+    lines = extract("My name is Lena\nI live in Graz\nI work as a nurse", None)
+    assert lines.name == "Lena" and [(f.relation, f.object) for f in lines.facts] == [
+        ("{} lives in", "Graz"), ("{} works as", "a nurse")]  # not "Lena My", not "Graz I work"
+    # A chat app's title request quotes the conversation: the assistant's "I" is not the user's.
+    title = ("### Task:\nGenerate a title.\n<chat_history>\nUSER: my name is Lena and I live in Graz\n"
+             "ASSISTANT: I live in the cloud.\n</chat_history>")
+    assert extract(title, "Ravi Menon").facts == [] and extract(title, None).name is None
+    assert extract("Assistant: hello\nUser: I live in Oslo", None).facts == []
+
+
 def test_several_named_at_once_are_asked_for_by_their_names():
     assert stored_form_of("My cats are called Pixel and Mochi.") == (
         "Ravi Menon's cats are named", "Pixel and Mochi", "What are the names of Ravi Menon's cats?")

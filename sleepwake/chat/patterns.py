@@ -113,6 +113,9 @@ HYPOTHETICAL_SENTENCE = re.compile(r"^\W*(?:if|suppose|supposing|imagine|what\s+
 QUESTION_START = re.compile(
     r"^(?:do|does|did|is|are|am|was|were|can|could|would|will|should|shall|may|might|have|has|had|"
     r"where|what|what's|who|who's|whom|whose|which|when|why|how|tell\s+me|remind\s+me|guess|isn't|aren't)\b", re.I)
+# A message quoting a conversation (a chat app's title or follow-up request: "<chat_history> USER: ...
+# ASSISTANT: ..."): its "I" is not only the user's, and nothing in it is stated now.
+QUOTED_TRANSCRIPT = re.compile(r"^\W*(?:assistant|ai|bot|chatbot|model|system)\s*:|</?chat_history>", re.I | re.M)
 HEDGE = re.compile(r"^\W*(?:i\s*'d|i\s+would)\s+say\s+(?:that\s+)?", re.I)
 # "Remember that ...", "Do you know that ...", "don't forget that ...": the complement is asserted.
 EMBEDDED = re.compile(r"\b(?:know|remember|forget|note|realise|realize|mention|mentioned|told\s+you|tell\s+you)\s+that\s+", re.I)

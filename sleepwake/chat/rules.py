@@ -40,10 +40,12 @@ class Found:
 
 def extract_rules(text: str) -> list[Found]:
     """Everything the rules find in one user turn (names as ``Found(NAME, ...)``), in order."""
-    text = TITLE_DOT.sub("\\1\u2024", " ".join(text.replace("\u2019", "'").replace("\u2018", "'").split()))
+    text = TITLE_DOT.sub("\\1\u2024", text.replace("\u2019", "'").replace("\u2018", "'"))
     lowercase = not any(ch.isupper() for ch in text)
     found: list[Found] = []
-    for sentence in re.split(r"(?<=[.!?;])\s+", text):
+    # A line break ends a sentence: "I live in Graz<newline>I work as a nurse" is two, not "Graz I work".
+    sentences = [s for line in text.splitlines() for s in re.split(r"(?<=[.!?;])\s+", " ".join(line.split()))]
+    for sentence in sentences:
         if not sentence.strip() or HYPOTHETICAL_SENTENCE.match(sentence):
             continue
         clauses = split_clauses(sentence)
