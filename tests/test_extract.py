@@ -178,6 +178,22 @@ def test_a_line_break_ends_a_sentence_and_a_quoted_conversation_states_nothing()
     assert extract("Assistant: hello\nUser: I live in Oslo", None).facts == []
 
 
+@pytest.mark.parametrize("text", [
+    'Can you proofread this: "Dear John, I live in Paris and work as a chef."',
+    "Translate to German: I live in Vienna and I am a teacher.", "Summarize: My name is Carla and I work at IBM.",
+    'Write a poem that starts with "I was born in Rome".', "> I live in Madrid\nThat's what you said, right?",
+])
+def test_quotations_and_text_handed_over_to_work_on_state_nothing(text):
+    found = extract(text, None)
+    assert (found.facts, found.name) == ([], None)
+
+
+def test_emoji_and_markdown_do_not_stick_to_an_object():
+    assert [f.object for f in extract("hey \U0001f44b i live in graz \U0001f642", None).facts] == ["graz"]
+    assert [f.object for f in extract("**I live in Oslo** and I'm a nurse.", None).facts] == ["Oslo", "a nurse"]
+    assert [f.object for f in extract("Check this out: I moved to Rome!", None).facts] == ["Rome"]
+
+
 def test_several_named_at_once_are_asked_for_by_their_names():
     assert stored_form_of("My cats are called Pixel and Mochi.") == (
         "Ravi Menon's cats are named", "Pixel and Mochi", "What are the names of Ravi Menon's cats?")

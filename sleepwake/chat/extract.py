@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTED_TRANSCRIPT
+from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTED_TRANSCRIPT, TASK_MATERIAL
 from sleepwake.chat.rules import Found, extract_rules
 from sleepwake.chat.spans import said_numbers
 from sleepwake.errors import InvalidInputError
@@ -60,8 +60,9 @@ def choose_name(found: list[Found], known_name: str | None, turn: str) -> str | 
 def extract(turn: str, known_name: str | None = None, model: ModelExtractor | None = None,
             use_rules: bool = True) -> Extraction:
     """Facts stated in ``turn`` about the user, with their subject resolved and the firewall applied;
-    none from a turn that quotes a conversation (``QUOTED_TRANSCRIPT``)."""
-    if QUOTED_TRANSCRIPT.search(turn):
+    none from a turn that quotes a conversation or hands over text to work on (``QUOTED_TRANSCRIPT``,
+    ``TASK_MATERIAL``); quotations inside a turn are someone else's words (``rules.plain_text``)."""
+    if QUOTED_TRANSCRIPT.search(turn) or TASK_MATERIAL.match(turn):
         return Extraction(facts=[], name=None)
     found = extract_rules(turn) if use_rules else []
     if model is not None:

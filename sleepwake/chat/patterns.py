@@ -116,6 +116,14 @@ QUESTION_START = re.compile(
 # A message quoting a conversation (a chat app's title or follow-up request: "<chat_history> USER: ...
 # ASSISTANT: ..."): its "I" is not only the user's, and nothing in it is stated now.
 QUOTED_TRANSCRIPT = re.compile(r"^\W*(?:assistant|ai|bot|chatbot|model|system)\s*:|</?chat_history>", re.I | re.M)
+# "Translate to German: I live in Vienna", "Can you proofread this: ...": what follows the colon is text to
+# work on, not something the user states.
+TASK_MATERIAL = re.compile(
+    r"^\W*(?:(?:can|could|would|will)\s+you\s+|please\s+|pls\s+)*(?:translate|summari[sz]e|proofread|rewrite|"
+    r"rephrase|paraphrase|reword|polish|shorten|edit|(?:fix|correct|check|improve)\s+(?:the\s+|my\s+|this\s+)?"
+    r"(?:grammar|spelling|punctuation|typos|text|wording|sentence|paragraph|email|letter|message))\b[^:\n]*:", re.I)
+# Someone else's words inside a message: a quotation ("...", typographic quotes) or a "> " quoted line.
+QUOTATION = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d|\u201e[^\u201c\u201d\n]*[\u201c\u201d]|^[ \t]*>.*$", re.M)
 HEDGE = re.compile(r"^\W*(?:i\s*'d|i\s+would)\s+say\s+(?:that\s+)?", re.I)
 # "Remember that ...", "Do you know that ...", "don't forget that ...": the complement is asserted.
 EMBEDDED = re.compile(r"\b(?:know|remember|forget|note|realise|realize|mention|mentioned|told\s+you|tell\s+you)\s+that\s+", re.I)

@@ -17,6 +17,7 @@ function words ("I live in Vienna now" -> "Vienna"). The relations and patterns 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from sleepwake.chat import lexicon
@@ -27,7 +28,7 @@ from sleepwake.chat.spans import (
 from sleepwake.chat.patterns import (
     AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HEDGE,
     HYPOTHETICAL_SENTENCE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
-    NATIONALITY, NATIVE, NEGATION, QUESTION_START, STUDIED, STUDIES, TITLE_DOT, YEAR,
+    NATIONALITY, NATIVE, NEGATION, QUESTION_START, QUOTATION, STUDIED, STUDIES, TITLE_DOT, YEAR,
 )
 
 
@@ -40,7 +41,7 @@ class Found:
 
 def extract_rules(text: str) -> list[Found]:
     """Everything the rules find in one user turn (names as ``Found(NAME, ...)``), in order."""
-    text = TITLE_DOT.sub("\\1\u2024", text.replace("\u2019", "'").replace("\u2018", "'"))
+    text = plain_text(text)
     lowercase = not any(ch.isupper() for ch in text)
     found: list[Found] = []
     # A line break ends a sentence: "I live in Graz<newline>I work as a nurse" is two, not "Graz I work".
@@ -61,6 +62,14 @@ def extract_rules(text: str) -> list[Found]:
             after_identity = any(f.relation == NAME for f in facts)
             found += facts
     return [Found(f.relation, f.object.replace("\u2024", "."), f.explicit) for f in found]
+
+
+def plain_text(text: str) -> str:
+    """The user's own words: quotations and "> " lines left out, emoji, symbols and markdown marks
+    ("**Oslo**") made spaces, typographic apostrophes straight, a title's dot kept from ending a sentence."""
+    text = QUOTATION.sub(" ", text.replace("\u2019", "'").replace("\u2018", "'"))
+    text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or ch in "*_~`#" else ch for ch in text)
+    return TITLE_DOT.sub("\\1\u2024", text)
 
 
 def split_clauses(sentence: str) -> list[str]:
