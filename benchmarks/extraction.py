@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/extraction.py             # rules (the default extractor)
     .venv/bin/python benchmarks/extraction.py --model     # also model-only and rules+model (loads the model)
 
-Two labelled sets: ``tests/data/extraction_turns.jsonl`` (the development set, incl. probes of
-ordinary chat lines) and ``tests/data/extraction_heldout.jsonl`` (written after the rules; its
-first-pass score is in docs/chat.md). Labels and matching: ``sleepwake/chat/scoring.py``.
+Three labelled sets: ``tests/data/extraction_turns.jsonl`` (the development set, incl. probes of
+ordinary chat lines), ``tests/data/extraction_heldout.jsonl`` (written after the rules) and
+``tests/data/extraction_heldout2.jsonl`` (60 messages written later by someone who had not read the
+rules); their first-pass scores are in docs/chat.md. Labels and matching: ``sleepwake/chat/scoring.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SETS = {"dev": ROOT / "tests/data/extraction_turns.jsonl", "heldout": ROOT / "tests/data/extraction_heldout.jsonl"}
+SETS = {"dev": ROOT / "tests/data/extraction_turns.jsonl", "heldout": ROOT / "tests/data/extraction_heldout.jsonl",
+        "heldout2": ROOT / "tests/data/extraction_heldout2.jsonl"}
 
 
 def model_extractors(turns: list[dict], args) -> dict:

@@ -25,6 +25,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.mark.parametrize(("name", "precision", "recall"), [
     ("extraction_turns.jsonl", 0.95, 0.93),
     ("extraction_heldout.jsonl", 0.95, 0.9),
+    ("extraction_heldout2.jsonl", 0.95, 0.9),
 ])
 def test_precision_and_recall_on_labelled_turns(name, precision, recall):
     result = score(load_turns(DATA / name), lambda text, known: extract(text, known))
@@ -263,6 +264,13 @@ def test_a_list_after_commas_stays_one_clause_and_other_commas_still_split():
     ("I've lived in Tokyo for ten years.", [("{} lives in", "Tokyo")]),
     ("I've lived in Tokyo and Paris.", []),  # ever, not now
     ("I'd say I'm from Texas originally.", [("{} is from", "Texas")]),
+    # The "I" casual chat leaves out, put back only where it is the speaker's.
+    ("grew up in Porto, moved to Lyon in 2019.", [("{} grew up in", "Porto"), ("{} lives in", "Lyon")]),
+    ("I live in Graz, born in Krakow.", [("{} lives in", "Graz"), ("{} was born in", "Krakow")]),
+    ("My sister lives in Oslo, born in Bergen.", []), ("Moved the couch to the bedroom.", []),
+    ("I've been vegan since 2020.", [("{}'s diet is", "vegan")]),
+    ("We have worked at Nokia since 2015.", [("{} works for", "Nokia")]), ("I've worked at Nokia.", []),
+    ("My younger sister Eva is visiting.", [("{}'s sister is", "Eva")]),
 ])
 def test_lists_plural_favourites_and_named_organisations(text, expected):
     assert [(f.relation, f.object) for f in extract(text, "Ravi Menon").facts] == expected

@@ -36,6 +36,8 @@ OBJ = r"(?P<obj>.*)$"
 ROLE = "|".join(sorted((re.escape(r) for r in lexicon.ROLES), key=len, reverse=True))
 ROLES = "|".join(sorted((re.escape(r) for r in lexicon.PLURAL_ROLES), key=len, reverse=True))
 COUNT = r"(?:two|three|four|five|[2-9])"
+STILL = r"(?=\S+(?:\s+\S+){0,3}?\s+(?:for|since)\s)"  # "... Tokyo for ten years": the object, then how long
+KIN = r"(?:(?:older|younger|little|big|elder|baby|twin|oldest|youngest|eldest|step|half)[\s-]+)?"  # "my older brother"
 # "a flat in Copenhagen": the dwelling is not the place.
 DWELLINGS = frozenset("flat house apartment studio room dorm cottage condo bungalow houseboat".split())
 NATIVE_WORDS = r"(?:native\s+language|mother\s+tongue|first\s+language)"
@@ -50,7 +52,7 @@ PATTERNS = [
     (LIVES, rf"(?:{WE_AM}|\b(?:i|we)(?:\s*'ve|\s+have)\s+been\s+){ADV}(?:living|based|settled|residing)\s+in\s+{OBJ}", "place"),
     (LIVES, rf"{MY}(?:home|house|flat|apartment)\s+is\s+in\s+{OBJ}", "place"),
     # "I've lived in Tokyo for ten years" (still there); "I've lived in Tokyo" alone may be long ago.
-    (LIVES, rf"\b(?:i|we)(?:\s*'ve|\s+have)\s+{ADV}lived\s+in\s+(?=\S+(?:\s+\S+){{0,3}}?\s+(?:for|since)\s){OBJ}", "place"),
+    (LIVES, rf"\b(?:i|we)(?:\s*'ve|\s+have)\s+{ADV}lived\s+in\s+{STILL}{OBJ}", "place"),
     (LIVES, rf"^(?:my\s+)?home\s+(?:for\s+(?:me|us)\s+)?is\s+{OBJ}", "place_cap"),
     (FROM, rf"{ME_AM}{ADV}from\s+{OBJ}", "place"),
     (FROM, rf"{I}{ADV}(?:come|hail)\s+from\s+{OBJ}", "place"),
@@ -65,15 +67,18 @@ PATTERNS = [
     (GREW, rf"(?:{WE_I}{ADV}grew\s+up|\b(?:i|we)\s+(?:was|were)\s+{ADV}(?:raised|brought\s+up))\s+in\s+{OBJ}", "place"),
     (JOB, rf"(?:{I}{ADV}work|{ME_AM}{ADV}(?:working|employed))\b[^,;]*?\bas\s+{OBJ}", "job"),
     (JOB, rf"\b(?:i\s*'ve|i\s+have)\s+been\s+{ADV}{OBJ}", "job_lexicon"),
+    (DIET, rf"\b(?:i\s*'ve|i\s+have)\s+been\s+{ADV}(?:an?\s+)?{OBJ}", "diet"),  # "I've been vegetarian for years"
     (JOB, rf"{MY}(?:job(?:\s+title)?|profession|occupation)\s+is\s+(?:being\s+)?{OBJ}", "job"),
     (EMPLOYER, rf"{I}{ADV}work\s+(?:remotely\s+|full[- ]time\s+|part[- ]time\s+)?(?:at|for)\s+{OBJ}", "org"),
     (EMPLOYER, rf"{ME_AM}{ADV}employed\s+(?:by|at)\s+{OBJ}", "org"),
+    # "I've worked for Siemens for six years" (still there); without for/since it may be long ago.
+    (EMPLOYER, rf"\b(?:i|we)(?:\s*'ve|\s+have)\s+{ADV}worked\s+(?:at|for)\s+{STILL}{OBJ}", "org"),
     # "I'm a nurse at St Mary's", "I work as a chef for Nordic Foods": the employer, when the job is one.
     (EMPLOYER, rf"(?:{ME_AM}{ADV}|{I}{ADV}work\s+as\s+)(?P<job>an?\s+[^,;]*?)\s+(?:at|for)\s+{OBJ}", "org_of_job"),
-    ("role", rf"{MY}(?P<role>{ROLE})\s*'s\s+name\s+is\s+{OBJ}", "name"),
-    ("role", rf"{MY}(?P<role>{ROLE})(?:\s+is|\s*'s)\s+(?:called|named)\s+{OBJ}", "name"),
-    ("role", rf"{I_HAVE}an?\s+(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
-    ("role", rf"{MY}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
+    ("role", rf"{MY}{KIN}(?P<role>{ROLE})\s*'s\s+name\s+is\s+{OBJ}", "name"),
+    ("role", rf"{MY}{KIN}(?P<role>{ROLE})(?:\s+is|\s*'s)\s+(?:called|named)\s+{OBJ}", "name"),
+    ("role", rf"{I_HAVE}an?\s+{KIN}(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
+    ("role", rf"{MY}{KIN}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
     # Two or more at once: "I have two cats, Pixel and Mochi", "my sisters are called Anna and Eva".
     ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s*(?:,\s*|\s+(?:called|named)\s+){OBJ}", "names"),
     ("roles", rf"{MY}(?P<role>{ROLES})\s+are\s+(?:called|named)\s+{OBJ}", "names"),
@@ -124,6 +129,10 @@ TASK_MATERIAL = re.compile(
     r"(?:grammar|spelling|punctuation|typos|text|wording|sentence|paragraph|email|letter|message))\b[^:\n]*:", re.I)
 # Someone else's words inside a message: a quotation ("...", typographic quotes) or a "> " quoted line.
 QUOTATION = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d|\u201e[^\u201c\u201d\n]*[\u201c\u201d]|^[ \t]*>.*$", re.M)
+# A clause that starts with one of these verbs and no subject: "born in Krakow", "now living in Denver".
+ELIDED_SUBJECT = re.compile(
+    r"^(?:(?:now|currently|also|just|recently|originally|still)\s+)*(?P<verb>born|raised|brought(?=\s+up)|grew(?=\s+up)|"
+    r"moved|relocated|turned|graduated|studied|majored|living|based|working|married|work|live|speak)\b", re.I)
 HEDGE = re.compile(r"^\W*(?:i\s*'d|i\s+would)\s+say\s+(?:that\s+)?", re.I)
 # "Remember that ...", "Do you know that ...", "don't forget that ...": the complement is asserted.
 EMBEDDED = re.compile(r"\b(?:know|remember|forget|note|realise|realize|mention|mentioned|told\s+you|tell\s+you)\s+that\s+", re.I)

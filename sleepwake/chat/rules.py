@@ -27,7 +27,7 @@ from sleepwake.chat.spans import (
 )
 from sleepwake.chat.patterns import (
     AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HEDGE,
-    HYPOTHETICAL_SENTENCE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
+    ELIDED_SUBJECT, HYPOTHETICAL_SENTENCE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
     NATIONALITY, NATIVE, NEGATION, QUESTION_START, QUOTATION, STUDIED, STUDIES, TITLE_DOT, YEAR,
 )
 
@@ -50,10 +50,11 @@ def extract_rules(text: str) -> list[Found]:
         if not sentence.strip() or HYPOTHETICAL_SENTENCE.match(sentence):
             continue
         clauses = split_clauses(sentence)
-        after_identity = False
+        after_identity, speaker = False, True  # a sentence's first clause without a subject is the speaker's
         for index, clause in enumerate(clauses):
             if after_identity and re.match(r"(?:an?|from)\s", clause, re.I):
                 clause = "I'm " + clause  # "I am Giulia, a photographer from Turin"
+            clause, speaker = with_subject(clause, speaker)
             body, embedded = assertion(clause)
             if not embedded and (QUESTION_START.match(DISCOURSE.sub("", body))
                                  or (sentence.rstrip().endswith("?") and index == len(clauses) - 1)):
@@ -62,6 +63,21 @@ def extract_rules(text: str) -> list[Found]:
             after_identity = any(f.relation == NAME for f in facts)
             found += facts
     return [Found(f.relation, f.object.replace("\u2024", "."), f.explicit) for f in found]
+
+
+def with_subject(clause: str, speaker: bool) -> tuple[str, bool]:
+    """The clause with the "I" casual chat leaves out ("born in Krakow, grew up in Chicago, now living in
+    Denver") put back when the subject left out is the speaker: at a sentence's start, or after a
+    clause of the speaker's; and whether the next clause may take it ("my brother lives in Rome, born
+    in Milan": the brother's, so nothing)."""
+    bare = DISCOURSE.sub("", clause)
+    elided = ELIDED_SUBJECT.match(bare)
+    if elided and speaker:
+        verb = elided.group("verb").lower()
+        if verb in ("born", "raised", "brought"):
+            return "I was " + bare, True
+        return ("I'm " if verb.endswith("ing") or verb in ("based", "married") else "I ") + bare, True
+    return clause, bool(re.match(r"(?:i|i'm|i've|im|we|we're)\b", bare, re.I))
 
 
 def plain_text(text: str) -> str:
@@ -205,6 +221,8 @@ def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
         span = cut(words, STOPS, 4)
         ok = span and span.split()[0].lower() in ("a", "an") and len(span.split()) > 1
         return [span] if ok and (lowercase or proper(span)) else []  # "I drive a hard bargain"
+    if kind == "diet":
+        return [words[0].lower()] if words and words[0].lower() in lexicon.DIETS else []
     if kind == "instrument":
         return [words[0]] if words and words[0].lower() in lexicon.INSTRUMENTS else []
     raise ValueError(f"unknown object kind {kind!r}")
