@@ -189,6 +189,33 @@ def test_quotations_and_text_handed_over_to_work_on_state_nothing(text):
     assert (found.facts, found.name) == ([], None)
 
 
+# A review of the list, naming and quotation rules (2026-12-07) found each of these stored a wrong fact.
+@pytest.mark.parametrize("text", [
+    "i have two cats, black and white", "I have two cats, Siamese and Persian.", "i have three kids, ages 5 and 7",
+    "I did my homework at Starbucks.", "I did a presentation at Google last week.",
+    "I'm studying for my exams at Starbucks.", "I study with Anna at the Central Library.",
+    "I like you, Anna and Ben.", "I love it, thanks and bye.", "Tom and Anna said red and blue are my favorite colors.",
+    "Well the ones I like most are my favourite songs.",
+])
+def test_no_wrong_fact_from_lists_names_and_places_of_study(text):
+    assert extract(text, None).facts == []
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("I like dogs, Tom likes cats and birds.", [("{} likes", "dogs")]),
+    ("I speak English, Anna and Ben speak German.", [("{} speaks", "English")]),
+    ("My cats are called Pixel, Mochi, and Tofu.", [("{}'s cats are", "Pixel, Mochi and Tofu")]),
+    ("I'm allergic to nuts, which is annoying and scary.", [("{} is allergic to", "nuts")]),
+    ("I work at Tesco for Christmas.", [("{} works for", "Tesco")]),
+    ("My favourite book is \"Dune\".", [("{}'s favorite book is", "Dune")]),  # a title in quotes is the user's
+    ('He said "I live in London" and I live in Paris.', [("{} lives in", "Paris")]),
+    ("I work as a C# developer", [("{} works as", "a C# developer")]),
+    ("I live in Graz \u2764\ufe0f", [("{} lives in", "Graz")]),
+])
+def test_lists_quotations_and_marks_keep_only_what_was_said(text, expected):
+    assert [(f.relation, f.object) for f in extract(text, None).facts] == expected
+
+
 def test_emoji_and_markdown_do_not_stick_to_an_object():
     assert [f.object for f in extract("hey \U0001f44b i live in graz \U0001f642", None).facts] == ["graz"]
     assert [f.object for f in extract("**I live in Oslo** and I'm a nurse.", None).facts] == ["Oslo", "a nurse"]

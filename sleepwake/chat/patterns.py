@@ -36,6 +36,9 @@ OBJ = r"(?P<obj>.*)$"
 ROLE = "|".join(sorted((re.escape(r) for r in lexicon.ROLES), key=len, reverse=True))
 ROLES = "|".join(sorted((re.escape(r) for r in lexicon.PLURAL_ROLES), key=len, reverse=True))
 COUNT = r"(?:two|three|four|five|[2-9])"
+# The field between "study" and "at" ("I study law at Harvard"): never how, when or with whom.
+FIELD = r"(?:(?!(?:for|with|all|in|on|late|hard|together|alone|online|every|until|till|during|there|here)\b)\w+\s+){0,3}"
+DEGREE = r"(?:phd|ph\.d\.?|doctorate|masters?|master's|bachelors?|bachelor's|degree|mba|msc|bsc|undergrad(?:uate)?|postdoc)"
 STILL = r"(?=\S+(?:\s+\S+){0,3}?\s+(?:for|since)\s)"  # "... Tokyo for ten years": the object, then how long
 KIN = r"(?:(?:older|younger|little|big|elder|baby|twin|oldest|youngest|eldest|step|half)[\s-]+)?"  # "my older brother"
 # "a flat in Copenhagen": the dwelling is not the place.
@@ -80,7 +83,7 @@ PATTERNS = [
     ("role", rf"{I_HAVE}an?\s+{KIN}(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{MY}{KIN}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
     # Two or more at once: "I have two cats, Pixel and Mochi", "my sisters are called Anna and Eva".
-    ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s*(?:,\s*|\s+(?:called|named)\s+){OBJ}", "names"),
+    ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s*(?P<comma>,\s*|\s+(?:called|named)\s+){OBJ}", "names"),
     ("roles", rf"{MY}(?P<role>{ROLES})\s+are\s+(?:called|named)\s+{OBJ}", "names"),
     (MARRIED, rf"(?:{ME_AM}|{I}got\s+){ADV}married\s+to\s+{OBJ}", "person"),
     ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?fav(?:ou?rite)?\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?P<verb>is|are)\s+{OBJ}", "thing"),
@@ -96,8 +99,8 @@ PATTERNS = [
     (STUDIED, rf"{I}{ADV}(?:studied|majored\s+in)\s+{OBJ}", "thing"),
     (STUDIED, rf"{I}{ADV}have\s+an?\s+(?:\w+(?:'s)?\s+)?degree\s+in\s+{OBJ}", "thing"),
     # Where: "I study law at Harvard", "I'm a student at ETH" (a capitalised name, never "at night").
-    (STUDIES_AT, rf"(?:{I}{ADV}study|{ME_AM}{ADV}(?:studying|an?\s+(?:\w+\s+)?student))\s+(?:[^,;]*?\s+)?at\s+{OBJ}", "org"),
-    (STUDIED_AT, rf"{I}{ADV}(?:studied|did\s+(?:my|a)\s+\w+(?:\s+degree)?)\s+(?:[^,;]*?\s+)?at\s+{OBJ}", "org"),
+    (STUDIES_AT, rf"(?:{I}{ADV}study|{ME_AM}{ADV}(?:studying|an?\s+(?:\w+\s+)?student))\s+{FIELD}at\s+{OBJ}", "org"),
+    (STUDIED_AT, rf"{I}{ADV}(?:studied\s+{FIELD}|did\s+(?:my|a|an)\s+{DEGREE}(?:\s+degree)?\s+)at\s+{OBJ}", "org"),
     (GRADUATED, rf"{I}{ADV}graduated\s+from\s+{OBJ}", "org"),
     (DRIVES, rf"{I}{ADV}drive\s+{OBJ}", "article"),
     (PLAYS, rf"{I}{ADV}play\s+(?:the\s+)?{OBJ}", "instrument"),  # "I play guitar": an instrument, never a sport
@@ -120,15 +123,18 @@ QUESTION_START = re.compile(
     r"where|what|what's|who|who's|whom|whose|which|when|why|how|tell\s+me|remind\s+me|guess|isn't|aren't)\b", re.I)
 # A message quoting a conversation (a chat app's title or follow-up request: "<chat_history> USER: ...
 # ASSISTANT: ..."): its "I" is not only the user's, and nothing in it is stated now.
-QUOTED_TRANSCRIPT = re.compile(r"^\W*(?:assistant|ai|bot|chatbot|model|system)\s*:|</?chat_history>", re.I | re.M)
+QUOTED_TRANSCRIPT = re.compile(r"^[^\w\n]*(?:assistant|ai|bot|chatbot|model|system)\s*:|</?chat_history>", re.I | re.M)
 # "Translate to German: I live in Vienna", "Can you proofread this: ...": what follows the colon is text to
 # work on, not something the user states.
 TASK_MATERIAL = re.compile(
-    r"^\W*(?:(?:can|could|would|will)\s+you\s+|please\s+|pls\s+)*(?:translate|summari[sz]e|proofread|rewrite|"
-    r"rephrase|paraphrase|reword|polish|shorten|edit|(?:fix|correct|check|improve)\s+(?:the\s+|my\s+|this\s+)?"
-    r"(?:grammar|spelling|punctuation|typos|text|wording|sentence|paragraph|email|letter|message))\b[^:\n]*:", re.I)
+    r"^[^\w\n]*(?:(?:hey|hi|hello|ok|okay|so)\b[^\w\n]*)*(?:(?:can|could|would|will)\s+you\s+|please\s+|pls\s+)*(?:translate|summari[sz]e|proofread|rewrite|"
+    r"rephrase|paraphrase|reword|polish|shorten|edit\s+(?:this|my|the)|(?:fix|correct|check|improve)\s+(?:the\s+|my\s+|this\s+)?"
+    r"(?:grammar|spelling|punctuation|typos|text|wording|sentence|paragraph|email|letter|message))\b[^:\n]*(?::|\n)", re.I)
 # Someone else's words inside a message: a quotation ("...", typographic quotes) or a "> " quoted line.
-QUOTATION = re.compile(r"\"[^\"\n]*\"|\u201c[^\u201d\n]*\u201d|\u201e[^\u201c\u201d\n]*[\u201c\u201d]|^[ \t]*>.*$", re.M)
+_QUOTED = r"[^\"\u201c\u201d\n]{0,500}?"
+QUOTATION = re.compile(
+    rf"(?:(?<=^)|(?<=[\s:(]))[\"\u201c\u201e](?={_QUOTED}\b(?:i|i'm|i've|my|me|we|our)\b){_QUOTED}[\"\u201c\u201d]|^[ \t]*>.*$",
+    re.M | re.I)
 # A clause that starts with one of these verbs and no subject: "born in Krakow", "now living in Denver".
 ELIDED_SUBJECT = re.compile(
     r"^(?:(?:now|currently|also|just|recently|originally|still)\s+)*(?P<verb>born|raised|brought(?=\s+up)|grew(?=\s+up)|"
@@ -146,9 +152,14 @@ CONJUNCTION = re.compile(
 # A clause that opens a list ("allergic to cats, dust and pollen"), and a comma part that only continues it:
 # one to three words an item, at most two items, no subject of its own.
 LIST_OPENER = re.compile(
-    r"\b(?:allergic\s+to|allerg(?:y|ies)\s+to|like|love|enjoy|adore|speak|(?:fluent|bilingual)\s+in|"
+    r"\b(?:(?:are|were)\s+(?:called|named)|allergic\s+to|allerg(?:y|ies)\s+to|like|love|enjoy|adore|speak|(?:fluent|bilingual)\s+in|"
     r"fav(?:ou?rite)?\s+[a-z]+s\s+are|(?:'ve|have)\s+(?:got\s+)?(?:two|three|four|five|[2-9])\s+\w+)\b", re.I)
-_ITEM = r"(?!(?:i|i'm|my|we|our|he|she|they|it)\b)[\w'-]+(?:\s+[\w'-]+){0,2}"
+_VERBS = r"is|are|was|were|am|be|has|have|had|does|do|did|said|says|likes?|loves?|prefers?|hates?|speaks?|enjoys?"
+# Items of one or two words, the last after "and"/"or", ending the text: "cats and dogs", "red, green or blue".
+_WORD = rf"(?!(?:and|or|{_VERBS})\b)[\w'-]+"
+TRAILING_LIST = re.compile(rf"(?:{_WORD}(?:\s+{_WORD})?\s*,\s*)*{_WORD}(?:\s+{_WORD})?\s+(?:and|or)\s+{_WORD}(?:\s+{_WORD})?\s*$", re.I)
+_ITEM = rf"(?!(?:i|i'm|my|we|our|he|she|they|it|you)\b)(?!\S*\s+(?:{_VERBS})\b)(?!\S+\s+\S+\s+(?:{_VERBS})\b)" \
+        r"[\w'-]+(?:\s+[\w'-]+){0,2}"
 LIST_ITEMS = re.compile(rf"^(?:(?:and|or)\s+)?{_ITEM}(?:\s+(?:and|or)\s+{_ITEM})?$", re.I)
 # "I have a cat named Luna [and a dog named Max]": the second pet is the same speaker's when the first was.
 HAVE_NAMED = re.compile(rf"(?P<have>{I_HAVE})an?\s+(?:{ROLE})\s+(?:called|named)\s", re.I)

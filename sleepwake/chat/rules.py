@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 from sleepwake.chat import lexicon
 from sleepwake.chat.spans import (
-    PLACE_STOPS, STOPS, capitalised_span, cut, job_span, list_items, named_after, person_name, pronoun_like, proper,
+    PLACE_STOPS, PRONOUNS, STOPS, capitalised_span, cut, job_span, list_items, named_after, person_name, pronoun_like, proper,
     spoken_number, tokens,
 )
 from sleepwake.chat.patterns import (
     AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HEDGE,
-    ELIDED_SUBJECT, HYPOTHETICAL_SENTENCE, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
+    ELIDED_SUBJECT, HYPOTHETICAL_SENTENCE, TRAILING_LIST, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
     NATIONALITY, NATIVE, NEGATION, QUESTION_START, QUOTATION, STUDIED, STUDIES, TITLE_DOT, YEAR,
 )
 
@@ -84,7 +84,9 @@ def plain_text(text: str) -> str:
     """The user's own words: quotations and "> " lines left out, emoji, symbols and markdown marks
     ("**Oslo**") made spaces, typographic apostrophes straight, a title's dot kept from ending a sentence."""
     text = QUOTATION.sub(" ", text.replace("\u2019", "'").replace("\u2018", "'"))
-    text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or ch in "*_~`#" else ch for ch in text)
+    text = re.sub(r"(?m)(?:^|(?<=\s))#+(?=\s)", " ", text)  # a markdown heading's marks, not "C#"
+    text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or ch in "*_~`" else ch for ch in text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf" and ch not in "\ufe0e\ufe0f")
     return TITLE_DOT.sub("\\1\u2024", text)
 
 
@@ -113,7 +115,9 @@ def list_parts(pieces: list[str | None]) -> list[str]:
     start = 0
     while start < len(parts):
         end = start + 1
-        if LIST_OPENER.search(parts[start]):
+        opener = LIST_OPENER.search(parts[start])
+        first = parts[start][opener.end():].split()[:1] if opener else []
+        if opener and not (first and first[0].lower() in PRONOUNS):
             while end < len(parts) and seps[end - 1] == "," and LIST_ITEMS.match(parts[end]):
                 end += 1
             while end > start + 1 and not re.search(r"\b(?:and|or)\b", parts[end - 1], re.I):
@@ -163,10 +167,7 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
     if relation == "role":
         relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
     if relation == "roles":  # "my cats are called Pixel and Mochi": one fact, the names as said
-        items = objects_of("list", rest, lowercase)
-        names = [n for n in (person_name(tokens(item), True, lowercase) for item in items) if n]
-        plural = lexicon.PLURAL_ROLES[match.group("role").lower()]
-        return [Found("{}'s " + plural + " are", as_said(names))] if names else []
+        return named_several(match, rest, lowercase)
     elif relation == "favorite":
         thing = match.group("thing").lower().replace("colour", "color").replace("favourite", "favorite")
         plural = match.group("verb").lower() == "are" and thing.endswith("s")
@@ -180,6 +181,19 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
     if relation == NAME:
         return [Found(NAME, v) for v in values]
     return [Found(relation, v) for v in values]
+
+
+def named_several(match: re.Match, rest: str, lowercase: bool) -> list[Found]:
+    """Every item must be a name: "I have two cats, Siamese and Persian" names no cat. After a bare
+    comma ("I have two cats, Pixel and Mochi") only capitalised names in a turn that has capitals."""
+    said_as_names = "comma" not in match.groupdict() or "," not in match.group("comma")
+    items = objects_of("list", rest, lowercase)
+    names = [person_name(tokens(item), said_as_names, lowercase) for item in items]
+    if not items or not all(n and n == item for n, item in zip(names, items)):
+        return []
+    if not said_as_names and (lowercase or any(n in lexicon.DEMONYMS or n in lexicon.LANGUAGES for n in names)):
+        return []
+    return [Found("{}'s " + lexicon.PLURAL_ROLES[match.group("role").lower()] + " are", as_said(names))]
 
 
 def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
@@ -208,7 +222,7 @@ def objects_of(kind: str, rest: str, lowercase: bool) -> list[str]:
     if kind == "list":
         return [item for item in list_items(words) if not pronoun_like(item)]
     if kind == "languages":
-        return [w.capitalize() for w in cut(words, STOPS - {"and", "or"}, 8).split() if w.capitalize() in lexicon.LANGUAGES]
+        return [w.capitalize() for w in cut(words, STOPS - {"and", "or"}, 24).split() if w.capitalize() in lexicon.LANGUAGES]
     if kind == "language":
         return [words[0].capitalize()] if words and words[0].capitalize() in lexicon.LANGUAGES else []
     if kind == "year":
@@ -262,9 +276,13 @@ def inverted(kind: str, match: re.Match) -> list[Found]:
     plural = kind == "favorite" and match.group("verb").lower() == "are" and thing.endswith("s")
     # Only the words after the last conjunction: "pizza is great but sushi is my favorite food"
     # ("and"/"or" join a plural's items: "green and blue are my favourite colours").
-    joins = r"\b(?:but|so|while)\b" if plural else r"\b(?:and|but|so|or|while)\b"
-    span = re.split(joins, match.group("obj"), flags=re.I)[-1].strip()
-    if not span or len(span.split()) > (8 if plural else 4) or pronoun_like(span):
+    if plural:  # the list that ends the clause: "I live in Graz and cats and dogs" -> "cats and dogs"
+        items = TRAILING_LIST.search(match.group("obj"))
+        span = items.group() if items else match.group("obj").strip()
+    else:
+        span = re.split(r"\b(?:and|but|so|or|while)\b", match.group("obj"), flags=re.I)[-1].strip()
+    if not span or len(span.split()) > (6 if plural else 4) or pronoun_like(span) or (plural and not items and
+                                                                                      len(span.split()) > 2):
         return []
     if kind == "native":
         return [Found(NATIVE, span.capitalize())] if span.capitalize() in lexicon.LANGUAGES else []

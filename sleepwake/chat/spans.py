@@ -99,7 +99,9 @@ def capitalised_span(words: list[str], allow_the: bool, entity: bool = False) ->
     """A proper-noun run at the start: capitalised words, with a title ("Mr.") or name particles
     ("van", "de") inside; at most four words. An ``entity`` (a place or an organisation, not a person)
     may also hold "of"/"for" between capitalised words, up to six: "the Bank of England"."""
-    links = lexicon.NAME_PARTICLES | ({"of", "for"} if entity else set())
+    # "for" only inside a "the ..." name: "the Department for Education", not "Tesco for Christmas"
+    the = bool(words) and words[0].lower() == "the"
+    links = lexicon.NAME_PARTICLES | ({"of", "for"} if entity and the else {"of"} if entity else set())
     span: list[str] = []
     for index, word in enumerate(words):
         lowered = word.lower().replace("\u2024", ".")
@@ -118,9 +120,9 @@ def capitalised_span(words: list[str], allow_the: bool, entity: bool = False) ->
 
 def list_items(words: list[str]) -> list[str]:
     """ "cats, dust and pollen" -> ["cats", "dust", "pollen"] (each item cut at a stop word)."""
-    span = cut(words, STOPS - {"and", "or"}, 12)
+    span = cut(words, STOPS - {"and", "or"}, 24)
     items = []
-    for part in span.replace(",", " and ").replace(" or ", " and ").split(" and "):
+    for part in f" {span} ".replace(",", " and ").replace(" or ", " and ").split(" and "):
         item = part.strip()
         if item and len(item.split()) <= 3 and item.lower() not in STOPS:
             items.append(item)
