@@ -103,6 +103,7 @@ def test_plain_and_streamed_completions_and_models(served):
                                                                 "messages": [{"role": "user", "content": "Hi"}]}, timeout=60)
     assert raw.text.rstrip().endswith("data: [DONE]") and raw.headers["content-type"].startswith("text/event-stream")
     nulls = {"model": "sleepwake", "stream": None, "n": None, "stop": None, "temperature": None, "max_tokens": 2,
+             "stream_options": {"include_usage": None},
              "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                           {"role": "assistant", "content": None, "tool_calls": []},
                           {"role": "function", "name": "clock", "content": "noon"}, {"role": "user", "content": "Ok"}]}
@@ -130,8 +131,8 @@ def test_stop_sequences_usage_chunk_and_a_base_url_without_v1(served):
 
 
 def test_browser_origins_are_allowed_only_when_configured(served, tmp_path, tiny_settings_overrides):
-    preflight = {"origin": "http://localhost:3000", "access-control-request-method": "POST",
-                 "access-control-request-headers": "content-type"}
+    preflight = {"origin": "http://localhost:3000", "access-control-request-method": "POST",  # as OpenAI's JS SDK asks
+                 "access-control-request-headers": "authorization, content-type, x-stainless-os, x-stainless-lang"}
     closed = httpx.options(f"{served.url}/v1/chat/completions", headers=preflight, timeout=60)
     assert "access-control-allow-origin" not in closed.headers
     opened = Served(tmp_path / "other", [*tiny_settings_overrides, "serve.cors_origins=[\"http://localhost:3000\"]"])

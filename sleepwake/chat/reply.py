@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from sleepwake.chat.stops import StopStream, cut
+from sleepwake.chat.stops import StopStream, cut, stop_on_text
 from sleepwake.models.backend import chat_text, plain_chat
 from sleepwake.settings.chat import ChatConfig
 
@@ -75,21 +75,23 @@ class Replier:
     def _generate(self, prompt: str, stop: Sequence[str], on_text: Callable[[str], None] | None) -> tuple[str, int]:
         import torch
 
+        from sleepwake.models.torch_decoding import stop_ids
+
         ids = self.backend.encode(prompt, special=False)
         device = self.model.get_input_embeddings().weight.device
         input_ids = torch.tensor([ids], device=device)
         sampling = self.cfg.temperature > 0
         kwargs: dict[str, Any] = {"do_sample": sampling, "temperature": self.cfg.temperature if sampling else None,
                   "top_p": self.cfg.top_p if sampling else None, "top_k": None}
-        if stop:  # generation ends at a stop sequence (transformers matches it across token boundaries)
-            kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        if stop:  # generation ends at a stop sequence, however the tokens split it
+            kwargs["stopping_criteria"] = [stop_on_text(self.backend.decode, input_ids.shape[1], stop)]
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                 max_new_tokens=self.cfg.max_new_tokens, repetition_penalty=self.cfg.repetition_penalty,
                 pad_token_id=self.tokenizer.pad_token_id, streamer=_streamer(self.tokenizer, on_text), **kwargs)
         new = out[0, input_ids.shape[1]:].tolist()
-        ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        ends = stop_ids(self.model, self.tokenizer) | {self.tokenizer.pad_token_id}
         while new and new[-1] in ends:  # the end-of-turn token (and padding) is not the message
             new.pop()
         return self.backend.decode(new), len(new)

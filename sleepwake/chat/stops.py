@@ -1,9 +1,11 @@
 """Stop sequences (OpenAI's ``stop``): a reply ends just before the first one, and a streamed reply
 never shows any part of it.
 
-Generation itself ends at a stop sequence through transformers' ``stop_strings``; what is cut and
-held back here is the text, since a stop sequence can end mid-token and a word-by-word stream can
-have sent its first characters before the rest was generated.
+Generation ends at a stop sequence (``StopOnText``: the reply so far is decoded after each token; not
+transformers' ``stop_strings``, whose token table grows with the vocabulary times the sequences'
+lengths, rebuilt for each request's set); what is cut and held back here is the text, since a stop
+sequence can end mid-token and a word-by-word stream can have sent its first characters before the
+rest was generated.
 """
 
 from __future__ import annotations
@@ -53,3 +55,17 @@ class StopStream:
     def _send(self, text: str) -> None:
         if text:
             self.on_text(text)
+
+
+def stop_on_text(decode: Callable[[list[int]], str], start: int, stops: Sequence[str]):
+    """A transformers ``StoppingCriteria`` ending generation once the text after ``start`` (the
+    prompt's length in tokens) holds one of ``stops``; batch of one."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnText(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            hit = cut(decode(input_ids[0, start:].tolist()), stops)[1]
+            return torch.full((input_ids.shape[0],), hit, dtype=torch.bool, device=input_ids.device)
+
+    return StopOnText()

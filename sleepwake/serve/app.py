@@ -59,7 +59,7 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     add_guard(app, cfg.max_request_bytes, api_key)
     if cfg.cors_origins:  # added last, so outermost: a browser's preflight is answered before the key check
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["authorization", "content-type"], expose_headers=["x-sleepwake-remembered"])
+                           allow_headers=["*"], expose_headers=["x-sleepwake-remembered"])  # SDKs add their own
     model_card = {"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "sleepwake"}
 
     @app.get("/health")

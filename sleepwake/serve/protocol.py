@@ -39,7 +39,7 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: bool | None = None  # null reads as false, as at the top level
 
 
 class ChatRequest(BaseModel):
