@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM=false
 
 if [ "$#" -eq 0 ]; then
   # The full run (CI): the type checker first, on every layer below the Prefect tasks.
-  .venv/bin/mypy sleepwake/models sleepwake/storage sleepwake/memory sleepwake/sleep
+  .venv/bin/mypy sleepwake/models sleepwake/storage sleepwake/memory sleepwake/sleep sleepwake/chat sleepwake/serve
   set -- -q --durations=15
 fi
 

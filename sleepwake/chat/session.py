@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from sleepwake.chat.commands import dispatch
 from sleepwake.chat.context import Conversation
@@ -53,8 +53,12 @@ class ChatSession:
         self.home, self.settings, self.cfg, self.io = home, settings, settings.chat, io
         self.open_memory, self.run_flow = open_memory, run_flow
         self.log = SessionLog(session_id=uuid.uuid4().hex[:12])
-        self.memory = self.replier = self.conversation = None
-        self._lock = None
+        # Open only between acquire() and release() (a sleep in the chat drops them): Any, not Optional,
+        # so the turn handlers, which run only while they are open, need no None checks.
+        self.memory: Any = None
+        self.replier: Any = None
+        self.conversation: Any = None
+        self._lock: Any = None
         self.user_name: str | None = None
         self.suggested: str | None = None  # last drowsiness advice shown (do not repeat it every turn)
 
@@ -205,12 +209,12 @@ class ChatSession:
         records = [{"subject": old, "relation": "name", "object": name, "status": "name"}]
         self.note(f"you are {name}")
         for row in [r for r in ledger.list_facts() if owned_by(r.subject, old)]:
-            moved = Fact(subject=rekey(row.subject, old, name), relation=row.relation, object=row.object)
-            current = ledger.find_fact(moved.subject, moved.relation)
+            copy = Fact(subject=rekey(row.subject, old, name), relation=row.relation, object=row.object)
+            moved: Fact | None = copy
+            current = ledger.find_fact(copy.subject, copy.relation)
             if current is not None and current.updated_at >= row.updated_at:
                 if row.relation in MULTI_VALUED:
-                    moved = Fact(subject=moved.subject, relation=moved.relation,
-                                 object=merge_object(current.object, row.object))
+                    moved = Fact(subject=copy.subject, relation=copy.relation, object=merge_object(current.object, row.object))
                 else:
                     moved = None  # the name already holds a newer object for it
             if moved is not None:
