@@ -216,6 +216,13 @@ def test_lists_quotations_and_marks_keep_only_what_was_said(text, expected):
     assert [(f.relation, f.object) for f in extract(text, None).facts] == expected
 
 
+def test_the_model_extractor_is_grounded_in_the_users_own_words_only():
+    quoted = 'He said "I work as a chef" and I live in Paris.'
+    found = extract(quoted, "Sam", model=lambda text, name: [Found("{} works as", "a chef")])
+    assert [(f.relation, f.object) for f in found.facts] == [("{} lives in", "Paris")]
+    assert found.rejected[0]["reason"] == "not in the user's words"
+
+
 def test_emoji_and_markdown_do_not_stick_to_an_object():
     assert [f.object for f in extract("hey \U0001f44b i live in graz \U0001f642", None).facts] == ["graz"]
     assert [f.object for f in extract("**I live in Oslo** and I'm a nurse.", None).facts] == ["Oslo", "a nurse"]

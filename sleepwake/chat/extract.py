@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTED_TRANSCRIPT, TASK_MATERIAL
+from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTATION, QUOTED_TRANSCRIPT, TASK_MATERIAL
 from sleepwake.chat.rules import Found, extract_rules
 from sleepwake.chat.spans import said_numbers
 from sleepwake.errors import InvalidInputError
@@ -65,6 +65,7 @@ def extract(turn: str, known_name: str | None = None, model: ModelExtractor | No
     if QUOTED_TRANSCRIPT.search(turn) or TASK_MATERIAL.match(turn):
         return Extraction(facts=[], name=None)
     found = extract_rules(turn) if use_rules else []
+    turn = QUOTATION.sub(" ", turn)  # the model reads, and the firewall grounds in, the user's own words only
     if model is not None:
         # The model only adds relations the rules did not find (measured: letting it override
         # them turned "a nurse practitioner" into "a nurse"), and its names are ignored: a wrong
