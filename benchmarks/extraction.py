@@ -24,12 +24,12 @@ SETS = {"dev": ROOT / "tests/data/extraction_turns.jsonl", "heldout": ROOT / "te
 
 def model_extractors(turns: list[dict], args) -> dict:
     """Model-only and rules+model extractors over completions computed once, in batches."""
-    from sleepwake.chat.extract import extract
+    from sleepwake.chat.extract import extract, own_words
     from sleepwake.chat.model_extract import ModelExtractor, parse
     from sleepwake.config import load_settings
     from sleepwake.memory import load_backend
 
-    texts = [t["text"] for t in turns]
+    texts = [own_words(t["text"]) for t in turns]  # what extract() hands the model
     cache = Path(args.completions) if args.completions else None
     if cache and cache.exists():  # re-score without generating again (same model and prompt)
         completions = json.loads(cache.read_text(encoding="utf-8"))

@@ -95,7 +95,14 @@ NAME_PARTICLES = frozenset("van von de da di del della der den du dos das le la 
 TITLES = frozenset("mr mr. mrs mrs. ms ms. dr dr. prof prof.".split())
 # "I study hard", "I studied abroad in Spain": how, where or when someone studies, not the field.
 NOT_FIELDS = frozenset("hard abroad online together alone late early daily nightly overseas remotely part-time "
-                       "full-time lots much everything everyday".split())
+                       "full-time lots much everything everyday mostly best quietly better sometimes usually often "
+                       "always mainly right now today tonight yesterday lately there here all the a an my this that "
+                       "these".split())
+# Nouns an institution's name puts "for" after: "the Department for Education", not "the Ritz for Christmas".
+INSTITUTIONS = frozenset("department ministry centre center institute office commission council agency society "
+                         "foundation association fund trust school college academy museum hospital bureau authority "
+                         "board committee alliance coalition campaign network organisation organization union "
+                         "federation league service".split())
 # "I'm a good cook", "I'm a former nurse", "an aspiring writer": a skill, a past or a hope, not a job.
 NOT_JOB_QUALIFIERS = frozenset("good great bad terrible decent excellent amazing awful fantastic lousy poor brilliant "
                                "keen passionate amateur aspiring wannabe hobby former ex would-be budding".split())

@@ -37,7 +37,7 @@ ROLE = "|".join(sorted((re.escape(r) for r in lexicon.ROLES), key=len, reverse=T
 ROLES = "|".join(sorted((re.escape(r) for r in lexicon.PLURAL_ROLES), key=len, reverse=True))
 COUNT = r"(?:two|three|four|five|[2-9])"
 # The field between "study" and "at" ("I study law at Harvard"): never how, when or with whom.
-FIELD = r"(?:(?!(?:for|with|all|in|on|late|hard|together|alone|online|every|until|till|during|there|here)\b)\w+\s+){0,3}"
+FIELD = r"(?:(?!(?:for|with|in|on|until|till|during|" + "|".join(sorted(lexicon.NOT_FIELDS)) + r")\b)\w+\s+){0,3}"
 DEGREE = r"(?:phd|ph\.d\.?|doctorate|masters?|master's|bachelors?|bachelor's|degree|mba|msc|bsc|undergrad(?:uate)?|postdoc)"
 STILL = r"(?=\S+(?:\s+\S+){0,3}?\s+(?:for|since)\s)"  # "... Tokyo for ten years": the object, then how long
 KIN = r"(?:(?:older|younger|little|big|elder|baby|twin|oldest|youngest|eldest|step|half)[\s-]+)?"  # "my older brother"
@@ -61,7 +61,7 @@ PATTERNS = [
     (FROM, rf"{I}{ADV}(?:come|hail)\s+from\s+{OBJ}", "place"),
     (FROM, rf"{MY}home\s*town\s+is\s+{OBJ}", "place"),
     (FROM, rf"{WE_I}{ADV}moved\s+(?:here\s+)?from\s+{OBJ}", "place"),
-    (FROM, rf"{ME_AM}(?:(?-i:[A-Z])\S*(?:\s+(?-i:[A-Z])\S*)*|an?\s+[^,;]*?)\s+from\s+{OBJ}", "place_cap"),
+    (FROM, rf"{ME_AM}(?:(?-i:[A-Z])\S*(?:\s+(?-i:[A-Z])\S*){{0,5}}|an?\s+[^,;]{{0,80}}?)\s+from\s+{OBJ}", "place_cap"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "place"),
     (BORN, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
     (GREW, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
@@ -83,7 +83,7 @@ PATTERNS = [
     ("role", rf"{I_HAVE}an?\s+{KIN}(?P<role>{ROLE})\s+(?:called|named)\s+{OBJ}", "name"),
     ("role", rf"{MY}{KIN}(?P<role>{ROLE})\s+(?:is\s+)?{OBJ}", "person"),
     # Two or more at once: "I have two cats, Pixel and Mochi", "my sisters are called Anna and Eva".
-    ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s*(?P<comma>,\s*|\s+(?:called|named)\s+){OBJ}", "names"),
+    ("roles", rf"{I_HAVE}{COUNT}\s+(?P<role>{ROLES})\s+(?:called|named)\s+{OBJ}", "names"),
     ("roles", rf"{MY}(?P<role>{ROLES})\s+are\s+(?:called|named)\s+{OBJ}", "names"),
     (MARRIED, rf"(?:{ME_AM}|{I}got\s+){ADV}married\s+to\s+{OBJ}", "person"),
     ("favorite", rf"{MY}(?:absolute\s+|all[- ]time\s+)?fav(?:ou?rite)?\s+(?P<thing>[a-z]+(?:\s+[a-z]+){{0,2}}?)\s+(?P<verb>is|are)\s+{OBJ}", "thing"),
@@ -131,14 +131,15 @@ TASK_MATERIAL = re.compile(
     r"rephrase|paraphrase|reword|polish|shorten|edit\s+(?:this|my|the)|(?:fix|correct|check|improve)\s+(?:the\s+|my\s+|this\s+)?"
     r"(?:grammar|spelling|punctuation|typos|text|wording|sentence|paragraph|email|letter|message))\b[^:\n]*(?::|\n)", re.I)
 # Someone else's words inside a message: a quotation ("...", typographic quotes) or a "> " quoted line.
-_QUOTED = r"[^\"\u201c\u201d\n]{0,500}?"
+_QUOTED = r"[^\"\u201c\u201d\u00ab\u00bb\n]{0,500}?"
 QUOTATION = re.compile(
-    rf"(?:(?<=^)|(?<=[\s:(]))[\"\u201c\u201e](?={_QUOTED}\b(?:i|i'm|i've|my|me|we|our)\b){_QUOTED}[\"\u201c\u201d]|^[ \t]*>.*$",
-    re.M | re.I)
+    rf"(?<![\w'])[\"\u201c\u201e\u00ab](?={_QUOTED}\b(?:i|i'm|im|i've|my|me|we|our)\b){_QUOTED}[\"\u201c\u201d\u00bb]"
+    r"|^[ \t]*>.*$", re.M | re.I)
 # A clause that starts with one of these verbs and no subject: "born in Krakow", "now living in Denver".
 ELIDED_SUBJECT = re.compile(
     r"^(?:(?:now|currently|also|just|recently|originally|still)\s+)*(?P<verb>born|raised|brought(?=\s+up)|grew(?=\s+up)|"
     r"moved|relocated|turned|graduated|studied|majored|living|based|working|married|work|live|speak)\b", re.I)
+LAUGHTER = re.compile(r"\b(?:lol|lmao|rofl|haha[ha]*|hehe[he]*|xd)\b", re.I)
 HEDGE = re.compile(r"^\W*(?:i\s*'d|i\s+would)\s+say\s+(?:that\s+)?", re.I)
 # "Remember that ...", "Do you know that ...", "don't forget that ...": the complement is asserted.
 EMBEDDED = re.compile(r"\b(?:know|remember|forget|note|realise|realize|mention|mentioned|told\s+you|tell\s+you)\s+that\s+", re.I)
@@ -153,13 +154,17 @@ CONJUNCTION = re.compile(
 # one to three words an item, at most two items, no subject of its own.
 LIST_OPENER = re.compile(
     r"\b(?:(?:are|were)\s+(?:called|named)|allergic\s+to|allerg(?:y|ies)\s+to|like|love|enjoy|adore|speak|(?:fluent|bilingual)\s+in|"
-    r"fav(?:ou?rite)?\s+[a-z]+s\s+are|(?:'ve|have)\s+(?:got\s+)?(?:two|three|four|five|[2-9])\s+\w+)\b", re.I)
-_VERBS = r"is|are|was|were|am|be|has|have|had|does|do|did|said|says|likes?|loves?|prefers?|hates?|speaks?|enjoys?"
+    r"fav(?:ou?rite)?\s+[a-z]+s\s+are|(?:'ve|have)\s+(?:got\s+)?(?:two|three|four|five|[2-9])\s+\w+(?:\s+(?:called|named))?)\b", re.I)
+_VERBS = r"is|are|was|were|am|be|has|have|had|does|do|did|said|says|likes?|loves?|prefers?|hates?|speaks?|enjoys?|" \
+         r"thinks?|knows?|believes?|guess|forgot|reckons?|told|feels?|adores?|owns?|wants?|keeps?|fears?|eats?|drinks?"
+# A continuation that turns the list around or away: "I speak English, not French"; "I love animals, except snakes".
+_NOT_ITEM = r"not|no|never|nor|except|excluding|especially|particularly|mostly|mainly|but|apart|besides|instead|" \
+            r"rather|hate|hates|dislike|that|that's|thats|it's|and\s+not"
 # Items of one or two words, the last after "and"/"or", ending the text: "cats and dogs", "red, green or blue".
 _WORD = rf"(?!(?:and|or|{_VERBS})\b)[\w'-]+"
-TRAILING_LIST = re.compile(rf"(?:{_WORD}(?:\s+{_WORD})?\s*,\s*)*{_WORD}(?:\s+{_WORD})?\s+(?:and|or)\s+{_WORD}(?:\s+{_WORD})?\s*$", re.I)
-_ITEM = rf"(?!(?:i|i'm|my|we|our|he|she|they|it|you)\b)(?!\S*\s+(?:{_VERBS})\b)(?!\S+\s+\S+\s+(?:{_VERBS})\b)" \
-        r"[\w'-]+(?:\s+[\w'-]+){0,2}"
+WHOLE_LIST = re.compile(rf"(?:{_WORD}(?:\s+{_WORD})?\s*,\s*)*{_WORD}(?:\s+{_WORD})?\s+(?:and|or)\s+{_WORD}(?:\s+{_WORD})?", re.I)
+CLAUSE_WORD = re.compile(rf"\b(?:{_VERBS}|these|those|days|now|lately|today|guess)\b", re.I)  # "Tom thinks sushi"
+_ITEM = rf"(?!(?:i|i'm|my|we|our|he|she|they|it|you|{_NOT_ITEM})\b)(?!\S*\s+(?:{_VERBS})\b)[\w'-]+(?:\s+[\w'-]+)?"
 LIST_ITEMS = re.compile(rf"^(?:(?:and|or)\s+)?{_ITEM}(?:\s+(?:and|or)\s+{_ITEM})?$", re.I)
 # "I have a cat named Luna [and a dog named Max]": the second pet is the same speaker's when the first was.
 HAVE_NAMED = re.compile(rf"(?P<have>{I_HAVE})an?\s+(?:{ROLE})\s+(?:called|named)\s", re.I)

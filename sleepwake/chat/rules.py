@@ -27,7 +27,7 @@ from sleepwake.chat.spans import (
 )
 from sleepwake.chat.patterns import (
     AGE, APPOSITIVE, COMPILED, CONJUNCTION, DIET, DISCOURSE, DWELLINGS, EMBEDDED, HAVE_NAMED, HEDGE,
-    ELIDED_SUBJECT, HYPOTHETICAL_SENTENCE, TRAILING_LIST, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
+    CLAUSE_WORD, ELIDED_SUBJECT, LAUGHTER, HYPOTHETICAL_SENTENCE, WHOLE_LIST, INVERTED_FAVORITE, INVERTED_NATIVE, IRREALIS, JOB, LIST_ITEMS, LIST_OPENER, NAME,
     NATIONALITY, NATIVE, NEGATION, QUESTION_START, QUOTATION, STUDIED, STUDIES, TITLE_DOT, YEAR,
 )
 
@@ -84,7 +84,8 @@ def plain_text(text: str) -> str:
     """The user's own words: quotations and "> " lines left out, emoji, symbols and markdown marks
     ("**Oslo**") made spaces, typographic apostrophes straight, a title's dot kept from ending a sentence."""
     text = QUOTATION.sub(" ", text.replace("\u2019", "'").replace("\u2018", "'"))
-    text = re.sub(r"(?m)(?:^|(?<=\s))#+(?=\s)", " ", text)  # a markdown heading's marks, not "C#"
+    text = re.sub(r"(?m)(?:^|(?<=\s))#+(?=\s)|(?:^|(?<=\s))#\w+", " ", text)  # headings, hashtags; not "C#"
+    text = LAUGHTER.sub(" ", text)  # "I have two cats called Pixel and Mochi lol"
     text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or ch in "*_~`" else ch for ch in text)
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf" and ch not in "\ufe0e\ufe0f")
     return TITLE_DOT.sub("\\1\u2024", text)
@@ -109,8 +110,10 @@ def list_parts(pieces: list[str | None]) -> list[str]:
     """The comma-separated parts of a sentence (``pieces``: parts and the captured separators), with the
     items of a list put back together: "I'm allergic to cats, dust and pollen" is one clause, so all
     three are found; "I live in Graz, my sister is Mia" stays two. A list ends in "and"/"or" ("I like
-    it, really" is no list)."""
-    parts, seps = [p or "" for p in pieces[0::2]], pieces[1::2]
+    it, really" is no list), its items start as its first one does, capitalised or not ("I like dogs,
+    Tom adores cats" is two clauses), and a new clause after it is its own ("... Liam and Sophia and
+    my wife is Sarah")."""
+    parts, seps = [p or "" for p in pieces[0::2]], list(pieces[1::2])
     out: list[str] = []
     start = 0
     while start < len(parts):
@@ -118,13 +121,28 @@ def list_parts(pieces: list[str | None]) -> list[str]:
         opener = LIST_OPENER.search(parts[start])
         first = parts[start][opener.end():].split()[:1] if opener else []
         if opener and not (first and first[0].lower() in PRONOUNS):
-            while end < len(parts) and seps[end - 1] == "," and LIST_ITEMS.match(parts[end]):
+            while end < len(parts) and seps[end - 1] == "," and continues_list(parts, seps, end, first):
                 end += 1
             while end > start + 1 and not re.search(r"\b(?:and|or)\b", parts[end - 1], re.I):
                 end -= 1
         out.append(", ".join(parts[start:end]))
         start = end
     return out
+
+
+def continues_list(parts: list[str], seps: list, index: int, first: list[str]) -> bool:
+    """Whether ``parts[index]`` continues a list whose first item begins with ``first``; a clause after
+    its items ("Sophia and my wife is Sarah") is split off into a part of its own."""
+    part = parts[index]
+    clause = CONJUNCTION.search(part)
+    head = part[: clause.start()] if clause else part
+    word = re.sub(r"^(?:and|or)\s+", "", head.strip(), flags=re.I)[:1]
+    if not word or not LIST_ITEMS.match(head) or (first and word.isupper() != first[0][0].isupper()):
+        return False
+    if clause:
+        parts[index:index + 1] = [head, part[clause.start():]]
+        seps.insert(index, None)
+    return True
 
 
 def assertion(clause: str) -> tuple[str, bool]:
@@ -184,14 +202,11 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
 
 
 def named_several(match: re.Match, rest: str, lowercase: bool) -> list[Found]:
-    """Every item must be a name: "I have two cats, Siamese and Persian" names no cat. After a bare
-    comma ("I have two cats, Pixel and Mochi") only capitalised names in a turn that has capitals."""
-    said_as_names = "comma" not in match.groupdict() or "," not in match.group("comma")
+    """ "my cats are called Pixel and Mochi": every item must be a name, or nothing is stored (a list cut
+    short, or "ages 5 and 7" after the names, would store a part as the whole)."""
     items = objects_of("list", rest, lowercase)
-    names = [person_name(tokens(item), said_as_names, lowercase) for item in items]
-    if not items or not all(n and n == item for n, item in zip(names, items)):
-        return []
-    if not said_as_names and (lowercase or any(n in lexicon.DEMONYMS or n in lexicon.LANGUAGES for n in names)):
+    names = [person_name(tokens(item), True, lowercase) for item in items]
+    if not items or not all(n and n.lower() == item.lower() for n, item in zip(names, items)):
         return []
     return [Found("{}'s " + lexicon.PLURAL_ROLES[match.group("role").lower()] + " are", as_said(names))]
 
@@ -273,16 +288,16 @@ def classify_i_am(rest: str, lowercase: bool) -> list[Found]:
 
 def inverted(kind: str, match: re.Match) -> list[Found]:
     thing = match.group("thing").lower().replace("colour", "color") if kind == "favorite" else ""
-    plural = kind == "favorite" and match.group("verb").lower() == "are" and thing.endswith("s")
+    plural = kind == "favorite" and match.group("verb").lower() == "are"  # "people", "children" too
     # Only the words after the last conjunction: "pizza is great but sushi is my favorite food"
     # ("and"/"or" join a plural's items: "green and blue are my favourite colours").
-    if plural:  # the list that ends the clause: "I live in Graz and cats and dogs" -> "cats and dogs"
-        items = TRAILING_LIST.search(match.group("obj"))
-        span = items.group() if items else match.group("obj").strip()
+    obj = match.group("obj").strip()
+    if plural:  # "green and blue are my favourite colours": the list and nothing else before it
+        span = obj if WHOLE_LIST.fullmatch(obj) or (len(obj.split()) <= 2 and not CLAUSE_WORD.search(obj)) else ""
     else:
-        span = re.split(r"\b(?:and|but|so|or|while)\b", match.group("obj"), flags=re.I)[-1].strip()
-    if not span or len(span.split()) > (6 if plural else 4) or pronoun_like(span) or (plural and not items and
-                                                                                      len(span.split()) > 2):
+        span = re.split(r"\b(?:and|but|so|or|while)\b", obj, flags=re.I)[-1].strip()
+        span = "" if CLAUSE_WORD.search(span) else span  # "Tom thinks sushi is my favourite food"
+    if not span or len(span.split()) > (8 if plural else 4) or pronoun_like(span):
         return []
     if kind == "native":
         return [Found(NATIVE, span.capitalize())] if span.capitalize() in lexicon.LANGUAGES else []

@@ -99,15 +99,14 @@ def capitalised_span(words: list[str], allow_the: bool, entity: bool = False) ->
     """A proper-noun run at the start: capitalised words, with a title ("Mr.") or name particles
     ("van", "de") inside; at most four words. An ``entity`` (a place or an organisation, not a person)
     may also hold "of"/"for" between capitalised words, up to six: "the Bank of England"."""
-    # "for" only inside a "the ..." name: "the Department for Education", not "Tesco for Christmas"
-    the = bool(words) and words[0].lower() == "the"
-    links = lexicon.NAME_PARTICLES | ({"of", "for"} if entity and the else {"of"} if entity else set())
+    links = lexicon.NAME_PARTICLES | ({"of", "for"} if entity else set())
     span: list[str] = []
     for index, word in enumerate(words):
         lowered = word.lower().replace("\u2024", ".")
         if is_capitalised(word) or (index == 0 and allow_the and lowered == "the"):
             span.append(word)
-        elif span and lowered in links and index + 1 < len(words) and is_capitalised(words[index + 1]):
+        elif span and lowered in links and index + 1 < len(words) and is_capitalised(words[index + 1]) and (
+                lowered != "for" or span[-1].lower() in lexicon.INSTITUTIONS):  # not "Tesco for Christmas"
             span.append(word)
         else:
             break
