@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sleepwake.chat import patterns, rules
+from sleepwake.chat import clauses, patterns, rules
 from sleepwake.chat.extract import PLACEHOLDER, extract, grounded, merge_object
 from sleepwake.chat.model_extract import canonical_relation, parse
 from sleepwake.chat.rules import Found
@@ -286,18 +286,18 @@ def test_ages_in_words_and_im_without_apostrophe(text, expected):
 
 def test_clauses_after_two_elided_subjects_keep_their_words():
     # Each "and <verb>" once shifted the next clause by the two characters of its "I ": "a nurse" became "a nur".
-    assert rules.split_clauses("I live in Graz and work as a nurse and speak German") == [
+    assert clauses.split_clauses("I live in Graz and work as a nurse and speak German") == [
         "I live in Graz", "I work as a nurse", "I speak German"]
-    assert rules.split_clauses("I have a cat named Luna and a dog named Max") == [
+    assert clauses.split_clauses("I have a cat named Luna and a dog named Max") == [
         "I have a cat named Luna", "I have a dog named Max"]
-    assert rules.split_clauses("My sister has a cat named Luna and a dog named Max")[1] == "a dog named Max"
+    assert clauses.split_clauses("My sister has a cat named Luna and a dog named Max")[1] == "a dog named Max"
 
 
 def test_a_list_after_commas_stays_one_clause_and_other_commas_still_split():
-    assert rules.split_clauses("I'm allergic to cats, dust, and pollen") == ["I'm allergic to cats, dust, and pollen"]
-    assert rules.split_clauses("I like it, really") == ["I like it", "really"]  # no "and": no list
-    assert rules.split_clauses("I like hiking, my sister is called Mia") == ["I like hiking", "my sister is called Mia"]
-    assert rules.split_clauses("I live in Graz, Austria and Vienna") == ["I live in Graz", "Austria and Vienna"]
+    assert clauses.split_clauses("I'm allergic to cats, dust, and pollen") == ["I'm allergic to cats, dust, and pollen"]
+    assert clauses.split_clauses("I like it, really") == ["I like it", "really"]  # no "and": no list
+    assert clauses.split_clauses("I like hiking, my sister is called Mia") == ["I like hiking", "my sister is called Mia"]
+    assert clauses.split_clauses("I live in Graz, Austria and Vienna") == ["I live in Graz", "Austria and Vienna"]
 
 
 @pytest.mark.parametrize(("text", "expected"), [
