@@ -24,7 +24,8 @@ SETS = {"dev": ROOT / "tests/data/extraction_turns.jsonl", "heldout": ROOT / "te
 
 def model_extractors(turns: list[dict], args) -> dict:
     """Model-only and rules+model extractors over completions computed once, in batches."""
-    from sleepwake.chat.extract import extract, own_words
+    from sleepwake.chat.clauses import own_words
+    from sleepwake.chat.extract import extract
     from sleepwake.chat.model_extract import ModelExtractor, parse
     from sleepwake.config import load_settings
     from sleepwake.memory import load_backend

@@ -35,10 +35,15 @@ def with_subject(clause: str, speaker: bool) -> tuple[str, bool]:
     return clause, bool(re.match(r"(?:i|i'm|i've|im|we|we're)\b", bare, re.I))
 
 
+def own_words(turn: str) -> str:
+    """The turn without quotations of someone else's words ("> " lines, a quotation holding "I"/"my")."""
+    return QUOTATION.sub(" ", turn)
+
+
 def plain_text(text: str) -> str:
-    """The user's own words: quotations and "> " lines left out, emoji, symbols and markdown marks
-    ("**Oslo**") made spaces, typographic apostrophes straight, a title's dot kept from ending a sentence."""
-    text = QUOTATION.sub(" ", text.replace("\u2019", "'").replace("\u2018", "'"))
+    """The user's own words (``own_words``), emoji, symbols and markdown marks ("**Oslo**") made spaces,
+    typographic apostrophes straight, a title's dot kept from ending a sentence."""
+    text = own_words(text.replace("\u2019", "'").replace("\u2018", "'"))
     text = re.sub(r"(?m)(?:^|(?<=\s))#+(?=\s)|(?:^|(?<=\s))#\w+", " ", text)  # headings, hashtags; not "C#"
     text = LAUGHTER.sub(" ", text)  # "I have two cats called Pixel and Mochi lol"
     text = "".join(" " if unicodedata.category(ch) in ("So", "Sk", "Cs", "Co") or ch in "*_~`" else ch for ch in text)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
-from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTATION, QUOTED_TRANSCRIPT, TASK_MATERIAL
+from sleepwake.chat.clauses import own_words
+from sleepwake.chat.patterns import ACCUMULATING, NAME, QUOTED_TRANSCRIPT, TASK_MATERIAL
 from sleepwake.chat.rules import Found, extract_rules
 from sleepwake.chat.spans import said_numbers
 from sleepwake.errors import InvalidInputError
@@ -68,16 +69,11 @@ def choose_name(found: list[Found], known_name: str | None, turn: str) -> str | 
     return None if known_name and normalize_key(new) == normalize_key(known_name) else new
 
 
-def own_words(turn: str) -> str:
-    """The turn without quotations of someone else's words: what the model extractor reads."""
-    return QUOTATION.sub(" ", turn)
-
-
 def extract(turn: str, known_name: str | None = None, model: ModelExtractor | None = None,
             use_rules: bool = True) -> Extraction:
     """Facts stated in ``turn`` about the user, with their subject resolved and the firewall applied;
     none from a turn that quotes a conversation or hands over text to work on (``QUOTED_TRANSCRIPT``,
-    ``TASK_MATERIAL``); quotations inside a turn are someone else's words (``rules.plain_text``)."""
+    ``TASK_MATERIAL``); quotations inside a turn are someone else's words (``clauses.own_words``)."""
     if QUOTED_TRANSCRIPT.search(turn) or TASK_MATERIAL.match(turn):
         return Extraction(facts=[], name=None)
     found = extract_rules(turn) if use_rules else []

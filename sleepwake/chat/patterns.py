@@ -36,6 +36,7 @@ OBJ = r"(?P<obj>.*)$"
 ROLE = "|".join(sorted((re.escape(r) for r in lexicon.ROLES), key=len, reverse=True))
 ROLES = "|".join(sorted((re.escape(r) for r in lexicon.PLURAL_ROLES), key=len, reverse=True))
 COUNT = r"(?:two|three|four|five|[2-9])"
+BORN_AND_RAISED = rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}"
 # The field between "study" and "at" ("I study law at Harvard"): never how, when or with whom.
 FIELD = r"(?:(?!(?:for|with|in|on|until|till|during|" + "|".join(sorted(lexicon.NOT_FIELDS)) + r")\b)\w+\s+){0,3}"
 DEGREE = r"(?:phd|ph\.d\.?|doctorate|masters?|master's|bachelors?|bachelor's|degree|mba|msc|bsc|undergrad(?:uate)?|postdoc)"
@@ -63,8 +64,8 @@ PATTERNS = [
     (FROM, rf"{WE_I}{ADV}moved\s+(?:here\s+)?from\s+{OBJ}", "place"),
     (FROM, rf"{ME_AM}(?:(?-i:[A-Z])\S*(?:\s+(?-i:[A-Z])\S*){{0,5}}|an?\s+[^,;]{{0,80}}?)\s+from\s+{OBJ}", "place_cap"),
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "place"),
-    (BORN, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
-    (GREW, rf"{I}was\s+{ADV}born\s+and\s+(?:raised|bred|brought\s+up)\s+in\s+{OBJ}", "place"),
+    (BORN, BORN_AND_RAISED, "place"),
+    (GREW, BORN_AND_RAISED, "place"),  # one statement, two facts
     (BORN, rf"{I}was\s+{ADV}born\s+in\s+{OBJ}", "year"),
     (BIRTHDAY, rf"{I}was\s+{ADV}born\s+on\s+{OBJ}", "date"),
     (GREW, rf"(?:{WE_I}{ADV}grew\s+up|\b(?:i|we)\s+(?:was|were)\s+{ADV}(?:raised|brought\s+up))\s+in\s+{OBJ}", "place"),

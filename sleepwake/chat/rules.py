@@ -93,10 +93,10 @@ def interpret(relation: str, kind: str, match: re.Match, lowercase: bool) -> lis
         if head not in lexicon.OCCUPATIONS or head in ("student", "pupil") or qualified:
             return []  # "I'm a regular at Joe's Bar": no job; "a student at Oxford": no employer
         kind = "org"
-    if relation == "role":
-        relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
     if relation == "roles":  # "my cats are called Pixel and Mochi": one fact, the names as said
         return named_several(match, rest, lowercase)
+    if relation == "role":
+        relation = "{}'s " + lexicon.ROLES[match.group("role").lower()] + " is"
     elif relation == "favorite":
         thing = match.group("thing").lower().replace("colour", "color").replace("favourite", "favorite")
         plural = match.group("verb").lower() == "are" and thing.endswith("s")

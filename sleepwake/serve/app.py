@@ -86,8 +86,8 @@ def create_app(engine: Engine, api_key: str | None) -> FastAPI:
     @app.post("/chat/completions", include_in_schema=False)
     async def chat_completions(request: Request):
         body = await request.body()
-        if len(body) > cfg.max_request_bytes:
-            raise ApiError(413, f"the request is larger than {cfg.max_request_bytes} bytes", code="request_too_large")
+        if len(body) > cfg.max_request_bytes:  # a chunked body the guard could not measure
+            raise too_large(cfg.max_request_bytes)
         chat = check(parse_request(body), cfg)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in chat.messages if m.role not in ("tool", "function")]
@@ -111,18 +111,18 @@ def add_error_handlers(app: FastAPI) -> None:
     """Every error leaves as an OpenAI-style error body: ours, Starlette's (404, 405), and the memory's."""
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return as_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return JSONResponse(ApiError(exc.status_code, str(exc.detail), code=code).body(), status_code=exc.status_code)
+        return as_response(ApiError(exc.status_code, str(exc.detail), code=code))
 
     @app.exception_handler(SleepwakeError)
     async def memory_error(_request: Request, exc: SleepwakeError):
         busy = isinstance(exc, HomeBusyError)  # a writer held the ledger past its timeout: retry
-        return JSONResponse(ApiError(503 if busy else 500, " ".join(str(exc).split()), "server_error",
-                                     "home_busy" if busy else "memory_error").body(), status_code=503 if busy else 500)
+        return as_response(ApiError(503 if busy else 500, " ".join(str(exc).split()), "server_error",
+                                    "home_busy" if busy else "memory_error"))
 
 
 def add_guard(app: FastAPI, max_request_bytes: int, api_key: str | None) -> None:
@@ -134,25 +134,30 @@ def add_guard(app: FastAPI, max_request_bytes: int, api_key: str | None) -> None
     @app.middleware("http")
     async def guard(request: Request, call_next):
         if api_key is None and not is_loopback(request.url.hostname):
-            return refuse(403, f"without an API key this server answers only to {', '.join(LOOPBACK)}, not "
-                          f"'{request.url.hostname}'", "permission_error", "forbidden_host")
+            return as_response(ApiError(403, f"without an API key this server answers only to {', '.join(LOOPBACK)}, "
+                                        f"not '{request.url.hostname}'", "permission_error", "forbidden_host"))
         if request.url.path != "/health" and api_key is not None:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                return refuse(401, "a valid API key is required (Authorization: Bearer KEY)", "authentication_error",
-                              "invalid_api_key")
+                return as_response(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)",
+                                            "authentication_error", "invalid_api_key"))
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_request_bytes:
-            return refuse(413, f"the request is larger than {max_request_bytes} bytes", code="request_too_large")
+            return as_response(too_large(max_request_bytes))
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if request.method == "POST" and kind != "application/json":
-            return refuse(415, f"send the body as JSON (Content-Type: application/json), not '{kind or 'none'}'",
-                          code="unsupported_media_type")
+            return as_response(ApiError(415, f"send the body as JSON (Content-Type: application/json), not "
+                                        f"'{kind or 'none'}'", code="unsupported_media_type"))
         return await call_next(request)
 
 
-def refuse(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
-    return JSONResponse(ApiError(status, message, kind, code).body(), status_code=status)
+def as_response(exc: ApiError) -> JSONResponse:
+    """An error as the response: raised in a route, or returned by the guard (which runs outside them)."""
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the request is larger than {limit} bytes", code="request_too_large")
 
 
 def unknown_model(asked: str, served: str) -> ApiError:
